@@ -1,0 +1,116 @@
+/*
+ * safetensors.h - reading and writing safetensors files and multi-shard
+ * checkpoint directories.
+ *
+ * File format: u64 little-endian header length N, N bytes of JSON
+ * {"name": {"dtype": "BF16", "shape": [..], "data_offsets": [b, e]}, ...,
+ *  "__metadata__": {"k": "v"}}, then the data section; offsets are relative
+ * to the data section.  The reader mmaps the file read-only and validates the
+ * whole header before exposing any view: every offset inside the data
+ * section, no overlaps, byte size == numel * dtype size, known dtypes, unique
+ * names, bounded header size.  A view never points outside the mapping.
+ *
+ * Ownership: a dsv4_st_file owns its mapping and the name strings; the views
+ * it hands out live until dsv4_st_close().  A dsv4_ckpt owns its shards.
+ */
+#ifndef DSV4_SAFETENSORS_H
+#define DSV4_SAFETENSORS_H
+
+#include "engine/tensor.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Headers larger than this are rejected (the real V4 shards use < 1 MiB). */
+#define DSV4_ST_MAX_HEADER (100u << 20)
+
+struct dsv4_st_file;
+
+/* Opens and validates one .safetensors file. */
+int dsv4_st_open(const char *path, struct dsv4_st_file **out);
+void dsv4_st_close(struct dsv4_st_file *f);
+
+size_t dsv4_st_count(const struct dsv4_st_file *f);
+/* i-th tensor in data-offset order. */
+const struct dsv4_tensor *dsv4_st_tensor(const struct dsv4_st_file *f, size_t i);
+/* Tensor by name, NULL if absent. */
+const struct dsv4_tensor *dsv4_st_find(const struct dsv4_st_file *f, const char *name);
+/* Value of a __metadata__ key, NULL if absent. */
+const char *dsv4_st_metadata(const struct dsv4_st_file *f, const char *key);
+size_t dsv4_st_metadata_count(const struct dsv4_st_file *f);
+void dsv4_st_metadata_at(const struct dsv4_st_file *f, size_t i, const char **key,
+                         const char **value);
+const char *dsv4_st_path(const struct dsv4_st_file *f);
+uint64_t dsv4_st_file_size(const struct dsv4_st_file *f);
+
+/*
+ * Parses and validates a header held in memory: `json` (`len` bytes, not
+ * necessarily terminated) describing a data section of `data_len` bytes.
+ * Used by the reader and by the fuzz target.  On success *out is a file
+ * object without a mapping (views have data == NULL).
+ */
+int dsv4_st_parse_header(const char *json, size_t len, uint64_t data_len,
+                         struct dsv4_st_file **out);
+
+/* ---------------------------------------------------------------- writer */
+
+/*
+ * Streaming writer.  Declare every tensor (and metadata) first, then call
+ * dsv4_st_writer_begin(), which writes the header, then hand over each
+ * tensor's bytes with dsv4_st_writer_write() in any order and in any number
+ * of pieces (pieces of one tensor in order).  Data goes to "<path>.tmp";
+ * dsv4_st_writer_commit() checks every byte was written, fsyncs and renames
+ * to <path>.  dsv4_st_writer_abort() (or free without commit) removes the
+ * temporary file: a final name never holds a half-written file.
+ * The header is written as safetensors' Python package writes it: JSON with
+ * "__metadata__" first then tensors in declaration order, padded with spaces
+ * to a multiple of 8 bytes.
+ */
+struct dsv4_st_writer;
+
+int dsv4_st_writer_open(const char *path, struct dsv4_st_writer **out);
+int dsv4_st_writer_metadata(struct dsv4_st_writer *w, const char *key, const char *value);
+int dsv4_st_writer_declare(struct dsv4_st_writer *w, const char *name, enum dsv4_dtype dtype,
+                           int ndim, const int64_t *shape);
+int dsv4_st_writer_begin(struct dsv4_st_writer *w);
+int dsv4_st_writer_write(struct dsv4_st_writer *w, const char *name, const void *data,
+                         size_t nbytes);
+int dsv4_st_writer_commit(struct dsv4_st_writer *w);
+void dsv4_st_writer_abort(struct dsv4_st_writer *w);
+/* Total bytes of tensor data declared so far. */
+uint64_t dsv4_st_writer_data_size(const struct dsv4_st_writer *w);
+
+/* Convenience: writes one whole file from views (declaration order kept). */
+int dsv4_st_write_file(const char *path, const struct dsv4_tensor *tensors, size_t n,
+                       const char *const *meta_kv, size_t n_meta);
+
+/* ---------------------------------------------------------------- checkpoints */
+
+/*
+ * A checkpoint directory: either model.safetensors.index.json naming the
+ * shards (weight_map), or a single model.safetensors, or, without an index,
+ * every *.safetensors in the directory.  Every shard the index names must
+ * exist and hold exactly the tensors the index assigns to it; names are
+ * unique across shards.
+ */
+struct dsv4_ckpt;
+
+int dsv4_ckpt_open(const char *dir, struct dsv4_ckpt **out);
+void dsv4_ckpt_close(struct dsv4_ckpt *c);
+size_t dsv4_ckpt_count(const struct dsv4_ckpt *c);
+const struct dsv4_tensor *dsv4_ckpt_tensor(const struct dsv4_ckpt *c, size_t i);
+const struct dsv4_tensor *dsv4_ckpt_find(const struct dsv4_ckpt *c, const char *name);
+/* File name (not path) of the shard that holds `name`, NULL if absent. */
+const char *dsv4_ckpt_shard_of(const struct dsv4_ckpt *c, const char *name);
+size_t dsv4_ckpt_shard_count(const struct dsv4_ckpt *c);
+const struct dsv4_st_file *dsv4_ckpt_shard(const struct dsv4_ckpt *c, size_t i);
+const char *dsv4_ckpt_dir(const struct dsv4_ckpt *c);
+
+/*
+ * Writes model.safetensors.index.json for the shards in `dir` (each given by
+ * file name): weight_map of every tensor, metadata.total_size = sum of tensor
+ * byte sizes.  Written to a temporary name and renamed.
+ */
+int dsv4_ckpt_write_index(const char *dir, const char *const *shard_files, size_t n);
+
+#endif

@@ -1,0 +1,16 @@
+/*
+ * cmds.h - the subcommands of the `dsv4` tool.  Each lives in its own
+ * tools/cmd_*.c file and returns the process exit status.
+ */
+#ifndef DSV4_TOOLS_CMDS_H
+#define DSV4_TOOLS_CMDS_H
+
+struct dsv4_cmd {
+    const char *name;
+    int (*run)(int argc, char **argv); /* argv[0] is the subcommand name */
+    const char *summary;
+};
+
+int dsv4_cmd_version(int argc, char **argv);
+
+#endif

@@ -1,0 +1,48 @@
+/*
+ * dsv4.c - the `dsv4` tool: offline commands around the engine (checkpoint
+ * generation, planning, conversion, generation, tokenizer).  Dispatches to
+ * the subcommand named by argv[1].
+ */
+#include "dsv4-build.h"
+#include "engine/dsv4.h"
+#include "tools/cmds.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const struct dsv4_cmd cmds[] = {
+        {"version", dsv4_cmd_version, "print the version and the build's features"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: dsv4 COMMAND [OPTIONS]   (dsv4 COMMAND --help for its options)\n\n");
+    for (size_t i = 0; i < DSV4_ARRAY_LEN(cmds); i++)
+        fprintf(f, "  %-12s %s\n", cmds[i].name, cmds[i].summary);
+}
+
+int dsv4_cmd_version(int argc, char **argv)
+{
+    printf("dsv4 %s\nfeatures: %s\n", dsv4_version(), dsv4_features());
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))
+        return dsv4_cmd_version(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < DSV4_ARRAY_LEN(cmds); i++)
+        if (!strcmp(argv[1], cmds[i].name))
+            return cmds[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "dsv4: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
