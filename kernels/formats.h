@@ -14,10 +14,18 @@
  * values to the largest magnitude; non-saturating E4M3 encodes overflow
  * (|x| > 464, i.e. past the rounding boundary of 448) as NaN like ml_dtypes.
  *
- * Block formats (weights are [rows, cols], blocks run along cols = K):
+ * In TIES_LOWER mode a value that rounds to zero encodes +0 (the recipe
+ * writes sign = (q < 0)); RNE keeps the sign of zero like ml_dtypes.  NaN
+ * encodes to the E4M3 NaN of its sign; E2M1 has no NaN and encodes it as +0
+ * (the activation quantisers carry NaN through their scales instead).
+ *
+ * Block formats (weights are [rows, cols], blocks run along cols = K; a
+ * partial last block is allowed, so every count below is a ceiling):
  *   FP8 block  E4M3 [rows, cols] + E8M0 [ceil(rows/128), ceil(cols/128)]
- *   MXFP4      packed E2M1 [rows, cols/2] (low nibble = even column) + E8M0 [rows, cols/32]
- *   NVFP4      packed E2M1 [rows, cols/2] + E4M3 [rows, cols/16] + FP32 global scale
+ *   MXFP4      packed E2M1 [rows, ceil(cols/2)] (low nibble = even column)
+ *              + E8M0 [rows, ceil(cols/32)]
+ *   NVFP4      packed E2M1 [rows, ceil(cols/2)] + E4M3 [rows, ceil(cols/16)]
+ *              + FP32 global scale
  */
 #ifndef DSV4_FORMATS_H
 #define DSV4_FORMATS_H
@@ -39,11 +47,14 @@ float dsv4_bf16_round(float f);
 
 /* ---- E4M3 (float8_e4m3fn) */
 float dsv4_e4m3_to_f32(uint8_t b);
+/* The 256-entry decode table (index = code), valid for the process lifetime. */
+const float *dsv4_e4m3_table(void);
 uint8_t dsv4_f32_to_e4m3(float f, enum dsv4_round mode, bool saturate);
 
 /* ---- E8M0 */
 float dsv4_e8m0_to_f32(uint8_t b);
-/* Exponent byte of a power of two (b = log2(x) + 127); x must be a normal power of two. */
+/* Exponent byte of a power of two (b = log2(x) + 127); x must be a normal
+ * power of two or 2^-127 (asserted). */
 uint8_t dsv4_e8m0_from_pow2(float x);
 
 /* ---- E2M1 */
@@ -55,6 +66,8 @@ uint8_t dsv4_f32_to_e2m1(float f, enum dsv4_round mode);
  * Power-of-two scale of the reference activation quantizers:
  * 2^ceil(log2(amax / qmax)) computed as the reference kernel does (amax *
  * (1/qmax) in FP32, exponent bits, +1 when any mantissa bit is set).
+ * NaN gives NaN, an infinite quotient +inf; callers floor amax so that the
+ * quotient is never 0.
  */
 float dsv4_pow2_scale(float amax, float qmax);
 
@@ -87,9 +100,11 @@ void dsv4_act_sim_fp8(float *x, int64_t n, int group);
 void dsv4_act_sim_fp4(float *x, int64_t n, int group);
 /*
  * NVFP4 W4A4 activation quantiser per 16 (formats.md §2.1), global scale
- * gs = 1/input_scale: sf = e4m3_rne_sat(gs * amax / 6), out_scale = gs / sf
- * (0 when sf == 0), q = e2m1_rne(x * out_scale).  q: packed [n/2], sf: [n/16]
- * E4M3 codes.  Dequant: e2m1(q) * e4m3(sf) / gs.
+ * gs = 1/input_scale: sf = e4m3_rne_sat(gs * (amax * (1/6))),
+ * out_scale = 1 / (e4m3(sf) * (1/gs)) (0 when sf == 0), q = e2m1_rne(x *
+ * out_scale) (saturating).  q: packed [ceil(n/2)] (an odd tail leaves the
+ * last high nibble 0), sf: [ceil(n/16)] E4M3 codes.  Dequant: e2m1(q) *
+ * e4m3(sf) / gs.  A NaN in a group makes its sf the NaN code.
  */
 void dsv4_act_quant_nvfp4(const float *x, int64_t n, float input_scale, uint8_t *q, uint8_t *sf);
 
