@@ -40,6 +40,7 @@
 #ifndef DSV4_SAMPLE_H
 #define DSV4_SAMPLE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -73,7 +74,8 @@ struct dsv4_sample_params {
     float presence_penalty;   /* [-2, 2] like OpenAI; 0: off; output tokens */
     float frequency_penalty;  /* [-2, 2]; 0: off; output tokens */
     uint64_t seed;            /* the request's seed (the server picks one if the client did not) */
-    int32_t n_top_logprobs;   /* 0..DSV4_SAMPLE_MAX_TOP_LOGPROBS */
+    bool logprobs;            /* fill result.logprob / top logprobs (one more O(V) pass) */
+    int32_t n_top_logprobs;   /* 0..DSV4_SAMPLE_MAX_TOP_LOGPROBS; needs logprobs */
     enum dsv4_sample_logprobs_mode logprobs_mode;
 };
 
@@ -93,8 +95,9 @@ struct dsv4_sample_history {
 
 struct dsv4_sample_result {
     int32_t token;
-    float logprob; /* of `token`, in params.logprobs_mode */
-    int32_t n_top; /* = params.n_top_logprobs (fewer only if fewer tokens are finite) */
+    float logprob; /* of `token`, in params.logprobs_mode; NAN unless params.logprobs */
+    int32_t n_top; /* = params.n_top_logprobs (fewer only if fewer tokens are finite); 0
+                      unless params.logprobs */
     int32_t top_ids[DSV4_SAMPLE_MAX_TOP_LOGPROBS]; /* most probable first, ties lower id */
     float top_logprobs[DSV4_SAMPLE_MAX_TOP_LOGPROBS];
 };
@@ -111,7 +114,7 @@ enum dsv4_sample_stream {
 struct dsv4_sampler;
 
 /* Neutral parameters: T = 1, top_k 0, top_p 1, min_p 0, penalties off,
- * seed 0, no top logprobs, RAW logprobs. */
+ * seed 0, logprobs off, no top logprobs, RAW mode. */
 struct dsv4_sample_params dsv4_sample_params_default(void);
 
 /* Checks every field's range; DSV4_EINVAL with the field's name otherwise. */
