@@ -7,14 +7,24 @@
  * FP32 arrays holding m rows (x: m x cols, y: m x rows, row-major, dense).
  * The activation path decides the math, the same for every implementation:
  *   DSV4_ACT_F32     x used as is, FP32 products and accumulation (router,
- *                    compressor, head; BF16 weights upcast).
+ *                    compressor, head; BF16 weights upcast); any format:
+ *                    y = sum_k x[k] * (w(o,k) * ws(o,k)) (for NVFP4 ws is
+ *                    the E4M3 block scale and y is then * scale2).
  *   DSV4_ACT_FP8     x quantised to E4M3 per (row, 128 channels) with
- *                    power-of-two scales; per K block (128 for FP8 weights,
- *                    32 for MXFP4) the FP32 partial sum is multiplied by both
- *                    scales and added to the FP32 accumulator.
- *   DSV4_ACT_NVFP4   x quantised to NVFP4 per 16 (W4A4, formats.md §2.1);
- *                    for NVFP4 weights only.
- * Outputs are FP32; callers round to BF16 where the reference does.
+ *                    power-of-two scales (dsv4_act_quant_fp8); per K block
+ *                    (128 for FP8 weights, 32 for MXFP4, 16 for NVFP4) the
+ *                    FP32 partial sum of qa * w is multiplied by (sa * ws)
+ *                    and added to the FP32 accumulator; NVFP4: * scale2.
+ *                    FP8, MXFP4 and NVFP4 weights.
+ *   DSV4_ACT_NVFP4   x quantised to NVFP4 per 16 (W4A4, formats.md §2.1,
+ *                    dsv4_act_quant_nvfp4 with the weight's input_scale);
+ *                    per 16 block acc += (sum qa * w) * (sfa * ws); y = acc *
+ *                    (scale2 * input_scale).  NVFP4 weights only.
+ * Every product qa * w * scales is exact in FP32 (few mantissa bits, power
+ * of two or E4M3 scales), so implementations differ only in the order of
+ * the FP32 sums.  Outputs are FP32; callers round to BF16 where the
+ * reference does.  Weights holding E4M3 NaN codes are outside the contract
+ * (checkpoints never contain them; fast paths may decode them as 480).
  */
 #ifndef DSV4_LINEAR_H
 #define DSV4_LINEAR_H
@@ -43,10 +53,23 @@ struct dsv4_qweight {
 /* The activation path the reference uses for a weight format. */
 enum dsv4_act dsv4_default_act(enum dsv4_wfmt fmt);
 
+/* "fp8", "nvfp4", ... (never NULL). */
+const char *dsv4_wfmt_name(enum dsv4_wfmt fmt);
+const char *dsv4_act_name(enum dsv4_act act);
+
+/*
+ * Validates a weight view and an activation path for the products below
+ * (format known, 0 < rows, cols <= 2^31, data and scales present, NVFP4
+ * scalars finite with input_scale > 0, activation path valid for the
+ * format).  Returns 0 or DSV4_EINVAL with a message; call it where the view
+ * is built, the products assert it.
+ */
+int dsv4_linear_check(const struct dsv4_qweight *w, enum dsv4_act act);
+
 /* Bytes of weight data and scales read by one full product. */
 uint64_t dsv4_qweight_bytes(const struct dsv4_qweight *w);
 
-/* Scalar oracle (kernels/ref): y[m, rows] = act(x)[m, cols] . W^T. */
+/* Scalar oracle (kernels/ref): y[m, rows] = act(x)[m, cols] . W^T.  No allocation. */
 void dsv4_ref_linear(const struct dsv4_qweight *w, enum dsv4_act act, const float *x, int64_t m,
                      float *y);
 
