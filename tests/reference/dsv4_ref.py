@@ -64,6 +64,11 @@ Choices the spec leaves open (written down here, the C engine should make the sa
     consumes the MTP output streams of step k-1 and next_ids[k] at position T-1+k. The MTP block's
     window holds the MTP kv of the prompt positions 0..T-2 (ids[t+1]) and of the earlier steps.
 14. Linears stored as BF16 (no scale) run as BF16 GEMMs without activation quantisation.
+15. Every dot product / reduction over a long axis (GEMMs, attention, pooled sums, mean of squares)
+    is accumulated in float64 and rounded to float32 once: this stands for an ideal FP32
+    accumulator and makes each row independent of the batch size, so prefill is exactly causal
+    (BLAS FP32 results change with the number of rows, and a 1-ulp change can flip a BF16 rounding
+    or a top-k choice). An engine that accumulates in FP32 differs from this at the FP32-ulp level.
 """
 
 import argparse
@@ -80,6 +85,24 @@ import dsv4_ref_numerics as nx  # noqa: E402
 from dsv4_ref_numerics import F32, bf16  # noqa: E402
 
 
+F64 = np.float64
+
+
+def mm(a, b_t):
+    """a [..., K] . b_t [N, K]^T accumulated in float64 and rounded to float32 once (choice 15)."""
+    return np.matmul(np.asarray(a, F64), np.asarray(b_t, F64).T).astype(F32)
+
+
+def ein(spec, *ops):
+    """einsum accumulated in float64, rounded to float32 once (choice 15)."""
+    return np.einsum(spec, *[np.asarray(o, F64) for o in ops]).astype(F32)
+
+
+def mean_sq(x):
+    """mean(x^2) over the last axis, accumulated in float64, as float32."""
+    return np.mean(np.asarray(x, F64) ** 2, axis=-1, keepdims=True).astype(F32)
+
+
 def sigmoid(x):
     return (F32(1.0) / (F32(1.0) + np.exp(-x))).astype(F32)
 
@@ -87,7 +110,7 @@ def sigmoid(x):
 def softmax(x, axis):
     m = np.max(x, axis=axis, keepdims=True)
     e = np.exp(x - m)
-    return (e / e.sum(axis=axis, keepdims=True)).astype(F32)
+    return (e / e.sum(axis=axis, keepdims=True, dtype=F64).astype(F32)).astype(F32)
 
 
 def sinkhorn(c, iters, eps):
@@ -251,7 +274,8 @@ class Checkpoint:
         return F32(v[0])
 
     def linear(self, prefix):
-        """Dense linear `prefix.weight` ([out, in]) -> (dequantised float32 W, act_quant flag)."""
+        """Dense linear `prefix.weight` ([out, in]) -> (dequantised W (exact, kept as float64 for the
+        float64-accumulated GEMMs), act_quant flag)."""
         key = ("lin", prefix)
         if key not in self.cache:
             dt, w = self.raw(prefix + ".weight")
@@ -260,16 +284,16 @@ class Checkpoint:
                 if sdt not in ("F8_E8M0", "F32"):
                     raise ValueError("%s.scale: dtype %s, expected F8_E8M0 or F32" % (prefix, sdt))
                 W = nx.dequant_fp8_block(nx.decode_e4m3(w), nx.to_f32(sdt, s))
-                self.cache[key] = (W, True)
+                self.cache[key] = (W.astype(F64), True)
             elif dt in ("BF16", "F32"):
-                self.cache[key] = (nx.to_f32(dt, w), False)
+                self.cache[key] = (nx.to_f32(dt, w).astype(F64), False)
             else:
                 raise ValueError("%s.weight: unsupported linear dtype %s" % (prefix, dt))
         return self.cache[key]
 
     def expert_proj(self, name):
         """Routed/shared expert projection `name` (e.g. layers.3.ffn.experts.5.w1) ->
-        (format, float32 W [out, in], input_scale or None)."""
+        (format, dequantised W [out, in] as float64, input_scale or None)."""
         key = ("exp", name)
         if key not in self.cache:
             dt, w = self.raw(name + ".weight")
@@ -280,12 +304,12 @@ class Checkpoint:
                     raise ValueError("%s: NVFP4 expects U8/I8 weight + F8_E4M3 scale, got %s + %s" % (name, dt, sdt))
                 W = nx.dequant_nvfp4(w, s, self.scalar(name + ".weight_scale_2"))
                 ins = self.scalar(name + ".input_scale") if self.has(name + ".input_scale") else F32(1.0)
-                self.cache[key] = ("nvfp4", W, ins)
+                self.cache[key] = ("nvfp4", W.astype(F64), ins)
             elif dt in ("I8", "U8"):
                 sdt, s = self.raw(name + ".scale")
                 if sdt not in ("F8_E8M0", "U8"):
                     raise ValueError("%s.scale: MXFP4 expects F8_E8M0, got %s" % (name, sdt))
-                self.cache[key] = ("mxfp4", nx.dequant_mxfp4(w, s), None)
+                self.cache[key] = ("mxfp4", nx.dequant_mxfp4(w, s).astype(F64), None)
             else:
                 W, _ = self.linear(name)
                 self.cache[key] = ("fp8" if dt == "F8_E4M3" else "bf16", W, None)
@@ -309,14 +333,14 @@ class Model:
     def rmsnorm(self, x, wname):
         w = self.ck.f32(wname)
         x = x.astype(F32)
-        r = F32(1.0) / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + F32(self.cfg.eps))
+        r = F32(1.0) / np.sqrt(mean_sq(x) + F32(self.cfg.eps))
         return bf16(w * (x * r))
 
     def lin(self, x, prefix):
         """Lin(x; W) of §3.7: FP8 act quant per 128, FP32 GEMM, BF16 output. x [N, in]."""
         W, q = self.ck.linear(prefix)
         xa = nx.fp8_quant_dequant(x, 128) if q else x
-        return bf16(xa @ W.T)
+        return bf16(mm(xa, W))
 
     def embed(self, ids):
         if self._embed is None:
@@ -332,38 +356,38 @@ class Model:
         T, n, D = X.shape
         fn, sc, base = self.ck.f32(p + "fn"), self.ck.f32(p + "scale"), self.ck.f32(p + "base")
         x = X.reshape(T, n * D)
-        rho = F32(1.0) / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + F32(c.eps))
-        m = (x @ fn.T) * rho
+        rho = F32(1.0) / np.sqrt(mean_sq(x) + F32(c.eps))
+        m = mm(x, fn) * rho
         pre = sigmoid(m[:, :n] * sc[0] + base[:n]) + F32(c.hc_eps)
         post = F32(2.0) * sigmoid(m[:, n : 2 * n] * sc[1] + base[n : 2 * n])
         comb = m[:, 2 * n :] * sc[2] + base[2 * n :]
         comb = sinkhorn(comb.reshape(T, n, n), c.sinkhorn_iters, c.hc_eps)
         if trace is not None:
             trace.setdefault("comb", []).append(comb)
-        Y = bf16(np.einsum("tj,tjd->td", pre, X))
+        Y = bf16(ein("tj,tjd->td", pre, X))
         return Y, post, comb
 
     @staticmethod
     def hc_post(A, X, post, comb):
         """X'[k] = post_k * A + sum_j comb[j, k] * X[j]."""
-        return bf16(post[:, :, None] * A[:, None, :] + np.einsum("tjk,tjd->tkd", comb, X))
+        return bf16(np.asarray(post[:, :, None], F64) * A[:, None, :] + np.einsum("tjk,tjd->tkd", np.asarray(comb, F64), np.asarray(X, F64)))
 
     def hc_head(self, X, p):
         c = self.cfg
         T, n, D = X.shape
         fn, sc, base = self.ck.f32(p + "hc_head_fn"), self.ck.f32(p + "hc_head_scale"), self.ck.f32(p + "hc_head_base")
         x = X.reshape(T, n * D)
-        rho = F32(1.0) / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + F32(c.eps))
-        m = (x @ fn.T) * rho
+        rho = F32(1.0) / np.sqrt(mean_sq(x) + F32(c.eps))
+        m = mm(x, fn) * rho
         pre = sigmoid(m * sc.reshape(-1)[0] + base) + F32(c.hc_eps)
-        return bf16(np.einsum("tj,tjd->td", pre, X))
+        return bf16(ein("tj,tjd->td", pre, X))
 
     def logits(self, X, p=""):
         """§3.6: hc_head -> RMSNorm -> head in FP32. p = "" (trunk) or "mtp.0." (shared head)."""
         if self._head is None:
-            self._head = self.ck.f32("head.weight")
+            self._head = self.ck.f32("head.weight").astype(F64)
         Z = self.rmsnorm(self.hc_head(X, p), p + "norm.weight")
-        return (Z @ self._head.T).astype(F32)
+        return mm(Z, self._head)
 
     # -- KV compressor and indexer (§3.3) --------------------------------------------------------
 
@@ -379,8 +403,8 @@ class Model:
         if Wkv.shape[0] != coff * d or ape.shape != (r, coff * d):
             raise ValueError("%s: compressor shapes %s / ape %s do not match ratio %d, d %d" % (p, Wkv.shape, ape.shape, r, d))
         xb = x[: nb * r]
-        k = (xb @ Wkv.T).reshape(nb, r, coff * d)
-        g = (xb @ Wg.T).reshape(nb, r, coff * d) + ape[None]
+        k = mm(xb, Wkv).reshape(nb, r, coff * d)
+        g = mm(xb, Wg).reshape(nb, r, coff * d) + ape[None]
         if coff == 2:
             pk = np.zeros((nb, r, d), F32)
             pg = np.full((nb, r, d), -np.inf, F32)
@@ -388,13 +412,13 @@ class Model:
             pg[1:] = g[:-1, :, :d]
             k = np.concatenate([pk, k[:, :, d:]], axis=1)
             g = np.concatenate([pg, g[:, :, d:]], axis=1)
-        entry = (softmax(g, axis=1) * k).sum(axis=1)
+        entry = (softmax(g, axis=1) * k).sum(axis=1, dtype=F64).astype(F32)
         entry = self.rmsnorm(entry, p + "norm.weight")
         entry = rope_apply(entry, np.arange(nb) * r, omega)
         if kind == "main":
             entry[:, : c.nope_dim] = bf16(nx.fp8_quant_dequant(entry[:, : c.nope_dim], 64))
         else:
-            entry = bf16(nx.fp4_quant_dequant(bf16(entry @ self.had), 32))
+            entry = bf16(nx.fp4_quant_dequant(bf16(mm(entry, self.had)), 32))
         return entry
 
     def indexer(self, x, cq, p, pos, omega, vis, trace):
@@ -403,10 +427,10 @@ class Model:
         T = x.shape[0]
         qi = self.lin(cq, p + "wq_b").reshape(T, c.idx_heads, c.idx_dim)
         qi = rope_apply(qi, pos, omega)
-        qi = bf16(nx.fp4_quant_dequant(bf16(qi @ self.had), 32))
-        w = bf16(x @ self.ck.f32(p + "weights_proj.weight").T) * F32(c.idx_dim**-0.5 * c.idx_heads**-0.5)
+        qi = bf16(nx.fp4_quant_dequant(bf16(mm(qi, self.had)), 32))
+        w = bf16(mm(x, self.ck.f32(p + "weights_proj.weight"))) * F32(c.idx_dim**-0.5 * c.idx_heads**-0.5)
         K = self.compress(x, p + "compressor.", 4, c.idx_dim, omega, "index")
-        score = np.einsum("th,thc->tc", w, np.maximum(np.einsum("thd,cd->thc", qi, K), 0))
+        score = ein("th,thc->tc", w, np.maximum(ein("thd,cd->thc", qi, K), 0))
         score = np.where(vis, score, -np.inf)
         order = np.argsort(-score, axis=1, kind="stable")
         rank = np.empty_like(order)
@@ -426,7 +450,7 @@ class Model:
         omega = self.omega_comp if r > 0 else self.omega_plain
         cq = self.rmsnorm(self.lin(x, p + "wq_a"), p + "q_norm.weight")
         q = self.lin(cq, p + "wq_b").reshape(T, H, dh)
-        q = bf16(q * (F32(1.0) / np.sqrt(np.mean(q * q, axis=-1, keepdims=True) + F32(c.eps))))
+        q = bf16(q * (F32(1.0) / np.sqrt(mean_sq(q) + F32(c.eps))))
         q = rope_apply(q, pos, omega)
         kv = self.rmsnorm(self.lin(x, p + "wkv"), p + "kv_norm.weight")
         kv = rope_apply(kv, pos, omega)
@@ -451,19 +475,19 @@ class Model:
         o = np.empty((T, H, dh), F32)
         for t0 in range(0, T, 128):
             t1 = min(T, t0 + 128)
-            z = np.einsum("thd,sd->ths", q[t0:t1], V) * scale
+            z = ein("thd,sd->ths", q[t0:t1], V) * scale
             mk = mask[t0:t1, None, :]
             z = np.where(mk, z, -np.inf)
             M = z.max(axis=-1, keepdims=True)
             e = np.where(mk, np.exp(z - M), F32(0.0))
-            den = e.sum(axis=-1) + np.exp(sink[None, :] - M[..., 0])
-            o[t0:t1] = np.einsum("ths,sd->thd", bf16(e), V) / den[..., None]
+            den = e.sum(axis=-1, dtype=F64).astype(F32) + np.exp(sink[None, :] - M[..., 0])
+            o[t0:t1] = ein("ths,sd->thd", bf16(e), V) / den[..., None]
         o = rope_apply(bf16(o), pos, omega, inverse=True)
 
         G = c.o_groups
         Woa, _ = self.ck.linear(p + "wo_a")
         Woa = bf16(Woa).reshape(G, c.o_lora, (H // G) * dh)
-        z = bf16(np.einsum("tgi,gri->tgr", o.reshape(T, G, (H // G) * dh), Woa))
+        z = bf16(ein("tgi,gri->tgr", o.reshape(T, G, (H // G) * dh), Woa))
         return self.lin(z.reshape(T, G * c.o_lora), p + "wo_b")
 
     # -- MoE (§3.5) ------------------------------------------------------------------------------
@@ -500,8 +524,8 @@ class Model:
         if f1 != f3:
             raise ValueError("%s: w1 is %s but w3 is %s" % (p, f1, f3))
         xa = quant(x, act[0], f1)
-        g = bf16(xa @ W1.T)
-        u = bf16(xa @ W3.T)
+        g = bf16(mm(xa, W1))
+        u = bf16(mm(xa, W3))
         if lim > 0:
             g = np.minimum(g, lim)
             u = np.clip(u, -lim, lim)
@@ -510,12 +534,12 @@ class Model:
         if weight is not None:
             h = h * weight[:, None]
         h = bf16(h)
-        return bf16(quant(h, act[1], f2) @ W2.T)
+        return bf16(mm(quant(h, act[1], f2), W2))
 
     def moe(self, x, ids, p, is_hash, trace=None):
         c = self.cfg
         T = x.shape[0]
-        l = x @ self.ck.f32(p + "gate.weight").T
+        l = mm(x, self.ck.f32(p + "gate.weight"))
         sc = np.sqrt(np.logaddexp(F32(0.0), l)).astype(F32)
         if is_hash:
             dt, tab = self.ck.raw(p + "gate.tid2eid")
@@ -532,13 +556,13 @@ class Model:
         if trace is not None:
             trace.update(experts=sel, weights=ws, scores=sc)
         act = self.act_scales(p)
-        out = np.zeros((T, c.dim), F32)
+        out = np.zeros((T, c.dim), F64)
         for e in np.unique(sel):
             tok, slot = np.nonzero(sel == e)
             y = self.expert(x[tok], "%sexperts.%d." % (p, e), ws[tok, slot], act)
             np.add.at(out, tok, y)
         ys = self.expert(x, p + "shared_experts.", None, (F32(1.0), F32(1.0)))
-        return bf16(out + ys)
+        return bf16(out + ys)  # float64 sum, one rounding
 
     # -- blocks ----------------------------------------------------------------------------------
 

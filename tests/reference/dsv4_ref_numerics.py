@@ -131,7 +131,7 @@ E2M1_TABLE = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3,
 def decode_e8m0(b):
     """E8M0 byte b -> 2^(b-127); 255 is NaN."""
     b = np.asarray(b, dtype=np.uint8).astype(np.int32)
-    v = np.ldexp(F32(1.0), b - 127).astype(F32)
+    v = np.ldexp(F32(1.0), np.minimum(b, 254) - 127).astype(F32)
     return np.where(b == 255, F32(np.nan), v).astype(F32)
 
 
