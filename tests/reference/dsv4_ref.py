@@ -284,6 +284,8 @@ class Checkpoint:
                 if sdt not in ("F8_E8M0", "F32"):
                     raise ValueError("%s.scale: dtype %s, expected F8_E8M0 or F32" % (prefix, sdt))
                 W = nx.dequant_fp8_block(nx.decode_e4m3(w), nx.to_f32(sdt, s))
+                if not np.all(np.isfinite(W)):
+                    raise ValueError("%s: NaN E4M3 code or E8M0 scale 255" % prefix)
                 self.cache[key] = (W.astype(F64), True)
             elif dt in ("BF16", "F32"):
                 self.cache[key] = (nx.to_f32(dt, w).astype(F64), False)
@@ -303,13 +305,18 @@ class Checkpoint:
                 if sdt not in ("F8_E4M3", "U8") or dt not in ("U8", "I8"):
                     raise ValueError("%s: NVFP4 expects U8/I8 weight + F8_E4M3 scale, got %s + %s" % (name, dt, sdt))
                 W = nx.dequant_nvfp4(w, s, self.scalar(name + ".weight_scale_2"))
+                if not np.all(np.isfinite(W)):
+                    raise ValueError("%s: NaN E4M3 block scale" % name)
                 ins = self.scalar(name + ".input_scale") if self.has(name + ".input_scale") else F32(1.0)
                 self.cache[key] = ("nvfp4", W.astype(F64), ins)
             elif dt in ("I8", "U8"):
                 sdt, s = self.raw(name + ".scale")
                 if sdt not in ("F8_E8M0", "U8"):
                     raise ValueError("%s.scale: MXFP4 expects F8_E8M0, got %s" % (name, sdt))
-                self.cache[key] = ("mxfp4", nx.dequant_mxfp4(w, s).astype(F64), None)
+                W = nx.dequant_mxfp4(w, s)
+                if not np.all(np.isfinite(W)):
+                    raise ValueError("%s: E8M0 scale 255 (NaN)" % name)
+                self.cache[key] = ("mxfp4", W.astype(F64), None)
             else:
                 W, _ = self.linear(name)
                 self.cache[key] = ("fp8" if dt == "F8_E4M3" else "bf16", W, None)
@@ -628,13 +635,17 @@ class Model:
 
 
 def parse_ids(s):
-    return np.array([int(v) for v in s.replace(" ", "").split(",") if v != ""], dtype=np.int64)
+    """"1,2,3" or "@FILE" (ids separated by commas and/or whitespace)."""
+    if s.startswith("@"):
+        with open(s[1:]) as f:
+            s = f.read()
+    return np.array([int(v) for v in s.replace(",", " ").split()], dtype=np.int64)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="numpy reference forward pass of DeepSeek-V4")
     ap.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors)")
-    ap.add_argument("--ids", required=True, help="comma-separated token ids (prefill at 0..T-1)")
+    ap.add_argument("--ids", required=True, help="comma-separated token ids (prefill at 0..T-1), or @FILE")
     ap.add_argument("--dump-logits", help="float32 [T, vocab] file")
     ap.add_argument("--dump-layers", help="directory for layer_%%02d.f32 = streams [T, 4, hidden]")
     ap.add_argument("--mtp-logits", help="float32 [T-1, vocab] file of MTP logits for t+2")

@@ -323,6 +323,11 @@ def main():
     if d8 is not None:
         m8 = R.Model(d8)
         check(m8.ck.expert_proj("layers.0.ffn.experts.0.w1")[0] == "fp8", "fp8 checkpoint experts load as FP8")
+        a, b = expert_dequants(m), expert_dequants(m8)
+        same = sum(np.array_equal(a[k][1], b[k][1]) for k in a)
+        print("mkmodel fp8 experts equal to the mxfp4 dequant: %d of %d" % (same, len(a)))
+        if same:
+            check(same == len(a), "mkmodel fp8 experts are a lossless cast of the mxfp4 experts")
         lg8, _ = m8.forward(ids[:64])
         check(np.all(np.isfinite(lg8)), "finite logits on the FP8-expert checkpoint")
     for sub in ("converted-nvfp4",):
