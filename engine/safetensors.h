@@ -10,8 +10,15 @@
  * section, no overlaps, byte size == numel * dtype size, known dtypes, unique
  * names, bounded header size.  A view never points outside the mapping.
  *
+ * Tensors must tile the data section exactly (no holes, no trailing bytes),
+ * as the Python package requires; see safetensors.c for every rule.
+ *
  * Ownership: a dsv4_st_file owns its mapping and the name strings; the views
  * it hands out live until dsv4_st_close().  A dsv4_ckpt owns its shards.
+ * Errors: DSV4_EFORMAT (malformed), DSV4_ERANGE (offsets past the data, header
+ * too large), DSV4_EMISMATCH (byte size != shape, index vs shards),
+ * DSV4_ENOTSUP (unknown dtype, too many dims), DSV4_ENOENT (missing file),
+ * DSV4_EIO; the message names the file, the tensor and the numbers.
  */
 #ifndef DSV4_SAFETENSORS_H
 #define DSV4_SAFETENSORS_H
@@ -42,6 +49,15 @@ void dsv4_st_metadata_at(const struct dsv4_st_file *f, size_t i, const char **ke
                          const char **value);
 const char *dsv4_st_path(const struct dsv4_st_file *f);
 uint64_t dsv4_st_file_size(const struct dsv4_st_file *f);
+/* Offset of the i-th tensor from the start of the data section. */
+uint64_t dsv4_st_offset(const struct dsv4_st_file *f, size_t i);
+
+/*
+ * Validates a whole safetensors file held in memory (length prefix, header,
+ * data).  The views point into `buf`, which must outlive the file object;
+ * messages name the file "<memory>".  Used by tests and fuzz targets.
+ */
+int dsv4_st_open_memory(const void *buf, size_t len, struct dsv4_st_file **out);
 
 /*
  * Parses and validates a header held in memory: `json` (`len` bytes, not
@@ -64,7 +80,13 @@ int dsv4_st_parse_header(const char *json, size_t len, uint64_t data_len,
  * temporary file: a final name never holds a half-written file.
  * The header is written as safetensors' Python package writes it: JSON with
  * "__metadata__" first then tensors in declaration order, padded with spaces
- * to a multiple of 8 bytes.
+ * to a multiple of 8 bytes.  Data offsets follow declaration order, so a
+ * caller that declares wider dtypes first gets naturally aligned views.
+ * begin() reserves the whole file (fallocate) so that a full disk is
+ * reported up front.  Any write failure removes the temporary file; ENOSPC,
+ * EDQUOT and EFBIG (RLIMIT_FSIZE, when SIGXFSZ is ignored) give DSV4_ENOSPC.
+ * dsv4_st_writer_commit() frees the writer whatever it returns; after a
+ * failed call other than commit the writer only accepts abort().
  */
 struct dsv4_st_writer;
 
