@@ -25,14 +25,36 @@ int dsv4_pool_threads(const struct dsv4_pool *p);
 typedef void (*dsv4_pool_fn)(void *arg, int64_t i, int thread);
 void dsv4_pool_run(struct dsv4_pool *p, dsv4_pool_fn fn, void *arg, int64_t n);
 
-/* Per-thread scratch of at least `bytes` (grown on first use, kept). */
+/* Per-thread scratch of at least `bytes` (grown on first use, kept; 64-byte
+ * aligned; NULL only when that first growth fails).  Owned by the pool. */
 void *dsv4_pool_scratch(struct dsv4_pool *p, int thread, size_t bytes);
+/* One more buffer of the same kind, for data all threads of a job read. */
+void *dsv4_pool_shared(struct dsv4_pool *p, size_t bytes);
 
 /* Which instruction set the dispatcher picked ("avx2+fma" or "scalar"). */
 const char *dsv4_cpu_isa(void);
+/* Forces "scalar" or "avx2+fma" (if the CPU has it) for every later call
+ * (diagnostics and tests; the math is the same).  Also DSV4_CPU_ISA=scalar. */
+int dsv4_cpu_force_isa(const char *name);
 
-/* y[m, rows] = act(x)[m, cols] . W^T, threaded over output rows; m in 1..64 typical, any m works. */
+/*
+ * y[m, rows] = act(x)[m, cols] . W^T, threaded over output rows; m in 1..64
+ * typical, any m works.  w and act must pass dsv4_linear_check (asserted).
+ * Scratch: m * cols floats shared plus 16 KiB per thread, grown on the
+ * first call of a given size (one warm-up call at init makes later calls
+ * allocation-free).
+ */
 void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv4_act act,
                      const float *x, int64_t m, float *y);
+
+/*
+ * Fast activation quantise-dequantise, bit-identical to the reference:
+ * dsv4_cpu_act_fp8: out = dsv4_act_sim_fp8 of x (per `group`: E4M3 code *
+ * power-of-two scale); dsv4_cpu_act_nvfp4: out[k] = e2m1(q[k]) *
+ * e4m3(sf[k/16]) of dsv4_act_quant_nvfp4 (the 1/gs factor left out).
+ * x: [n], out: [n], may not alias.
+ */
+void dsv4_cpu_act_fp8(const float *x, int64_t n, int group, float *out);
+void dsv4_cpu_act_nvfp4(const float *x, int64_t n, float input_scale, float *out);
 
 #endif

@@ -1,0 +1,237 @@
+/*
+ * linear.c - fast CPU y = act(x) . W^T (kernels/cpu/cpu.h): activation
+ * quantisation once per call, then output rows split over the thread pool;
+ * each task walks tiles of LIN_RT weight rows, decodes a LIN_KC-column chunk
+ * of the tile into per-thread L1 scratch and takes its dot products with
+ * every activation row, so weights are read from memory exactly once per
+ * call whatever the batch.
+ *
+ * Exactness argument (why this matches kernels/ref/linear.c up to the order
+ * of FP32 sums): activations are replaced by their exact dequantised values
+ * (E4M3 code * power-of-two scale, or E2M1 * E4M3 block scale), weights by
+ * code * block scale (E8M0: a power of two; NVFP4: E4M3, whose product with
+ * an E2M1 value is exact), so every product x * w equals the reference's
+ * q_a * q_w * s_a * s_w bit for bit; only the grouping of the sums differs.
+ * NVFP4's global scale (and input_scale for W4A4) multiplies the final sum
+ * as in the reference.  This holds while block scales stay within about
+ * 2^-100..2^100, far beyond what checkpoints use.
+ *
+ * The instruction set is chosen once (AVX2+FMA+F16C when the CPU has it,
+ * else scalar; DSV4_CPU_ISA=scalar or dsv4_cpu_force_isa() forces the
+ * scalar path for diagnostics).  The AVX2 code is in linear_avx2.c.
+ */
+#include "kernels/cpu/cpu.h"
+
+#include "engine/dsv4.h"
+#include "kernels/cpu/cpu_int.h"
+#include "kernels/formats.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- dispatch */
+
+static const struct dsv4_cpu_kern *kern;
+static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
+
+static void kern_init(void)
+{
+    const char *env = getenv("DSV4_CPU_ISA");
+    kern = &dsv4_cpu_kern_scalar;
+    if (env && !strcmp(env, "scalar"))
+        return;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        kern = &dsv4_cpu_kern_avx2;
+}
+
+static const struct dsv4_cpu_kern *get_kern(void)
+{
+    pthread_once(&kern_once, kern_init);
+    return kern;
+}
+
+const char *dsv4_cpu_isa(void)
+{
+    return get_kern()->name;
+}
+
+int dsv4_cpu_force_isa(const char *name)
+{
+    const struct dsv4_cpu_kern *k = get_kern();
+    if (!strcmp(name, "scalar"))
+        k = &dsv4_cpu_kern_scalar;
+    else if (!strcmp(name, "avx2+fma") && __builtin_cpu_supports("avx2") &&
+             __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        k = &dsv4_cpu_kern_avx2;
+    else
+        return dsv4_error(DSV4_ENOTSUP, "cpu: instruction set '%s' not available", name);
+    kern = k;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- scalar kernels */
+
+/*
+ * Decodes weight rows r0..r0+nr-1, columns k0..k0+len-1 into out[nr][len]
+ * (value * block scale; NVFP4 without scale2).  k0 is a multiple of 128.
+ */
+static void decode_scalar(const struct dsv4_qweight *w, int64_t r0, int nr, int64_t k0, int len,
+                          float *out)
+{
+    const uint8_t *b = w->w;
+    for (int r = 0; r < nr; r++) {
+        int64_t o = r0 + r;
+        float *d = out + (int64_t)r * len;
+        switch (w->fmt) {
+        case DSV4_WFMT_F32:
+            memcpy(d, (const float *)w->w + o * w->cols + k0, (size_t)len * sizeof(float));
+            break;
+        case DSV4_WFMT_BF16:
+            for (int j = 0; j < len; j++)
+                d[j] = dsv4_bf16_to_f32(((const uint16_t *)w->w)[o * w->cols + k0 + j]);
+            break;
+        case DSV4_WFMT_FP8: {
+            const uint8_t *s = w->scale + (o / 128) * ((w->cols + 127) / 128);
+            for (int j = 0; j < len; j++)
+                d[j] = dsv4_e4m3_to_f32(b[o * w->cols + k0 + j]) *
+                       dsv4_e8m0_to_f32(s[(k0 + j) / 128]);
+            break;
+        }
+        case DSV4_WFMT_MXFP4:
+        case DSV4_WFMT_NVFP4: {
+            int bs = w->fmt == DSV4_WFMT_MXFP4 ? 32 : 16;
+            const uint8_t *wr = b + o * ((w->cols + 1) / 2);
+            const uint8_t *s = w->scale + o * ((w->cols + bs - 1) / bs);
+            for (int j = 0; j < len; j++) {
+                int64_t k = k0 + j;
+                float v = dsv4_e2m1_to_f32((wr[k / 2] >> (4 * (k & 1))) & 15);
+                float sc = bs == 32 ? dsv4_e8m0_to_f32(s[k / bs]) : dsv4_e4m3_to_f32(s[k / bs]);
+                d[j] = v * sc;
+            }
+            break;
+        }
+        }
+    }
+}
+
+static void dot_scalar(const float *x, const float *wt, int nr, int len, float *out)
+{
+    for (int r = 0; r < nr; r++) {
+        float acc = 0.0f;
+        for (int j = 0; j < len; j++)
+            acc += x[j] * wt[(int64_t)r * len + j];
+        out[r] = acc;
+    }
+}
+
+static void act_fp8_scalar(const float *x, int64_t n, int group, float *out)
+{
+    memcpy(out, x, (size_t)n * sizeof(float));
+    dsv4_act_sim_fp8(out, n, group);
+}
+
+static void act_nvfp4_scalar(const float *x, int64_t n, float input_scale, float *out)
+{
+    uint8_t q[8], sf;
+    for (int64_t g0 = 0; g0 < n; g0 += 16) {
+        int64_t len = DSV4_MIN((int64_t)16, n - g0);
+        dsv4_act_quant_nvfp4(x + g0, len, input_scale, q, &sf);
+        float s = dsv4_e4m3_to_f32(sf);
+        for (int64_t i = 0; i < len; i++)
+            out[g0 + i] = dsv4_e2m1_to_f32((q[i / 2] >> (4 * (i & 1))) & 15) * s;
+    }
+}
+
+const struct dsv4_cpu_kern dsv4_cpu_kern_scalar = {
+        .name = "scalar",
+        .decode = decode_scalar,
+        .dot = dot_scalar,
+        .act_fp8 = act_fp8_scalar,
+        .act_nvfp4 = act_nvfp4_scalar,
+};
+
+/* ---------------------------------------------------------------- activations */
+
+void dsv4_cpu_act_fp8(const float *x, int64_t n, int group, float *out)
+{
+    DSV4_ASSERT(group > 0 && n >= 0);
+    get_kern()->act_fp8(x, n, group, out);
+}
+
+void dsv4_cpu_act_nvfp4(const float *x, int64_t n, float input_scale, float *out)
+{
+    DSV4_ASSERT(n >= 0);
+    get_kern()->act_nvfp4(x, n, input_scale, out);
+}
+
+/* ---------------------------------------------------------------- product */
+
+struct job {
+    const struct dsv4_cpu_kern *k;
+    const struct dsv4_qweight *w;
+    struct dsv4_pool *pool;
+    const float *xa; /* [m, cols] exact dequantised activations */
+    int64_t m;
+    float *y;
+    float alpha; /* final factor (NVFP4 scale2 [* input_scale]) or 1 */
+    int64_t rows_per_task;
+};
+
+static void task(void *arg, int64_t t, int thread)
+{
+    const struct job *j = arg;
+    const struct dsv4_qweight *w = j->w;
+    int64_t r_end = DSV4_MIN(w->rows, (t + 1) * j->rows_per_task);
+    float *buf = dsv4_pool_scratch(j->pool, thread, LIN_RT * LIN_KC * sizeof(float));
+    float part[LIN_RT];
+    DSV4_ASSERT(buf);
+    for (int64_t r0 = t * j->rows_per_task; r0 < r_end; r0 += LIN_RT) {
+        int nr = (int)DSV4_MIN((int64_t)LIN_RT, r_end - r0);
+        for (int64_t k0 = 0; k0 < w->cols; k0 += LIN_KC) {
+            int len = (int)DSV4_MIN((int64_t)LIN_KC, w->cols - k0);
+            j->k->decode(w, r0, nr, k0, len, buf);
+            for (int64_t i = 0; i < j->m; i++) {
+                float *yi = j->y + i * w->rows + r0;
+                j->k->dot(j->xa + i * w->cols + k0, buf, nr, len, part);
+                for (int r = 0; r < nr; r++)
+                    yi[r] = k0 ? yi[r] + part[r] : part[r];
+            }
+        }
+        if (j->alpha != 1.0f)
+            for (int64_t i = 0; i < j->m; i++)
+                for (int r = 0; r < nr; r++)
+                    j->y[i * w->rows + r0 + r] *= j->alpha;
+    }
+}
+
+void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv4_act act,
+                     const float *x, int64_t m, float *y)
+{
+    const struct dsv4_cpu_kern *k = get_kern();
+    struct job j = {.k = k, .w = w, .pool = p, .xa = x, .m = m, .y = y, .alpha = 1.0f};
+    DSV4_ASSERT(dsv4_linear_check(w, act) == 0 && m >= 0);
+    if (m == 0)
+        return;
+    if (act != DSV4_ACT_F32) {
+        float *xa = dsv4_pool_shared(p, (size_t)(m * w->cols) * sizeof(float));
+        DSV4_ASSERT(xa);
+        for (int64_t i = 0; i < m; i++) {
+            if (act == DSV4_ACT_FP8)
+                k->act_fp8(x + i * w->cols, w->cols, 128, xa + i * w->cols);
+            else
+                k->act_nvfp4(x + i * w->cols, w->cols, w->input_scale, xa + i * w->cols);
+        }
+        j.xa = xa;
+    }
+    if (w->fmt == DSV4_WFMT_NVFP4)
+        j.alpha = act == DSV4_ACT_NVFP4 ? w->scale2 * w->input_scale : w->scale2;
+    /* contiguous row ranges, several per thread so that a slowed thread claims fewer */
+    int64_t tiles = (w->rows + LIN_RT - 1) / LIN_RT;
+    int64_t ntasks = DSV4_MIN(tiles, (int64_t)dsv4_pool_threads(p) * 8);
+    j.rows_per_task = ((tiles + ntasks - 1) / ntasks) * LIN_RT;
+    ntasks = (w->rows + j.rows_per_task - 1) / j.rows_per_task;
+    dsv4_pool_run(p, task, &j, ntasks);
+}

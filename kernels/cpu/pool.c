@@ -1,0 +1,198 @@
+/*
+ * pool.c - the persistent thread pool of the CPU kernels (kernels/cpu/cpu.h).
+ *
+ * Threads are created once by dsv4_pool_init and sleep on a condition
+ * variable between jobs; a job is published by bumping a generation counter,
+ * and tasks are claimed with an atomic counter, so a thread slowed down by
+ * other load on the machine simply claims fewer tasks.  The calling thread
+ * works as thread 0, so a pool of n threads starts n - 1.  Per-thread
+ * scratch buffers (and one shared buffer) grow on first use and are kept,
+ * so steady-state calls never allocate.
+ *
+ * Invariant: one job at a time per pool (dsv4_pool_run is not re-entrant and
+ * a pool is driven by one thread); `pending` counts workers that have not yet
+ * finished the current generation.
+ */
+#include "kernels/cpu/cpu.h"
+
+#include "engine/dsv4.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct scratch {
+    void *p;
+    size_t n;
+};
+
+struct worker {
+    struct dsv4_pool *pool;
+    pthread_t th;
+    int id;
+};
+
+struct dsv4_pool {
+    int n;
+    struct worker *w;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_job, cv_done;
+    uint64_t gen;
+    int pending;
+    int stop;
+    dsv4_pool_fn fn;
+    void *arg;
+    int64_t ntasks;
+    atomic_int_fast64_t next;
+    struct scratch *scr; /* n per-thread buffers, then the shared one */
+};
+
+static void run_tasks(struct dsv4_pool *p, int thread)
+{
+    for (;;) {
+        int64_t i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
+        if (i >= p->ntasks)
+            return;
+        p->fn(p->arg, i, thread);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct dsv4_pool *p = w->pool;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->gen == seen && !p->stop)
+            pthread_cond_wait(&p->cv_job, &p->mu);
+        if (p->stop)
+            break;
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        run_tasks(p, w->id);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0)
+            pthread_cond_signal(&p->cv_done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+int dsv4_pool_init(int nthreads, struct dsv4_pool **out)
+{
+    struct dsv4_pool *p;
+    int started = 0, rc;
+    *out = NULL;
+    if (nthreads < 1 || nthreads > 1024)
+        return dsv4_error(DSV4_EINVAL, "thread pool: %d threads (1..1024)", nthreads);
+    p = calloc(1, sizeof(*p));
+    if (!p)
+        return dsv4_error(DSV4_ENOMEM, "thread pool: out of memory");
+    p->n = nthreads;
+    p->w = calloc((size_t)nthreads, sizeof(*p->w));
+    p->scr = calloc((size_t)nthreads + 1, sizeof(*p->scr));
+    if (!p->w || !p->scr) {
+        free(p->w);
+        free(p->scr);
+        free(p);
+        return dsv4_error(DSV4_ENOMEM, "thread pool: out of memory");
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_job, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    atomic_init(&p->next, 0);
+    for (int i = 1; i < nthreads; i++) {
+        p->w[i].pool = p;
+        p->w[i].id = i;
+        rc = pthread_create(&p->w[i].th, NULL, worker_main, &p->w[i]);
+        if (rc != 0) {
+            rc = dsv4_error(DSV4_ENOMEM, "thread pool: pthread_create: %s", strerror(rc));
+            goto fail;
+        }
+        started++;
+    }
+    *out = p;
+    return 0;
+fail:
+    p->n = started + 1;
+    dsv4_pool_free(p);
+    return rc;
+}
+
+void dsv4_pool_free(struct dsv4_pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv_job);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++)
+        pthread_join(p->w[i].th, NULL);
+    for (int i = 0; i <= p->n; i++)
+        free(p->scr[i].p);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv_job);
+    pthread_cond_destroy(&p->cv_done);
+    free(p->scr);
+    free(p->w);
+    free(p);
+}
+
+int dsv4_pool_threads(const struct dsv4_pool *p)
+{
+    return p->n;
+}
+
+void dsv4_pool_run(struct dsv4_pool *p, dsv4_pool_fn fn, void *arg, int64_t n)
+{
+    if (n <= 0)
+        return;
+    if (p->n == 1 || n == 1) {
+        for (int64_t i = 0; i < n; i++)
+            fn(arg, i, 0);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    p->ntasks = n;
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    p->pending = p->n - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->cv_job);
+    pthread_mutex_unlock(&p->mu);
+    run_tasks(p, 0);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0)
+        pthread_cond_wait(&p->cv_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void *grow(struct scratch *s, size_t bytes)
+{
+    if (bytes <= s->n)
+        return s->p;
+    void *q = NULL;
+    size_t n = (bytes + 4095) & ~(size_t)4095;
+    if (posix_memalign(&q, 64, n) != 0)
+        return NULL;
+    free(s->p);
+    s->p = q;
+    s->n = n;
+    return q;
+}
+
+void *dsv4_pool_scratch(struct dsv4_pool *p, int thread, size_t bytes)
+{
+    DSV4_ASSERT(thread >= 0 && thread < p->n);
+    return grow(&p->scr[thread], bytes);
+}
+
+void *dsv4_pool_shared(struct dsv4_pool *p, size_t bytes)
+{
+    return grow(&p->scr[p->n], bytes);
+}

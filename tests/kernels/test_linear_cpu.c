@@ -1,0 +1,179 @@
+/*
+ * test_linear_cpu.c - the fast CPU kernels against the scalar oracle: the
+ * activation quantisers bit for bit (ties, subnormals, saturation, NaN,
+ * tails), and dsv4_cpu_linear for every weight format and activation path
+ * on random shapes with partial blocks and odd row counts, batch 1..64, on
+ * 1-3 threads and on both instruction sets, with a per-element bound
+ * (relative to sum|x*w|) plus a whole-tensor normalised error; NaN inputs
+ * must reach the output and fail the comparison.
+ */
+#include "engine/dsv4.h"
+#include "kernels/cpu/cpu.h"
+#include "tests/kernels/lintest.h"
+
+static const struct {
+    enum dsv4_wfmt fmt;
+    enum dsv4_act act;
+} combos[] = {
+        {DSV4_WFMT_F32, DSV4_ACT_F32},     {DSV4_WFMT_BF16, DSV4_ACT_F32},
+        {DSV4_WFMT_FP8, DSV4_ACT_FP8},     {DSV4_WFMT_FP8, DSV4_ACT_F32},
+        {DSV4_WFMT_MXFP4, DSV4_ACT_FP8},   {DSV4_WFMT_MXFP4, DSV4_ACT_F32},
+        {DSV4_WFMT_NVFP4, DSV4_ACT_NVFP4}, {DSV4_WFMT_NVFP4, DSV4_ACT_FP8},
+        {DSV4_WFMT_NVFP4, DSV4_ACT_F32},
+};
+
+static int same_bits(const float *a, const float *b, int64_t n, const char *what)
+{
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], 4) != 0 && !(isnan(a[i]) && isnan(b[i]))) {
+            if (bad++ < 5)
+                fprintf(stderr, "%s: [%lld] got %.9g want %.9g\n", what, (long long)i, (double)a[i],
+                        (double)b[i]);
+        }
+    return bad;
+}
+
+static void test_act(void)
+{
+    enum { N = 4000 };
+    static float x[N], r[N], f[N];
+    static uint8_t q[N / 2 + 1], sf[N / 16 + 1];
+    lt_act_make(x, 1, N);
+    /* exact ties and near-ties of the grids relative to power-of-two scales */
+    for (int i = 0; i < 600; i++) {
+        float base =
+                ldexpf(1.0f + (float)(lt_u32() % 8) / 8 + 1.0f / 16, (int)(lt_u32() % 24) - 20);
+        x[i] = (i % 3 == 0) ? base : nextafterf(base, (i % 3 == 1) ? 0 : 1e9f);
+        if (i % 5 == 0)
+            x[i] = -x[i];
+    }
+    x[700] = 1e30f;      /* saturation / huge scale */
+    x[1000] = 0x1p-140f; /* FP32 subnormal */
+    for (int i = 1280; i < 1408; i++)
+        x[i] = 0.0f; /* all-zero group */
+    x[2001] = NAN;
+    x[3000] = INFINITY;
+    for (int isa = 0; isa < 2; isa++) {
+        if (dsv4_cpu_force_isa(isa ? "avx2+fma" : "scalar") != 0)
+            continue;
+        for (int n = N; n > N - 40; n -= 13) {
+            memcpy(r, x, sizeof(float) * (size_t)n);
+            dsv4_act_sim_fp8(r, n, 128);
+            dsv4_cpu_act_fp8(x, n, 128, f);
+            CHECKF(same_bits(f, r, n, "act fp8") == 0, "%s n=%d", dsv4_cpu_isa(), n);
+            memcpy(r, x, sizeof(float) * (size_t)n);
+            dsv4_act_sim_fp8(r, n, 64);
+            dsv4_cpu_act_fp8(x, n, 64, f);
+            CHECKF(same_bits(f, r, n, "act fp8/64") == 0, "%s n=%d", dsv4_cpu_isa(), n);
+            CHECK(isnan(f[2001]) && isnan(f[1999]) && !isnan(f[1900]));
+            for (int s = 0; s < 2; s++) {
+                float is = s ? 0.37f : 1.0f;
+                dsv4_act_quant_nvfp4(x, n, is, q, sf);
+                for (int i = 0; i < n; i++)
+                    r[i] = dsv4_e2m1_to_f32((q[i / 2] >> (4 * (i & 1))) & 15) *
+                           dsv4_e4m3_to_f32(sf[i / 16]);
+                dsv4_cpu_act_nvfp4(x, n, is, f);
+                CHECKF(same_bits(f, r, n, "act nvfp4") == 0, "%s n=%d", dsv4_cpu_isa(), n);
+            }
+        }
+    }
+}
+
+static void test_linear(void)
+{
+    static const int64_t shapes[][3] = {
+            /* rows, cols, m */
+            {1, 16, 1},    {3, 100, 1},   {130, 300, 3}, {257, 130, 1}, {64, 1100, 8},
+            {17, 2048, 2}, {33, 520, 64}, {5, 1040, 33}, {300, 256, 1}, {7, 48, 17},
+    };
+    struct dsv4_pool *pool[3];
+    for (int t = 0; t < 3; t++)
+        CHECK_INT(dsv4_pool_init(t + 1, &pool[t]), 0);
+    for (size_t c = 0; c < DSV4_ARRAY_LEN(combos); c++)
+        for (size_t s = 0; s < DSV4_ARRAY_LEN(shapes); s++) {
+            int64_t R = shapes[s][0], K = shapes[s][1], m = shapes[s][2];
+            enum dsv4_act act = combos[c].act;
+            struct lt_weight t;
+            lt_weight_make(&t, combos[c].fmt, R, K);
+            float *x = malloc((size_t)(m * K) * sizeof(float));
+            float *y = malloc((size_t)(m * R) * sizeof(float));
+            float *yr = malloc((size_t)(m * R) * sizeof(float));
+            double *yd = malloc((size_t)(m * R) * sizeof(double));
+            double *yrd = malloc((size_t)(m * R) * sizeof(double));
+            double *as = malloc((size_t)(m * R) * sizeof(double));
+            lt_act_make(x, m, K);
+            lt_model(&t.q, act, x, m, yd, as);
+            dsv4_ref_linear(&t.q, act, x, m, yr);
+            for (int64_t i = 0; i < m * R; i++)
+                yrd[i] = yr[i];
+            double rel = (double)(K + 2) * 0x1p-24;
+            for (int isa = 0; isa < 2; isa++) {
+                if (dsv4_cpu_force_isa(isa ? "avx2+fma" : "scalar") != 0)
+                    continue;
+                struct dsv4_pool *p = pool[(c + s + (size_t)isa) % 3];
+                char what[128];
+                snprintf(what, sizeof(what), "%s %s/%s [%lld,%lld] m=%lld threads=%d",
+                         dsv4_cpu_isa(), dsv4_wfmt_name(combos[c].fmt), dsv4_act_name(act),
+                         (long long)R, (long long)K, (long long)m, dsv4_pool_threads(p));
+                for (int64_t i = 0; i < m * R; i++)
+                    y[i] = -12345.0f; /* every output must be written */
+                dsv4_cpu_linear(p, &t.q, act, x, m, y);
+                CHECKF(lt_compare(what, y, yd, as, m * R, rel, 1e-5) == 0, "%s vs model", what);
+                CHECKF(lt_compare(what, y, yrd, as, m * R, 2 * rel, 2e-5) == 0, "%s vs ref", what);
+            }
+            /* NaN in one activation reaches every output of its row and fails */
+            x[(m - 1) * K + K / 3] = NAN;
+            dsv4_cpu_linear(pool[2], &t.q, act, x, m, y);
+            CHECK(isnan(y[(m - 1) * R]) && isnan(y[m * R - 1]));
+            CHECK(lt_compare("(expected to fail)", y, yd, as, m * R, rel, 1e-5) > 0);
+            free(x);
+            free(y);
+            free(yr);
+            free(yd);
+            free(yrd);
+            free(as);
+            lt_weight_free(&t);
+        }
+    for (int t = 0; t < 3; t++)
+        dsv4_pool_free(pool[t]);
+}
+
+struct count_arg {
+    int hits[1000];
+};
+
+static void count_fn(void *arg, int64_t i, int thread)
+{
+    struct count_arg *a = arg;
+    a->hits[i]++;
+    (void)thread;
+}
+
+static void test_pool(void)
+{
+    struct dsv4_pool *p;
+    CHECK_INT(dsv4_pool_init(0, &p), DSV4_EINVAL);
+    CHECK_INT(dsv4_pool_init(3, &p), 0);
+    CHECK_INT(dsv4_pool_threads(p), 3);
+    for (int rep = 0; rep < 200; rep++) {
+        struct count_arg a = {{0}};
+        int n = 1 + rep * 5 % 1000, bad = 0;
+        dsv4_pool_run(p, count_fn, &a, n);
+        for (int i = 0; i < 1000; i++)
+            bad += a.hits[i] != (i < n);
+        CHECK_INT(bad, 0);
+    }
+    void *s1 = dsv4_pool_scratch(p, 2, 1000), *s2 = dsv4_pool_scratch(p, 2, 900);
+    CHECK(s1 && s1 == s2 && ((uintptr_t)s1 & 63) == 0);
+    CHECK(dsv4_pool_shared(p, 10) != NULL);
+    dsv4_pool_free(p);
+}
+
+int main(void)
+{
+    test_pool();
+    test_act();
+    test_linear();
+    TEST_DONE();
+}
