@@ -44,7 +44,8 @@ int dsv4_comm_barrier(struct dsv4_comm *c);
 /* buf[n] (FP32) in place: buf = sum over ranks r of buf_r, summed in rank order. */
 int dsv4_comm_all_reduce_sum_f32(struct dsv4_comm *c, float *buf, size_t n);
 
-/* recv[size * bytes] = concat over ranks r of send_r[bytes] (equal chunks, rank order). */
+/* recv[size * bytes] = concat over ranks r of send_r[bytes] (equal chunks, rank
+ * order).  In place allowed: send == recv + rank * bytes. */
 int dsv4_comm_all_gather(struct dsv4_comm *c, const void *send, void *recv, size_t bytes);
 
 /* Chunk j of send ([size][bytes]) goes to rank j; recv ([size][bytes]) chunk r
@@ -103,8 +104,9 @@ size_t dsv4_comm_shm_slot_bytes(const struct dsv4_comm_shm *g);
 /*
  * Runs fn(comm, arg) on n rank threads over a fresh shm group (slot_bytes as
  * for create) and waits for all of them.  Returns 0 if every fn returned 0,
- * otherwise the status of the lowest rank that failed.  If a rank fails,
- * the group is aborted so that the other ranks cannot hang in a collective.
+ * otherwise the status (and message) of the rank that failed first.  When a
+ * rank fails the group is aborted, so the other ranks cannot hang in a
+ * collective (their pending calls return DSV4_EIO).
  */
 typedef int (*dsv4_comm_rank_fn)(struct dsv4_comm *comm, void *arg);
 int dsv4_comm_run_threads(int n, size_t slot_bytes, dsv4_comm_rank_fn fn, void *arg);
