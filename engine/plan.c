@@ -2,8 +2,9 @@
  * plan.c - parallel layout, per-rank weight bytes, parameter counts and
  * KV/state sizes of a checkpoint (see plan.h for the formulas).
  *
- * Invariants: per-rank byte counts of every category sum to the totals
- * exactly (the contract's splits partition each tensor); parameter counts
+ * Invariants: per category, the split bytes of all ranks plus the
+ * replicated bytes (counted once) equal the total exactly (the contract's
+ * splits partition each tensor); parameter counts
  * are the contract's, whatever the bytes' source.
  */
 #include "dsv4-build.h"
@@ -136,6 +137,9 @@ static void account(struct dsv4_plan *p, const struct dsv4_tspec *s, int expert,
         }
         p->ranks[r].bytes[s->cat] += b;
         p->ranks[r].total += b;
+        if (s->split == DSV4_SPLIT_REPLICATED ||
+            (s->split != DSV4_SPLIT_EXPERT && s->split_units <= 0))
+            p->ranks[r].replicated[s->cat] += b;
     }
 }
 
@@ -263,7 +267,7 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
     fprintf(f,
             "  hc_*, router, norms, MTP e_proj/h_proj: replicated; MTP block: as a trunk layer\n");
 
-    fprintf(f, "\nweights per rank (GiB):\n");
+    fprintf(f, "\nweights per rank (GiB; replicated tensors count on every rank):\n");
     fprintf(f, "  %-5s %10s %10s %10s %10s %10s %10s %10s  %s\n", "rank", "attention", "shared",
             "routed", "embed+head", "mtp", "other", "total", "experts");
     for (int r = 0; r < n; r++) {
@@ -274,7 +278,7 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
         fprintf(f, " %10.3f  %" PRId64 "..%" PRId64 "\n", gib(k->total), k->experts_begin,
                 k->experts_end - 1);
     }
-    fprintf(f, "  %-5s", "all");
+    fprintf(f, "  %-5s", "model");
     for (int i = 0; i < DSV4_CAT_COUNT; i++)
         fprintf(f, " %10.3f", gib(p->bytes[i]));
     fprintf(f, " %10.3f\n", gib(p->total_bytes));
@@ -285,8 +289,8 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
             p->main_entry_bytes, p->index_entry_bytes);
     fprintf(f, "  layers: %d ratio-4 (CSA), %d ratio-128 (HCA), %d window-only\n", p->n_csa,
             p->n_hca, p->n_swa);
-    fprintf(f, "  per token: %.2f B (%.2f GiB per 1M tokens)\n", p->kv_bytes_per_token,
-            p->kv_bytes_per_token * 1e6 / (1024.0 * 1024 * 1024));
+    fprintf(f, "  per token: %.2f B (%.2f GiB per 2^20 tokens)\n", p->kv_bytes_per_token,
+            p->kv_bytes_per_token / 1024.0);
     fprintf(f, "  fixed: window %.2f MiB + compressor state %.2f MiB\n",
             p->window_bytes / 1048576.0, p->compressor_bytes / 1048576.0);
     if (p->kv_tokens >= 0) {
@@ -327,7 +331,10 @@ void dsv4_plan_print_json(const struct dsv4_plan *p, FILE *f)
         fprintf(f, "  {\"rank\": %d", r);
         for (int i = 0; i < DSV4_CAT_COUNT; i++)
             fprintf(f, ", \"%s\": %" PRIu64, keys[i], k->bytes[i]);
-        fprintf(f, ", \"total\": %" PRIu64 ", \"experts\": [%" PRId64 ", %" PRId64 "]", k->total,
+        fprintf(f, ", \"replicated\": {");
+        for (int i = 0; i < DSV4_CAT_COUNT; i++)
+            fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", keys[i], k->replicated[i]);
+        fprintf(f, "}, \"total\": %" PRIu64 ", \"experts\": [%" PRId64 ", %" PRId64 "]", k->total,
                 k->experts_begin, k->experts_end);
         if (k->kv_tokens >= 0)
             fprintf(f, ", \"kv_tokens\": %" PRId64, k->kv_tokens);

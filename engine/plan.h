@@ -31,7 +31,8 @@
 #include <stdio.h>
 
 struct dsv4_plan_rank {
-    uint64_t bytes[DSV4_CAT_COUNT];
+    uint64_t bytes[DSV4_CAT_COUNT];      /* held by this rank */
+    uint64_t replicated[DSV4_CAT_COUNT]; /* of which replicated (whole on every rank) */
     uint64_t total;
     int64_t experts_begin, experts_end; /* routed experts held */
     int64_t kv_tokens;                  /* tokens of KV that fit, -1 without --device-mem */

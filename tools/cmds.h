@@ -12,5 +12,7 @@ struct dsv4_cmd {
 };
 
 int dsv4_cmd_version(int argc, char **argv);
+int dsv4_cmd_mkmodel(int argc, char **argv);
+int dsv4_cmd_plan(int argc, char **argv);
 
 #endif

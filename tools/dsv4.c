@@ -12,6 +12,8 @@
 
 static const struct dsv4_cmd cmds[] = {
         {"version", dsv4_cmd_version, "print the version and the build's features"},
+        {"mkmodel", dsv4_cmd_mkmodel, "write a synthetic checkpoint (tiny, small or any config)"},
+        {"plan", dsv4_cmd_plan, "parallel layout and memory plan of a checkpoint or config"},
 };
 
 static void usage(FILE *f)
