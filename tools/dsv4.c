@@ -12,6 +12,9 @@
 
 static const struct dsv4_cmd cmds[] = {
         {"version", dsv4_cmd_version, "print the version and the build's features"},
+        {"tokenize", dsv4_cmd_tokenize, "text <-> token ids with a tokenizer.json"},
+        {"chat-encode", dsv4_cmd_chat_encode, "render chat messages as a DeepSeek-V4 prompt"},
+        {"chat-parse", dsv4_cmd_chat_parse, "parse a completion: reasoning, content, tool calls"},
         {"mkmodel", dsv4_cmd_mkmodel, "write a synthetic checkpoint (tiny, small or any config)"},
         {"plan", dsv4_cmd_plan, "parallel layout and memory plan of a checkpoint or config"},
 };
