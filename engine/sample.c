@@ -4,11 +4,12 @@
  * speculative rejection sampling.
  *
  * Why it is built this way:
- *   - No sort of the vocabulary.  top-k is a quickselect and top-p a
- *     "mass select" (quickselect that stops where the cumulative mass of the
- *     better part crosses the target), both O(V) expected, over a candidate
- *     list in scratch.  Keys are (p desc, id asc), a strict total order, so
- *     the kept set does not depend on the order the selection visits tokens.
+ *   - No sort of the vocabulary.  top-k up to HEAP_TOP_K keeps a heap
+ *     during the softmax pass, larger k a quickselect; top-p is a "mass
+ *     select" (quickselect that stops where the cumulative mass of the
+ *     better part crosses the target) over the candidates that can still be
+ *     in the nucleus; all O(V) expected.  Keys are (p desc, id asc), a strict
+ *     total order, so the kept set does not depend on the visiting order.
  *   - The processed distribution is kept dense (p[t] = 0 for filtered
  *     tokens) and the draw walks it in id order, so a draw depends only on
  *     the distribution and the uniform, not on selection internals.
@@ -27,13 +28,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A candidate of the selections: its probability next to its id, so the
+ * partitions stream through one array instead of gathering from p[V]. */
+struct cand {
+    float p;
+    int32_t id;
+};
+
 struct dsv4_sampler {
     int32_t vocab;
-    float *x;       /* [V] penalised logits */
-    float *p;       /* [V] unnormalised processed probabilities */
-    int32_t *cand;  /* [V] candidate ids for the selections */
-    int32_t *count; /* [V] output-token counts, all zero between calls */
-    uint8_t *seen;  /* [V] prompt/output membership, all zero between calls */
+    float *x;          /* [V] penalised logits */
+    const float *xv;   /* the logits of this call: the caller's row or x */
+    float *p;          /* [V] unnormalised processed probabilities */
+    struct cand *cand; /* [V] candidates of the selections */
+    int32_t *count;    /* [V] output-token counts, all zero between calls */
+    uint8_t *seen;     /* [V] prompt/output membership, all zero between calls */
 };
 
 /* ---- counter-based generator: Philox-4x32-10 ---- */
@@ -148,7 +157,7 @@ int dsv4_sampler_init(int32_t vocab, struct dsv4_sampler **out)
     s->vocab = vocab;
     s->x = malloc((size_t)vocab * sizeof(float));
     s->p = malloc((size_t)vocab * sizeof(float));
-    s->cand = malloc((size_t)vocab * sizeof(int32_t));
+    s->cand = malloc((size_t)vocab * sizeof(*s->cand));
     s->count = calloc((size_t)vocab, sizeof(int32_t));
     s->seen = calloc((size_t)vocab, 1);
     if (!s->x || !s->p || !s->cand || !s->count || !s->seen)
@@ -205,31 +214,68 @@ static void penalise(struct dsv4_sampler *s, const struct dsv4_sample_params *pp
     s->count[t] = 0;
 }
 
+/* max of v[V] in four independent lanes; *bad = 1 if any entry is NaN or +inf. */
+static float row_max(const float *v, int32_t V, int *bad)
+{
+    float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int flag = 0;
+    int32_t t = 0;
+    for (; t + 4 <= V; t += 4) {
+        for (int l = 0; l < 4; l++) {
+            float a = v[t + l];
+            flag |= !(a < INFINITY);
+            m[l] = a > m[l] ? a : m[l];
+        }
+    }
+    for (; t < V; t++) {
+        flag |= !(v[t] < INFINITY);
+        m[0] = v[t] > m[0] ? v[t] : m[0];
+    }
+    *bad = flag;
+    float a = m[0] > m[1] ? m[0] : m[1], b = m[2] > m[3] ? m[2] : m[3];
+    return a > b ? a : b;
+}
+
+/* The first token t with v[t] == max (the argmax with ties -> lowest id). */
+static int32_t first_equal(const float *v, int32_t V, float max)
+{
+    for (int32_t t = 0; t < V; t++)
+        if (v[t] == max)
+            return t;
+    return -1;
+}
+
 /*
- * x = logits with penalties; *argmax = argmax_t x_t (ties -> lowest id).
- * Rejects NaN / +inf logits, and rows with no finite maximum.
+ * s->xv = the logits, or s->x = a penalised copy when penalties apply;
+ * *argmax = argmax_t xv_t (ties -> lowest id).  Rejects NaN / +inf logits,
+ * rows with no finite maximum, and penalties that overflow to +inf.
  */
 static int prepare(struct dsv4_sampler *s, const struct dsv4_sample_params *pp, const float *logits,
                    const struct dsv4_sample_history *h, int32_t *argmax)
 {
     const int32_t V = s->vocab;
-    int rc;
+    int rc, bad;
     if (!logits)
         return dsv4_error(DSV4_EINVAL, "sample: no logits");
-    for (int32_t t = 0; t < V; t++) {
-        float v = logits[t];
-        if (isnan(v) || v == INFINITY)
-            return dsv4_error(DSV4_EINVAL, "sample: logit %d is %s", (int)t,
-                              isnan(v) ? "NaN" : "+inf");
-        s->x[t] = v;
+    float mx = row_max(logits, V, &bad);
+    if (bad) {
+        for (int32_t t = 0; t < V; t++)
+            if (!(logits[t] < INFINITY))
+                return dsv4_error(DSV4_EINVAL, "sample: logit %d is %s", (int)t,
+                                  isnan(logits[t]) ? "NaN" : "+inf");
     }
+    if (mx == -INFINITY)
+        return dsv4_error(DSV4_EINVAL, "sample: every logit is -inf");
+    s->xv = logits;
     bool penalties = pp->repetition_penalty != 1.0f || pp->presence_penalty != 0.0f ||
                      pp->frequency_penalty != 0.0f;
-    if (h && penalties) {
+    if (h && penalties && (h->n_prompt || h->n_output || h->n_pending)) {
         if ((rc = check_ids(h->prompt, h->n_prompt, V, "prompt")) ||
             (rc = check_ids(h->output, h->n_output, V, "output")) ||
             (rc = check_ids(h->pending, h->n_pending, V, "pending")))
             return rc;
+        memcpy(s->x, logits, (size_t)V * sizeof(float));
+        s->xv = s->x;
         for (size_t i = 0; i < h->n_prompt; i++)
             s->seen[h->prompt[i]] = 1;
         for (size_t i = 0; i < h->n_output; i++) {
@@ -246,23 +292,32 @@ static int prepare(struct dsv4_sampler *s, const struct dsv4_sample_params *pp, 
             penalise(s, pp, h->output[i]);
         for (size_t i = 0; i < h->n_pending; i++)
             penalise(s, pp, h->pending[i]);
-    }
-    int32_t best = -1;
-    float bv = -INFINITY;
-    for (int32_t t = 0; t < V; t++) {
-        float v = s->x[t];
-        if (v == INFINITY)
-            return dsv4_error(DSV4_EINVAL, "sample: logit %d overflows to +inf after penalties",
-                              (int)t);
-        if (v > bv) {
-            bv = v;
-            best = t;
+        mx = row_max(s->x, V, &bad);
+        if (bad) {
+            for (int32_t t = 0; t < V; t++)
+                if (!(s->x[t] < INFINITY))
+                    return dsv4_error(DSV4_EINVAL,
+                                      "sample: logit %d overflows to +inf after penalties", (int)t);
         }
+        if (mx == -INFINITY)
+            return dsv4_error(DSV4_EINVAL, "sample: every logit is -inf after penalties");
     }
-    if (best < 0)
-        return dsv4_error(DSV4_EINVAL, "sample: every logit is -inf");
-    *argmax = best;
+    *argmax = first_equal(s->xv, V, mx);
+    DSV4_ASSERT(*argmax >= 0);
     return 0;
+}
+
+/* Sum of w[V] in four double lanes. */
+static double row_sum(const float *w, int32_t V)
+{
+    double a[4] = {0, 0, 0, 0};
+    int32_t t = 0;
+    for (; t + 4 <= V; t += 4)
+        for (int l = 0; l < 4; l++)
+            a[l] += w[t + l];
+    for (; t < V; t++)
+        a[0] += w[t];
+    return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
 static bool is_greedy(const struct dsv4_sample_params *pp)
@@ -273,14 +328,14 @@ static bool is_greedy(const struct dsv4_sample_params *pp)
 /* ---- steps 3-6: softmax and filters ---- */
 
 /* a ranks before b: higher probability, then lower id. */
-static inline bool better(const float *p, int32_t a, int32_t b)
+static inline bool better(struct cand a, struct cand b)
 {
-    return p[a] > p[b] || (p[a] == p[b] && a < b);
+    return a.p > b.p || (a.p == b.p && a.id < b.id);
 }
 
-static inline void swap_i32(int32_t *a, int32_t *b)
+static inline void swap_cand(struct cand *a, struct cand *b)
 {
-    int32_t t = *a;
+    struct cand t = *a;
     *a = *b;
     *b = t;
 }
@@ -290,37 +345,38 @@ static inline void swap_i32(int32_t *a, int32_t *b)
  * return c[lo, i) rank before c[i] (the pivot) and c[i+1, hi) after it.
  * *mass = sum of p over c[lo, i).
  */
-static int32_t partition(const float *p, int32_t *c, int32_t lo, int32_t hi, double *mass)
+static int32_t partition(struct cand *c, int32_t lo, int32_t hi, double *mass)
 {
     int32_t mid = lo + (hi - lo) / 2, last = hi - 1;
     /* median of c[lo], c[mid], c[last] moved to c[last] */
-    if (better(p, c[mid], c[lo]))
-        swap_i32(&c[mid], &c[lo]);
-    if (better(p, c[last], c[lo]))
-        swap_i32(&c[last], &c[lo]);
-    if (better(p, c[mid], c[last]))
-        swap_i32(&c[mid], &c[last]);
-    int32_t pivot = c[last], i = lo;
+    if (better(c[mid], c[lo]))
+        swap_cand(&c[mid], &c[lo]);
+    if (better(c[last], c[lo]))
+        swap_cand(&c[last], &c[lo]);
+    if (better(c[mid], c[last]))
+        swap_cand(&c[mid], &c[last]);
+    const struct cand pivot = c[last];
+    int32_t i = lo;
     double m = 0.0;
     for (int32_t j = lo; j < last; j++) {
-        if (better(p, c[j], pivot)) {
-            m += p[c[j]];
-            swap_i32(&c[i], &c[j]);
+        if (better(c[j], pivot)) {
+            m += c[j].p;
+            swap_cand(&c[i], &c[j]);
             i++;
         }
     }
-    swap_i32(&c[i], &c[last]);
+    swap_cand(&c[i], &c[last]);
     *mass = m;
     return i;
 }
 
 /* Reorders c[0, n) so that c[0, k) are its k best (0 < k < n). */
-static void select_top_k(const float *p, int32_t *c, int32_t n, int32_t k)
+static void select_top_k(struct cand *c, int32_t n, int32_t k)
 {
     int32_t lo = 0, hi = n;
     while (hi - lo > 1) {
         double unused;
-        int32_t i = partition(p, c, lo, hi, &unused);
+        int32_t i = partition(c, lo, hi, &unused);
         if (i == k || i == k - 1)
             return;
         if (i < k)
@@ -335,17 +391,17 @@ static void select_top_k(const float *p, int32_t *c, int32_t n, int32_t k)
  * better-ranked tokens hold less than `target` mass (the top-p nucleus;
  * m >= 1 when target > 0).
  */
-static int32_t select_mass(const float *p, int32_t *c, int32_t n, double target)
+static int32_t select_mass(struct cand *c, int32_t n, double target)
 {
     int32_t lo = 0, hi = n;
     double acc = 0.0; /* mass of c[0, lo), all kept */
     while (lo < hi) {
         double m;
-        int32_t i = partition(p, c, lo, hi, &m);
+        int32_t i = partition(c, lo, hi, &m);
         if (acc + m >= target) {
             hi = i; /* the pivot and everything after it are dropped */
         } else {
-            acc += m + p[c[i]];
+            acc += m + c[i].p;
             lo = i + 1;
             if (acc >= target)
                 return lo;
@@ -354,45 +410,115 @@ static int32_t select_mass(const float *p, int32_t *c, int32_t n, double target)
     return lo;
 }
 
+/* Largest top_k served by the heap (one pass, O(V + k log k) typical);
+ * larger k go through quickselect over every candidate. */
+#define HEAP_TOP_K 1024
+
+/* Min-heap on `better` (root = the worst of the kept): restores from i down. */
+static void heap_down(struct cand *h, int32_t n, int32_t i)
+{
+    for (;;) {
+        int32_t l = 2 * i + 1, r = l + 1, w = i;
+        if (l < n && better(h[w], h[l]))
+            w = l;
+        if (r < n && better(h[w], h[r]))
+            w = r;
+        if (w == i)
+            return;
+        swap_cand(&h[i], &h[w]);
+        i = w;
+    }
+}
+
+static void heap_up(struct cand *h, int32_t i)
+{
+    while (i > 0) {
+        int32_t parent = (i - 1) / 2;
+        if (!better(h[parent], h[i]))
+            return;
+        swap_cand(&h[parent], &h[i]);
+        i = parent;
+    }
+}
+
 /*
  * dst[V] = unnormalised processed probabilities (0 where filtered) for a
- * non-greedy draw; *total = their sum (> 0).  xmax = max_t x_t.
+ * non-greedy draw; returns their sum (> 0).  xmax = max_t x_t, so the
+ * argmax has p = exp(0) = 1 and min-p compares p against min_p itself.
  */
 static double filter(struct dsv4_sampler *s, const struct dsv4_sample_params *pp, float xmax,
                      float *dst)
 {
     const int32_t V = s->vocab;
     const float inv_t = 1.0f / pp->temperature;
-    const float cut = pp->min_p; /* p is relative to the maximum, which is exp(0) = 1 */
+    const float cut = pp->min_p;
+    const bool top_k = pp->top_k > 0 && pp->top_k < V, top_p = pp->top_p < 1.0f;
+    struct cand *c = s->cand;
     int32_t n = 0;
-    for (int32_t t = 0; t < V; t++) {
-        float v = expf((s->x[t] - xmax) * inv_t);
-        if (v > 0.0f && v >= cut) {
-            dst[t] = v;
-            s->cand[n++] = t;
-        } else {
+    double mass = 0.0;
+    if (top_k && pp->top_k <= HEAP_TOP_K) {
+        /* one pass keeping the k best in a heap */
+        const int32_t k = pp->top_k;
+        for (int32_t t = 0; t < V; t++) {
+            float v = expf((s->xv[t] - xmax) * inv_t);
             dst[t] = 0.0f;
+            if (!(v > 0.0f && v >= cut))
+                continue;
+            struct cand e = {v, t};
+            if (n < k) {
+                c[n] = e;
+                heap_up(c, n++);
+            } else if (better(e, c[0])) {
+                c[0] = e;
+                heap_down(c, n, 0);
+            }
+        }
+        for (int32_t i = 0; i < n; i++) {
+            dst[c[i].id] = c[i].p;
+            mass += c[i].p;
+        }
+    } else {
+        int32_t live = 0;
+        for (int32_t t = 0; t < V; t++) {
+            float v = expf((s->xv[t] - xmax) * inv_t);
+            if (!(v > 0.0f && v >= cut))
+                v = 0.0f;
+            live += v > 0.0f;
+            mass += v;
+            dst[t] = v;
+        }
+        if (top_k || top_p) {
+            /*
+             * Only top-p: a token whose p is at most (1 - top_p) * mass / live
+             * cannot be in the nucleus (it and every worse token together
+             * hold at most live * p of the mass), so it is not a candidate.
+             */
+            float floor_p = 0.0f;
+            if (!top_k)
+                floor_p = (float)((1.0 - (double)pp->top_p) * mass / live * (1.0 - 1e-6));
+            for (int32_t t = 0; t < V; t++)
+                if (dst[t] > floor_p)
+                    c[n++] = (struct cand){dst[t], t};
+                else
+                    dst[t] = 0.0f;
+            if (top_k && pp->top_k < n) {
+                select_top_k(c, n, pp->top_k);
+                for (int32_t i = pp->top_k; i < n; i++)
+                    dst[c[i].id] = 0.0f;
+                n = pp->top_k;
+                mass = 0.0;
+                for (int32_t i = 0; i < n; i++)
+                    mass += c[i].p;
+            }
         }
     }
-    DSV4_ASSERT(n >= 1); /* the argmax has v = 1 >= min_p */
-    if (pp->top_k > 0 && pp->top_k < n) {
-        select_top_k(dst, s->cand, n, pp->top_k);
-        for (int32_t i = pp->top_k; i < n; i++)
-            dst[s->cand[i]] = 0.0f;
-        n = pp->top_k;
-    }
-    if (pp->top_p < 1.0f) {
-        double mass = 0.0;
-        for (int32_t i = 0; i < n; i++)
-            mass += dst[s->cand[i]];
-        int32_t m = select_mass(dst, s->cand, n, (double)pp->top_p * mass);
+    DSV4_ASSERT(mass > 0.0); /* the argmax has p = 1 >= min_p */
+    if (top_p) {
+        int32_t m = select_mass(c, n, (double)pp->top_p * mass);
         for (int32_t i = m; i < n; i++)
-            dst[s->cand[i]] = 0.0f;
+            dst[c[i].id] = 0.0f;
     }
-    double total = 0.0;
-    for (int32_t t = 0; t < V; t++)
-        total += dst[t];
-    return total;
+    return row_sum(dst, V);
 }
 
 /* The token at cumulative mass u * total of w[V], walking ids upwards. */
@@ -459,7 +585,7 @@ static void fill_logprobs(struct dsv4_sampler *s, const struct dsv4_sample_param
         for (int i = 0; i < n; i++)
             out->top_logprobs[i] = (float)(log((double)s->p[out->top_ids[i]]) - lt);
     } else {
-        const float *v = pp->logprobs_mode == DSV4_SAMPLE_LOGPROBS_RAW ? logits : s->x;
+        const float *v = pp->logprobs_mode == DSV4_SAMPLE_LOGPROBS_RAW ? logits : s->xv;
         double lse = log_sum_exp(v, V);
         out->logprob = (float)((double)v[out->token] - lse);
         top_n(v, V, -INFINITY, pp->n_top_logprobs, out->top_ids, &n);
@@ -490,7 +616,7 @@ int dsv4_sample(struct dsv4_sampler *s, const struct dsv4_sample_params *params,
     if (greedy) {
         out->token = amax;
     } else {
-        total = filter(s, params, s->x[amax], s->p);
+        total = filter(s, params, s->xv[amax], s->p);
         out->token = draw(s->p, s->vocab, total, dsv4_sample_uniform(params->seed, pos, stream));
     }
     out->logprob = NAN;
@@ -516,10 +642,25 @@ int dsv4_sample_probs(struct dsv4_sampler *s, const struct dsv4_sample_params *p
         probs[amax] = 1.0f;
         return 0;
     }
-    double total = filter(s, params, s->x[amax], probs);
+    double total = filter(s, params, s->xv[amax], probs);
     float inv = (float)(1.0 / total);
     for (int32_t t = 0; t < s->vocab; t++)
         probs[t] *= inv;
+    return 0;
+}
+
+int dsv4_sample_draft(struct dsv4_sampler *s, const struct dsv4_sample_params *params,
+                      const float *logits, const struct dsv4_sample_history *hist, uint64_t pos,
+                      float *probs, int32_t *token)
+{
+    int rc;
+    if (!token)
+        return dsv4_error(DSV4_EINVAL, "sample_draft: no token output");
+    if ((rc = dsv4_sample_probs(s, params, logits, hist, probs)))
+        return rc;
+    double total = row_sum(probs, s->vocab);
+    *token = draw(probs, s->vocab, total,
+                  dsv4_sample_uniform(params->seed, pos, DSV4_SAMPLE_STREAM_DRAFT));
     return 0;
 }
 

@@ -145,6 +145,16 @@ int dsv4_sample_probs(struct dsv4_sampler *s, const struct dsv4_sample_params *p
                       const float *logits, const struct dsv4_sample_history *hist, float *probs);
 
 /*
+ * An MTP draft proposal: probs[V] = the processed distribution of the draft
+ * logits (as dsv4_sample_probs) and *token a draw from it (stream DRAFT at
+ * pos), in one call: the d_i and q_i rows of dsv4_sample_speculative().
+ * (Greedy params: the argmax and a one-hot row.)
+ */
+int dsv4_sample_draft(struct dsv4_sampler *s, const struct dsv4_sample_params *params,
+                      const float *logits, const struct dsv4_sample_history *hist, uint64_t pos,
+                      float *probs, int32_t *token);
+
+/*
  * Speculative rejection sampling over one verify step of k draft tokens.
  *   p:      [k+1][V] FP32 row-major: the target's processed distribution at
  *           each verify position (row i predicts the token after draft i-1;
