@@ -89,13 +89,27 @@ struct dsv4_comm_shm;
  * per rank (0: default; rounded up to 64 bytes times n_ranks, at least 4 KiB). */
 int dsv4_comm_shm_create(int n_ranks, size_t slot_bytes, struct dsv4_comm_shm **out);
 
-/* Frees the arena; every handle attached to it must be freed first. */
+/* The memfd holding the arena (-1 when memfd_create was unavailable and the
+ * arena is an anonymous mapping): what a supervisor hands to worker
+ * processes.  Owned by the group. */
+int dsv4_comm_shm_fd(const struct dsv4_comm_shm *g);
+
+/* Maps an arena made by dsv4_comm_shm_create (in this or another process)
+ * from its fd (dup'ed; the caller keeps its own), after checking its header
+ * and layout (DSV4_EFORMAT otherwise).  Ranks then attach as usual; a rank
+ * may be attached in only one process at a time. */
+int dsv4_comm_shm_open_fd(int fd, struct dsv4_comm_shm **out);
+
+/* Unmaps this process's view of the arena; every handle attached through it
+ * must be freed first (handles of other processes are not affected). */
 void dsv4_comm_shm_destroy(struct dsv4_comm_shm *g);
 
 /* The handle of `rank` on group g (each rank attaches once). */
 int dsv4_comm_shm_attach(struct dsv4_comm_shm *g, int rank, struct dsv4_comm **out);
 
-/* Marks the group dead: blocked and later calls on every rank return DSV4_EIO. */
+/* Marks the group dead: blocked and later calls on every rank return DSV4_EIO.
+ * A group is not revived: after a rank dies, the survivors free their
+ * handles and the supervisor creates a fresh arena for the new set of ranks. */
 void dsv4_comm_shm_abort(struct dsv4_comm_shm *g);
 
 /* Bytes of one rank's data slot, as rounded by create. */

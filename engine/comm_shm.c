@@ -35,6 +35,7 @@
 #include "engine/dsv4.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
@@ -44,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -92,6 +94,7 @@ struct dsv4_comm_shm {
     int fd; /* memfd, -1 for an anonymous mapping */
     int n;
     int spin;
+    _Atomic int local_handles; /* handles attached through this mapping */
 };
 
 struct shm_comm {
@@ -454,6 +457,7 @@ static void shm_free(struct dsv4_comm *pc)
 {
     struct shm_comm *c = sc(pc);
     atomic_fetch_and_explicit(&c->h->attached, ~(1ull << c->pub.rank), memory_order_acq_rel);
+    atomic_fetch_sub(&c->g->local_handles, 1);
     free(c);
 }
 
@@ -475,67 +479,87 @@ static size_t round_up(size_t v, size_t a)
     return (v + a - 1) / a * a;
 }
 
+/* The arena layout of n ranks with a requested slot size (0: default). */
+struct layout {
+    size_t slot_bytes, desc_off, counts_off, slots_off, total;
+};
+
+static struct layout layout_of(int n_ranks, size_t slot_bytes)
+{
+    struct layout L;
+    size_t n = (size_t)n_ranks;
+    if (slot_bytes == 0)
+        slot_bytes = DSV4_COMM_SHM_DEFAULT_SLOT;
+    /* two halves, each holding n 64-byte-aligned sub-blocks of >= 64 bytes */
+    size_t unit = 2 * SHM_ALIGN * n;
+    slot_bytes = round_up(slot_bytes < 4096 ? 4096 : slot_bytes, unit);
+    while (slot_bytes / 2 / sizeof(float) / n < 16)
+        slot_bytes += unit; /* an all-reduce segment holds >= 16 floats */
+    L.slot_bytes = slot_bytes;
+    L.desc_off = round_up(sizeof(struct shm_header), SHM_ALIGN);
+    L.counts_off = round_up(L.desc_off + 2 * n * sizeof(struct shm_desc), SHM_ALIGN);
+    L.slots_off = round_up(L.counts_off + 2 * n * 2 * n * sizeof(uint64_t), 4096);
+    L.total = L.slots_off + n * slot_bytes;
+    return L;
+}
+
+static struct dsv4_comm_shm *group_new(int n_ranks, size_t bytes)
+{
+    struct dsv4_comm_shm *g = calloc(1, sizeof(*g));
+    if (!g)
+        return NULL;
+    g->fd = -1;
+    g->n = n_ranks;
+    g->bytes = bytes;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    g->spin = cpus >= n_ranks ? 4000 : 0; /* spinning only helps when every rank has a CPU */
+    atomic_init(&g->local_handles, 0);
+    return g;
+}
+
 int dsv4_comm_shm_create(int n_ranks, size_t slot_bytes, struct dsv4_comm_shm **out)
 {
     struct dsv4_comm_shm *g = NULL;
+    int rc;
     if (!out)
         return dsv4_error(DSV4_EINVAL, "comm shm: no output pointer");
     *out = NULL;
     if (n_ranks < 1 || n_ranks > DSV4_COMM_SHM_MAX_RANKS)
         return dsv4_error(DSV4_EINVAL, "comm shm: %d ranks not in [1, %d]", n_ranks,
                           DSV4_COMM_SHM_MAX_RANKS);
-    if (slot_bytes == 0)
-        slot_bytes = DSV4_COMM_SHM_DEFAULT_SLOT;
     if (slot_bytes > ((size_t)1 << 36))
         return dsv4_error(DSV4_EINVAL, "comm shm: slot of %zu bytes is too large", slot_bytes);
-    /* two halves, each holding n 64-byte-aligned sub-blocks of >= 64 bytes */
-    size_t unit = 2 * SHM_ALIGN * (size_t)n_ranks;
-    slot_bytes = round_up(slot_bytes < 4096 ? 4096 : slot_bytes, unit);
-    while (slot_bytes / 2 / sizeof(float) / (size_t)n_ranks < 16)
-        slot_bytes += unit; /* an all-reduce segment holds >= 16 floats */
-
-    size_t n = (size_t)n_ranks;
-    size_t desc_off = round_up(sizeof(struct shm_header), SHM_ALIGN);
-    size_t counts_off = round_up(desc_off + 2 * n * sizeof(struct shm_desc), SHM_ALIGN);
-    size_t slots_off = round_up(counts_off + 2 * n * 2 * n * sizeof(uint64_t), 4096);
-    size_t total = slots_off + n * slot_bytes;
-
-    g = calloc(1, sizeof(*g));
-    if (!g)
+    struct layout L = layout_of(n_ranks, slot_bytes);
+    if (!(g = group_new(n_ranks, L.total)))
         return dsv4_error(DSV4_ENOMEM, "comm shm: no memory");
-    g->fd = -1;
-    g->n = n_ranks;
-    g->bytes = total;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    g->spin = cpus >= n_ranks ? 4000 : 0; /* spinning only helps when every rank has a CPU */
 #ifdef MFD_CLOEXEC
     g->fd = memfd_create("dsv4-comm", MFD_CLOEXEC);
 #endif
     if (g->fd >= 0) {
-        if (ftruncate(g->fd, (off_t)total) != 0) {
-            dsv4_error(DSV4_EIO, "comm shm: ftruncate of the arena to %zu bytes: %s", total,
-                       strerror(errno));
+        if (ftruncate(g->fd, (off_t)L.total) != 0) {
+            rc = dsv4_error(DSV4_EIO, "comm shm: ftruncate of the arena to %zu bytes: %s", L.total,
+                            strerror(errno));
             goto fail;
         }
-        g->base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, g->fd, 0);
+        g->base = mmap(NULL, L.total, PROT_READ | PROT_WRITE, MAP_SHARED, g->fd, 0);
     } else {
-        g->base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        g->base = mmap(NULL, L.total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     }
     if (g->base == MAP_FAILED) {
         g->base = NULL;
-        dsv4_error(DSV4_ENOMEM, "comm shm: mapping %zu bytes: %s", total, strerror(errno));
+        rc = dsv4_error(DSV4_ENOMEM, "comm shm: mapping %zu bytes: %s", L.total, strerror(errno));
         goto fail;
     }
     struct shm_header *h = g->base;
-    memset(h, 0, slots_off);
+    memset(h, 0, L.slots_off);
     h->magic = SHM_MAGIC;
     h->version = SHM_VERSION;
     h->n_ranks = (uint32_t)n_ranks;
-    h->slot_bytes = slot_bytes;
-    h->arena_bytes = total;
-    h->desc_off = desc_off;
-    h->counts_off = counts_off;
-    h->slots_off = slots_off;
+    h->slot_bytes = L.slot_bytes;
+    h->arena_bytes = L.total;
+    h->desc_off = L.desc_off;
+    h->counts_off = L.counts_off;
+    h->slots_off = L.slots_off;
     atomic_init(&h->aborted, 0);
     atomic_init(&h->attached, 0);
     atomic_init(&h->bar_count, 0);
@@ -544,17 +568,69 @@ int dsv4_comm_shm_create(int n_ranks, size_t slot_bytes, struct dsv4_comm_shm **
     return 0;
 fail:
     dsv4_comm_shm_destroy(g);
-    return DSV4_EIO;
+    return rc;
+}
+
+int dsv4_comm_shm_fd(const struct dsv4_comm_shm *g)
+{
+    return g ? g->fd : -1;
+}
+
+int dsv4_comm_shm_open_fd(int fd, struct dsv4_comm_shm **out)
+{
+    struct dsv4_comm_shm *g = NULL;
+    struct shm_header hd;
+    struct stat st;
+    int rc;
+    if (!out)
+        return dsv4_error(DSV4_EINVAL, "comm shm: no output pointer");
+    *out = NULL;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        return dsv4_error(DSV4_EINVAL, "comm shm: fd %d is not an open file", fd);
+    if ((size_t)st.st_size < sizeof(hd) || pread(fd, &hd, sizeof(hd), 0) != (ssize_t)sizeof(hd))
+        return dsv4_error(DSV4_EFORMAT, "comm shm: fd %d is too small for an arena header", fd);
+    if (hd.magic != SHM_MAGIC || hd.version != SHM_VERSION)
+        return dsv4_error(DSV4_EFORMAT, "comm shm: fd %d holds no version %u arena", fd,
+                          SHM_VERSION);
+    if (hd.n_ranks < 1 || hd.n_ranks > DSV4_COMM_SHM_MAX_RANKS || hd.slot_bytes > ((size_t)1 << 36))
+        return dsv4_error(DSV4_EFORMAT, "comm shm: arena header with %u ranks, %llu-byte slots",
+                          hd.n_ranks, (unsigned long long)hd.slot_bytes);
+    /* the layout must be exactly the one create() makes for these sizes */
+    struct layout L = layout_of((int)hd.n_ranks, (size_t)hd.slot_bytes);
+    if (L.slot_bytes != hd.slot_bytes || L.desc_off != hd.desc_off ||
+        L.counts_off != hd.counts_off || L.slots_off != hd.slots_off || L.total != hd.arena_bytes ||
+        (uint64_t)st.st_size != hd.arena_bytes)
+        return dsv4_error(DSV4_EFORMAT,
+                          "comm shm: arena layout (%llu bytes, file %lld) does not match its "
+                          "header",
+                          (unsigned long long)hd.arena_bytes, (long long)st.st_size);
+    if (!(g = group_new((int)hd.n_ranks, L.total)))
+        return dsv4_error(DSV4_ENOMEM, "comm shm: no memory");
+    g->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (g->fd < 0) {
+        rc = dsv4_error(DSV4_EIO, "comm shm: dup of fd %d: %s", fd, strerror(errno));
+        goto fail;
+    }
+    g->base = mmap(NULL, L.total, PROT_READ | PROT_WRITE, MAP_SHARED, g->fd, 0);
+    if (g->base == MAP_FAILED) {
+        g->base = NULL;
+        rc = dsv4_error(DSV4_ENOMEM, "comm shm: mapping %zu bytes: %s", L.total, strerror(errno));
+        goto fail;
+    }
+    *out = g;
+    return 0;
+fail:
+    dsv4_comm_shm_destroy(g);
+    return rc;
 }
 
 void dsv4_comm_shm_destroy(struct dsv4_comm_shm *g)
 {
     if (!g)
         return;
-    if (g->base) {
-        DSV4_ASSERT(atomic_load(&((struct shm_header *)g->base)->attached) == 0);
+    DSV4_ASSERT(atomic_load(&g->local_handles) == 0);
+    if (g->base)
         munmap(g->base, g->bytes);
-    }
     if (g->fd >= 0)
         close(g->fd);
     free(g);
@@ -593,6 +669,7 @@ int dsv4_comm_shm_attach(struct dsv4_comm_shm *g, int rank, struct dsv4_comm **o
     c->half = (size_t)h->slot_bytes / 2;
     c->spin = g->spin;
     c->round = 0;
+    atomic_fetch_add(&g->local_handles, 1);
     *out = &c->pub;
     return 0;
 }

@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static uint64_t mix(uint64_t a, uint64_t b, uint64_t c)
@@ -355,6 +356,60 @@ static int rank_stress(struct dsv4_comm *c, void *arg)
     return finish(c, fails, "stress");
 }
 
+/* Rank `rank` of a group shared with forked processes through the memfd. */
+static int process_rank(int fd, int rank, struct job *j)
+{
+    struct dsv4_comm_shm *g = NULL;
+    struct dsv4_comm *c = NULL;
+    int rc = dsv4_comm_shm_open_fd(fd, &g);
+    if (rc == 0)
+        rc = dsv4_comm_shm_attach(g, rank, &c);
+    if (rc == 0)
+        rc = rank_stress(c, j);
+    if (rc)
+        fprintf(stderr, "process rank %d: %s\n", rank, dsv4_errmsg());
+    dsv4_comm_free(c);
+    dsv4_comm_shm_destroy(g);
+    return rc;
+}
+
+/* The same arena used by ranks in separate processes (the worker layout). */
+static void test_processes(void)
+{
+    enum { N = 4 };
+    struct dsv4_comm_shm *g = NULL;
+    CHECK_INT(dsv4_comm_shm_create(N, 8192, &g), 0);
+    int fd = dsv4_comm_shm_fd(g);
+    if (fd < 0) {
+        fprintf(stderr, "no memfd: multi-process test skipped\n");
+        dsv4_comm_shm_destroy(g);
+        return;
+    }
+    /* a file that is not an arena is refused */
+    struct dsv4_comm_shm *bad = NULL;
+    CHECK_INT(dsv4_comm_shm_open_fd(-1, &bad), DSV4_EINVAL);
+    CHECK_INT(dsv4_comm_shm_open_fd(2, &bad), DSV4_EFORMAT);
+    struct job j = {.iterations = 600};
+    atomic_init(&j.counter, 0);
+    pid_t pid[N];
+    fflush(NULL);
+    for (int r = 1; r < N; r++) {
+        pid[r] = fork();
+        if (pid[r] == 0)
+            _exit(process_rank(fd, r, &j) ? 1 : 0);
+        CHECK(pid[r] > 0);
+    }
+    double t0 = dsv4_now();
+    CHECK_INT(process_rank(fd, 0, &j), 0);
+    for (int r = 1; r < N; r++) {
+        int st = 0;
+        CHECK(waitpid(pid[r], &st, 0) == pid[r]);
+        CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 0, "process rank %d status %d", r, st);
+    }
+    fprintf(stderr, "%d processes, %d iterations: %.2f s\n", N, j.iterations, dsv4_now() - t0);
+    dsv4_comm_shm_destroy(g);
+}
+
 static void on_alarm(int sig)
 {
     (void)sig;
@@ -413,6 +468,8 @@ int main(void)
                dsv4_errmsg());
         CHECKF(dsv4_now() - t0 < 60, "abort took %.1f s", dsv4_now() - t0);
     }
+
+    test_processes();
 
     /* stress: many random collectives, 8 ranks (oversubscribed) and 3 ranks */
     static const int stress_ranks[] = {8, 3};
