@@ -26,6 +26,21 @@ struct dsv4_cpu_kern {
     /* Exact dequantised activations of the reference quantisers. */
     void (*act_fp8)(const float *x, int64_t n, int group, float *out);
     void (*act_nvfp4)(const float *x, int64_t n, float input_scale, float *out);
+
+    /* Batch-1 fused paths (NULL when the ISA has none).  gemv_fp8: FP8
+     * weights, cols % 128 == 0, x = exact dequantised activations:
+     * y[o] = sum_k x[k] * w(o, k) for o in r0..r0+nr-1. */
+    void (*gemv_fp8)(const struct dsv4_qweight *w, const float *x, int64_t r0, int64_t nr,
+                     float *y);
+    /* W4A4 on NVFP4 weights, cols % 64 == 0.  act_w4a4 quantises x like
+     * dsv4_act_quant_nvfp4 into int8 2*e2m1 values split by parity (qe[j] =
+     * element 2j, qo[j] = element 2j + 1; [n/2] each) and per-16 scales
+     * sfa2[2b] = sfa2[2b + 1] = e4m3(sf[b]) * 64; gemv_w4a4 then computes
+     * y[o] = alpha * sum_b (sum_{k in b} qa qw) * sfa * sfw. */
+    void (*act_w4a4)(const float *x, int64_t n, float input_scale, int8_t *qe, int8_t *qo,
+                     float *sfa2);
+    void (*gemv_w4a4)(const struct dsv4_qweight *w, const int8_t *qe, const int8_t *qo,
+                      const float *sfa2, float alpha, int64_t r0, int64_t nr, float *y);
 };
 
 extern const struct dsv4_cpu_kern dsv4_cpu_kern_scalar;

@@ -4,7 +4,11 @@
  * each task walks tiles of LIN_RT weight rows, decodes a LIN_KC-column chunk
  * of the tile into per-thread L1 scratch and takes its dot products with
  * every activation row, so weights are read from memory exactly once per
- * call whatever the batch.
+ * call whatever the batch.  Batch 1 is memory-bound, so two formats have
+ * fused paths that never write decoded weights: FP8 (decode to FP16 bits,
+ * widen, FMA; cols % 128 == 0) and NVFP4 W4A4 (integer dot products of the
+ * int8 2*E2M1 codes of weights and activations per 16 block, exact, then
+ * one FMA with the product of the two block scales; cols % 64 == 0).
  *
  * Exactness argument (why this matches kernels/ref/linear.c up to the order
  * of FP32 sums): activations are replaced by their exact dequantised values
@@ -178,13 +182,27 @@ struct job {
     float *y;
     float alpha; /* final factor (NVFP4 scale2 [* input_scale]) or 1 */
     int64_t rows_per_task;
+    int path;              /* PATH_* */
+    const int8_t *qe, *qo; /* PATH_W4A4 activations */
+    const float *sfa2;
 };
+
+enum { PATH_TILES = 0, PATH_GEMV_FP8 = 1, PATH_W4A4 = 2 };
 
 static void task(void *arg, int64_t t, int thread)
 {
     const struct job *j = arg;
     const struct dsv4_qweight *w = j->w;
     int64_t r_end = DSV4_MIN(w->rows, (t + 1) * j->rows_per_task);
+    int64_t r_beg = t * j->rows_per_task;
+    if (j->path == PATH_GEMV_FP8) {
+        j->k->gemv_fp8(w, j->xa, r_beg, r_end - r_beg, j->y + r_beg);
+        return;
+    }
+    if (j->path == PATH_W4A4) {
+        j->k->gemv_w4a4(w, j->qe, j->qo, j->sfa2, j->alpha, r_beg, r_end - r_beg, j->y + r_beg);
+        return;
+    }
     float *buf = dsv4_pool_scratch(j->pool, thread, LIN_RT * LIN_KC * sizeof(float));
     float part[LIN_RT];
     DSV4_ASSERT(buf);
@@ -215,7 +233,18 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
     DSV4_ASSERT(dsv4_linear_check(w, act) == 0 && m >= 0);
     if (m == 0)
         return;
-    if (act != DSV4_ACT_F32) {
+    if (m == 1 && act == DSV4_ACT_NVFP4 && k->gemv_w4a4 && w->cols % 64 == 0) {
+        /* batch 1, W4A4: integer dot products on the E2M1 codes */
+        size_t half = (size_t)w->cols / 2;
+        uint8_t *s = dsv4_pool_shared(p, 2 * half + (size_t)w->cols / 8 * sizeof(float));
+        DSV4_ASSERT(s);
+        j.path = PATH_W4A4;
+        j.qe = (const int8_t *)s;
+        j.qo = (const int8_t *)s + half;
+        j.sfa2 = (const float *)(s + 2 * half);
+        k->act_w4a4(x, w->cols, w->input_scale, (int8_t *)s, (int8_t *)s + half,
+                    (float *)(s + 2 * half));
+    } else if (act != DSV4_ACT_F32) {
         float *xa = dsv4_pool_shared(p, (size_t)(m * w->cols) * sizeof(float));
         DSV4_ASSERT(xa);
         for (int64_t i = 0; i < m; i++) {
@@ -228,6 +257,8 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
     }
     if (w->fmt == DSV4_WFMT_NVFP4)
         j.alpha = act == DSV4_ACT_NVFP4 ? w->scale2 * w->input_scale : w->scale2;
+    if (m == 1 && w->fmt == DSV4_WFMT_FP8 && k->gemv_fp8 && w->cols % 128 == 0)
+        j.path = PATH_GEMV_FP8;
     /* contiguous row ranges, several per thread so that a slowed thread claims fewer */
     int64_t tiles = (w->rows + LIN_RT - 1) / LIN_RT;
     int64_t ntasks = DSV4_MIN(tiles, (int64_t)dsv4_pool_threads(p) * 8);

@@ -300,10 +300,113 @@ AVX2 static void act_nvfp4_avx2(const float *x, int64_t n, float input_scale, fl
     }
 }
 
+/* ---------------------------------------------------------------- batch-1 fused paths */
+
+AVX2 static void gemv_fp8_avx2(const struct dsv4_qweight *w, const float *x, int64_t r0, int64_t nr,
+                               float *y)
+{
+    const int64_t K = w->cols, nsb = K / 128;
+    const __m256i keep = _mm256_set1_epi16((short)0xbfff);
+    for (int64_t o = r0; o < r0 + nr; o++) {
+        const uint8_t *row = (const uint8_t *)w->w + o * K;
+        const uint8_t *sc = w->scale + (o / 128) * nsb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nsb; b++) {
+            const uint8_t *wb = row + b * 128;
+            const float *xb = x + b * 128;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int j = 0; j < 128; j += 32) {
+                __m256i t0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(wb + j)));
+                __m256i t1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(wb + j + 16)));
+                t0 = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(t0, 8), 1), keep);
+                t1 = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(t1, 8), 1), keep);
+                a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(t0)),
+                                     _mm256_loadu_ps(xb + j), a0);
+                a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(t0, 1)),
+                                     _mm256_loadu_ps(xb + j + 8), a1);
+                a2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(t1)),
+                                     _mm256_loadu_ps(xb + j + 16), a2);
+                a3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(t1, 1)),
+                                     _mm256_loadu_ps(xb + j + 24), a3);
+            }
+            uint8_t sb = sc[b];
+            /* scales past 2^119 would overflow the folded factor: two steps */
+            float f = sb <= 246 ? dsv4_e8m0_to_f32(sb) * 256.0f : dsv4_e8m0_to_f32(sb);
+            __m256 blk = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+            if (sb > 246)
+                blk = _mm256_mul_ps(blk, _mm256_set1_ps(256.0f));
+            acc = _mm256_fmadd_ps(blk, _mm256_set1_ps(f), acc);
+        }
+        y[o - r0] = hsum(acc);
+    }
+}
+
+AVX2 static void act_w4a4_avx2(const float *x, int64_t n, float input_scale, int8_t *qe, int8_t *qo,
+                               float *sfa2)
+{
+    float gs = 1.0f / input_scale, r[16];
+    for (int64_t g0 = 0; g0 < n; g0 += 16) {
+        float amax = amax8(x + g0, 16);
+        uint8_t sfc = dsv4_f32_to_e4m3(gs * (amax * (1.0f / 6.0f)), DSV4_ROUND_NEAREST_EVEN, true);
+        float sfv = dsv4_e4m3_to_f32(sfc);
+        float osc = sfv != 0.0f ? 1.0f / (sfv * (1.0f / gs)) : 0.0f;
+        __m256 o = _mm256_set1_ps(osc);
+        _mm256_storeu_ps(r, round_e2m1(_mm256_mul_ps(_mm256_loadu_ps(x + g0), o)));
+        _mm256_storeu_ps(r + 8, round_e2m1(_mm256_mul_ps(_mm256_loadu_ps(x + g0 + 8), o)));
+        for (int i = 0; i < 16; i += 2) {
+            /* NaN only with a NaN scale, which poisons the block anyway */
+            qe[(g0 + i) / 2] = (int8_t)(r[i] == r[i] ? (int)(r[i] * 2.0f) : 0);
+            qo[(g0 + i) / 2] = (int8_t)(r[i + 1] == r[i + 1] ? (int)(r[i + 1] * 2.0f) : 0);
+        }
+        sfa2[g0 / 8] = sfa2[g0 / 8 + 1] = sfv * 64.0f;
+    }
+}
+
+AVX2 static void gemv_w4a4_avx2(const struct dsv4_qweight *w, const int8_t *qe, const int8_t *qo,
+                                const float *sfa2, float alpha, int64_t r0, int64_t nr, float *y)
+{
+    const int64_t K = w->cols, nbytes = K / 2, nsc = K / 16;
+    const __m256i lut = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12, 0,
+                                         1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    /* scale bytes 0..3 -> words (byte << 8), each twice */
+    const __m128i dup = _mm_setr_epi8(-1, 0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3);
+    const __m128i keep = _mm_set1_epi16((short)0xbfff);
+    for (int64_t o = r0; o < r0 + nr; o++) {
+        const uint8_t *row = (const uint8_t *)w->w + o * nbytes;
+        const uint8_t *sc = w->scale + o * nsc;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+        for (int64_t c = 0; c < nbytes; c += 32) {
+            __m256i b = _mm256_loadu_si256((const __m256i *)(row + c));
+            __m256i wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
+            __m256i wh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));
+            __m256i ae = _mm256_loadu_si256((const __m256i *)(qe + c));
+            __m256i ao = _mm256_loadu_si256((const __m256i *)(qo + c));
+            __m256i p = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(_mm256_abs_epi8(wl), _mm256_sign_epi8(ae, wl)),
+                    _mm256_maddubs_epi16(_mm256_abs_epi8(wh), _mm256_sign_epi8(ao, wh)));
+            __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+            int32_t s4;
+            memcpy(&s4, sc + c / 8, 4);
+            __m128i h = _mm_shuffle_epi8(_mm_cvtsi32_si128(s4), dup);
+            h = _mm_and_si128(_mm_srai_epi16(h, 1), keep);
+            __m256 scv = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(sfa2 + c / 4));
+            if (c & 32)
+                acc1 = _mm256_fmadd_ps(s, scv, acc1);
+            else
+                acc0 = _mm256_fmadd_ps(s, scv, acc0);
+        }
+        y[o - r0] = hsum(_mm256_add_ps(acc0, acc1)) * alpha;
+    }
+}
+
 const struct dsv4_cpu_kern dsv4_cpu_kern_avx2 = {
         .name = "avx2+fma",
         .decode = decode_avx2,
         .dot = dot_avx2,
         .act_fp8 = act_fp8_avx2,
         .act_nvfp4 = act_nvfp4_avx2,
+        .gemv_fp8 = gemv_fp8_avx2,
+        .act_w4a4 = act_w4a4_avx2,
+        .gemv_w4a4 = gemv_w4a4_avx2,
 };
