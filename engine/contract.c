@@ -97,10 +97,10 @@ static const struct row layer_rows[] = {
         {"attn_norm.weight", K_PLAIN, C_ALL, DSV4_DTYPE_BF16, S_D, S_NONE, DSV4_CAT_OTHER, REP},
         {"ffn_norm.weight", K_PLAIN, C_ALL, DSV4_DTYPE_BF16, S_D, S_NONE, DSV4_CAT_OTHER, REP},
         {"attn.attn_sink", K_PLAIN, C_ALL, DSV4_DTYPE_F32, S_H, S_NONE, DSV4_CAT_ATTN,
-         DSV4_SPLIT_ROWS, S_H},
+         DSV4_SPLIT_ROWS, S_G},
         {"attn.wq_a", K_FP8, C_ALL, 0, S_RQ, S_D, DSV4_CAT_ATTN, REP},
         {"attn.q_norm.weight", K_PLAIN, C_ALL, DSV4_DTYPE_BF16, S_RQ, S_NONE, DSV4_CAT_ATTN, REP},
-        {"attn.wq_b", K_FP8, C_ALL, 0, S_HD, S_RQ, DSV4_CAT_ATTN, DSV4_SPLIT_ROWS, S_H},
+        {"attn.wq_b", K_FP8, C_ALL, 0, S_HD, S_RQ, DSV4_CAT_ATTN, DSV4_SPLIT_ROWS, S_G},
         {"attn.wkv", K_FP8, C_ALL, 0, S_HEAD, S_D, DSV4_CAT_ATTN, REP},
         {"attn.kv_norm.weight", K_PLAIN, C_ALL, DSV4_DTYPE_BF16, S_HEAD, S_NONE, DSV4_CAT_ATTN,
          REP},
@@ -128,12 +128,9 @@ static const struct row layer_rows[] = {
         {"ffn.gate.weight", K_PLAIN, C_ALL, DSV4_DTYPE_BF16, S_E, S_D, DSV4_CAT_OTHER, REP},
         {"ffn.gate.tid2eid", K_PLAIN, C_HASH, DSV4_DTYPE_I64, S_VOCAB, S_TOPK, DSV4_CAT_OTHER, REP},
         {"ffn.gate.bias", K_PLAIN, C_NOHASH, DSV4_DTYPE_F32, S_E, S_NONE, DSV4_CAT_OTHER, REP},
-        {"ffn.shared_experts.w1", K_FP8, C_ALL, 0, S_ISH, S_D, DSV4_CAT_SHARED, DSV4_SPLIT_ROWS,
-         S_ISH128},
-        {"ffn.shared_experts.w2", K_FP8, C_ALL, 0, S_D, S_ISH, DSV4_CAT_SHARED, DSV4_SPLIT_COLS,
-         S_ISH128},
-        {"ffn.shared_experts.w3", K_FP8, C_ALL, 0, S_ISH, S_D, DSV4_CAT_SHARED, DSV4_SPLIT_ROWS,
-         S_ISH128},
+        {"ffn.shared_experts.w1", K_FP8, C_ALL, 0, S_ISH, S_D, DSV4_CAT_SHARED, REP},
+        {"ffn.shared_experts.w2", K_FP8, C_ALL, 0, S_D, S_ISH, DSV4_CAT_SHARED, REP},
+        {"ffn.shared_experts.w3", K_FP8, C_ALL, 0, S_ISH, S_D, DSV4_CAT_SHARED, REP},
         {"ffn.experts.*.w1", K_EXPERT, C_ALL, 0, S_I, S_D, DSV4_CAT_ROUTED, DSV4_SPLIT_EXPERT, S_E},
         {"ffn.experts.*.w2", K_EXPERT, C_ALL, 0, S_D, S_I, DSV4_CAT_ROUTED, DSV4_SPLIT_EXPERT, S_E},
         {"ffn.experts.*.w3", K_EXPERT, C_ALL, 0, S_I, S_D, DSV4_CAT_ROUTED, DSV4_SPLIT_EXPERT, S_E},
@@ -659,6 +656,14 @@ void dsv4_split_range(int64_t units, int rank, int nranks, int64_t *begin, int64
     *end = units * (rank + 1) / nranks;
 }
 
+void dsv4_split_range_vocab(int64_t rows, int rank, int nranks, int64_t *begin, int64_t *end)
+{
+    DSV4_ASSERT(nranks > 0 && rank >= 0 && rank < nranks && rows >= 0);
+    int64_t chunk = (rows + nranks - 1) / nranks;
+    *begin = DSV4_MIN(rows, chunk * rank);
+    *end = DSV4_MIN(rows, *begin + chunk);
+}
+
 /* floor(x * num / den) without overflow for x < 2^63 and num <= den. */
 static uint64_t mul_div(uint64_t x, uint64_t num, uint64_t den)
 {
@@ -682,7 +687,10 @@ void dsv4_tspec_rank_share(const struct dsv4_tspec *s, int rank, int nranks, uin
     case DSV4_SPLIT_VOCAB:
         if (s->split_units > 0) {
             uint64_t u = (uint64_t)s->split_units;
-            dsv4_split_range(s->split_units, rank, nranks, &b, &e);
+            if (s->split == DSV4_SPLIT_VOCAB)
+                dsv4_split_range_vocab(s->split_units, rank, nranks, &b, &e);
+            else
+                dsv4_split_range(s->split_units, rank, nranks, &b, &e);
             *bytes = inst *
                      (mul_div(s->nbytes, (uint64_t)e, u) - mul_div(s->nbytes, (uint64_t)b, u));
             *params = inst *

@@ -24,9 +24,16 @@
  * Each spec carries a category (for byte accounting) and its tensor-parallel
  * split (DESIGN.md §2, model.md §7.3) so that `dsv4 plan` and the engine's
  * loader shard identically.  A split divides `split_units` parallel units
- * (heads, output groups, experts, vocabulary rows, 128-row blocks of the
- * shared expert) along dimension 0 (ROWS, VOCAB, EXPERT) or 1 (COLS); rank r
- * of N owns units [r*U/N, (r+1)*U/N).
+ * along dimension 0 (ROWS, VOCAB, EXPERT) or 1 (COLS):
+ *   attention  wq_b rows, attn_sink, wo_a rows, wo_b cols: by output group
+ *              (o_groups units; a group's H/G heads stay on one rank)
+ *   indexer    wq_b rows, weights_proj rows: by indexer head
+ *   experts    whole routed experts
+ *   vocab      embed/head rows
+ *   replicated everything else (wq_a, wkv, norms, compressors, router,
+ *              hc_*, shared expert, MTP e_proj/h_proj)
+ * Rank r of N owns units [r*U/N, (r+1)*U/N) (dsv4_split_range), except the
+ * vocabulary: chunks of ceil(V/N) rows (dsv4_split_range_vocab).
  *
  * Binding checks a checkpoint's tensors against the contract and reports all
  * mismatches at once (missing, unexpected, wrong dtype, wrong shape).
@@ -145,6 +152,8 @@ void dsv4_tspec_rank_share(const struct dsv4_tspec *s, int rank, int nranks, uin
                            uint64_t *params);
 /* Units [*begin, *end) of split_units (experts for EXPERT) that rank holds. */
 void dsv4_split_range(int64_t units, int rank, int nranks, int64_t *begin, int64_t *end);
+/* Vocabulary rows of a rank: [min(V, r*c), min(V, r*c + c)), c = ceil(V/N). */
+void dsv4_split_range_vocab(int64_t rows, int rank, int nranks, int64_t *begin, int64_t *end);
 
 const char *dsv4_cat_name(enum dsv4_cat c);
 const char *dsv4_split_name(enum dsv4_split s);

@@ -35,7 +35,10 @@ static uint64_t share(const struct dsv4_tspec *s, uint64_t nbytes, int rank, int
 
     if (s->split == DSV4_SPLIT_REPLICATED || s->split == DSV4_SPLIT_EXPERT || s->split_units <= 0)
         return nbytes;
-    dsv4_split_range(s->split_units, rank, n, &b, &e);
+    if (s->split == DSV4_SPLIT_VOCAB)
+        dsv4_split_range_vocab(s->split_units, rank, n, &b, &e);
+    else
+        dsv4_split_range(s->split_units, rank, n, &b, &e);
     return mul_div(nbytes, (uint64_t)e, (uint64_t)s->split_units) -
            mul_div(nbytes, (uint64_t)b, (uint64_t)s->split_units);
 }
@@ -236,20 +239,21 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
     fprintf(f, "weights: %" PRIu64 " tensors, %" PRIu64 " bytes (%.2f GiB), from the %s\n",
             p->tensor_count, p->total_bytes, gib(p->total_bytes),
             p->from_checkpoint ? "checkpoint's tensors" : "contract (config only)");
-    fprintf(f, "parameters: %.2f B total (%.2f B without MTP); active per token %.2f B\n",
-            p->total_params / 1e9, p->total_params_no_mtp / 1e9, p->active_params / 1e9);
+    double u = p->total_params >= 1e10 ? 1e9 : 1e6;
+    const char *un = u == 1e9 ? "B" : "M";
+    fprintf(f, "parameters: %.2f %s total (%.2f %s without MTP); active per token %.2f %s\n",
+            p->total_params / u, un, p->total_params_no_mtp / u, un, p->active_params / u, un);
     fprintf(f,
-            "  active = %.2f B non-routed (of which embed+head %.2f B) + %.2f B routed (%d of %d "
-            "experts)\n",
-            (p->active_params - p->active_routed) / 1e9, p->active_embed / 1e9,
-            p->active_routed / 1e9, c->num_experts_per_tok, c->n_routed_experts);
+            "  active = %.2f %s non-routed (of which embed+head %.2f %s) + %.2f %s routed "
+            "(%d of %d experts)\n",
+            (p->active_params - p->active_routed) / u, un, p->active_embed / u, un,
+            p->active_routed / u, un, c->num_experts_per_tok, c->n_routed_experts);
 
     fprintf(f, "\nparallel layout, %d rank%s:\n", n, n > 1 ? "s" : "");
     fprintf(f, "  attention: ");
-    print_range(f, "heads", c->num_attention_heads, n);
-    fprintf(f, " (wq_b rows, attn_sink); ");
-    print_range(f, "wo_a groups", c->o_groups, n);
-    fprintf(f, "; wo_b split cols, output all-reduced\n");
+    print_range(f, "output groups", c->o_groups, n);
+    fprintf(f, " of %d heads (wq_b, attn_sink, wo_a rows; wo_b cols), output all-reduced\n",
+            c->num_attention_heads / c->o_groups);
     fprintf(f, "    wq_a, wkv, q/kv norms, compressors replicated\n");
     fprintf(f, "  indexer: ");
     print_range(f, "heads", c->index_n_heads, n);
@@ -257,16 +261,14 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
     fprintf(f, "  routed experts: ");
     print_range(f, "experts", c->n_routed_experts, n);
     fprintf(f, ", contiguous ranges; routing on every rank\n");
-    fprintf(f, "  shared expert: ");
-    print_range(f, "128-row blocks",
-                ceil_div((int64_t)c->moe_intermediate_size * c->n_shared_experts, 128), n);
-    fprintf(f, " (w1/w3 rows, w2 cols)\n");
-    fprintf(f, "  embedding, head: ");
-    print_range(f, "vocab rows", c->vocab_size, n);
-    fprintf(f, "; logits gathered on rank 0\n");
+    int64_t vb, ve;
+    dsv4_split_range_vocab(c->vocab_size, 0, n, &vb, &ve);
     fprintf(f,
-            "  hc_*, router, norms, MTP e_proj/h_proj: replicated; MTP block: as a trunk layer\n");
-
+            "  embedding, head: %d vocab rows in chunks of %" PRId64
+            " per rank; logits gathered on rank 0\n",
+            c->vocab_size, ve - vb);
+    fprintf(f, "  shared expert, hc_*, router, norms, MTP e_proj/h_proj: replicated; "
+               "MTP block: as a trunk layer\n");
     fprintf(f, "\nweights per rank (GiB; replicated tensors count on every rank):\n");
     fprintf(f, "  %-5s %10s %10s %10s %10s %10s %10s %10s  %s\n", "rank", "attention", "shared",
             "routed", "embed+head", "mtp", "other", "total", "experts");

@@ -130,7 +130,7 @@ static void check_formats(void)
     CHECK_INT(dsv4_contract_tensor_count(c), 145116);
     /* categories and splits of a few tensors (DESIGN.md §2) */
     s = spec_named(c, "layers.2.attn.wq_b.weight");
-    CHECK(s && s->split == DSV4_SPLIT_ROWS && s->split_units == 128 && s->cat == DSV4_CAT_ATTN);
+    CHECK(s && s->split == DSV4_SPLIT_ROWS && s->split_units == 16 && s->cat == DSV4_CAT_ATTN);
     s = spec_named(c, "layers.2.attn.wo_b.scale");
     CHECK(s && s->split == DSV4_SPLIT_COLS && s->split_units == 16);
     s = spec_named(c, "layers.2.attn.indexer.weights_proj.weight");
@@ -140,7 +140,7 @@ static void check_formats(void)
     s = spec_named(c, "head.weight");
     CHECK(s && s->split == DSV4_SPLIT_VOCAB && s->cat == DSV4_CAT_EMBED);
     s = spec_named(c, "layers.9.ffn.shared_experts.w2.weight");
-    CHECK(s && s->split == DSV4_SPLIT_COLS && s->cat == DSV4_CAT_SHARED && s->split_units == 24);
+    CHECK(s && s->split == DSV4_SPLIT_REPLICATED && s->cat == DSV4_CAT_SHARED);
     s = spec_named(c, "mtp.0.e_proj.weight");
     CHECK(s && s->cat == DSV4_CAT_MTP && s->split == DSV4_SPLIT_REPLICATED);
     dsv4_contract_free(c);

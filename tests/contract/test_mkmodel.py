@@ -266,13 +266,21 @@ def test_mismatches(src):
 
 
 def test_plan_json():
-    p = plan_json("--config", os.path.join(DATA, "v4-pro-config.json"), "--ranks", "8",
+    for n in (3, 8):
+        check_plan_json(n)
+    r = run("plan", "--config", os.path.join(DATA, "v4-pro-config.json"), "--ranks", "0",
+            ok=False)
+    check(r.returncode == 2, "--ranks 0 refused")
+
+
+def check_plan_json(n):
+    p = plan_json("--config", os.path.join(DATA, "v4-pro-config.json"), "--ranks", str(n),
                   "--device-mem", "288GiB")
     for k in ("total_params", "active_params_per_token", "ranks", "kv_bytes_per_token"):
         check(k in p, "json key " + k)
     check(1.55e12 < p["total_params"] < 1.65e12, "1.6 T total params")
     check(49.0e9 < p["active_params_per_token"] < 50.0e9, "~49.x B active")
-    check(len(p["ranks"]) == 8, "8 ranks")
+    check(len(p["ranks"]) == n, "%d ranks" % n)
     for cat, total in p["bytes"].items():
         split = sum(r[cat] - r["replicated"][cat] for r in p["ranks"])
         check(split + p["ranks"][0]["replicated"][cat] == total, "per-rank sums == total " + cat)
@@ -281,9 +289,6 @@ def test_plan_json():
         check(r["kv_tokens"] > 0, "KV fits in 288 GiB")
     check(abs(p["kv_bytes_per_token"] - 5511.4375) < 1e-6, "KV bytes per token")
     check(sum(p["bytes"].values()) == 864704792696, "V4-Pro total_size")
-    r = run("plan", "--config", os.path.join(DATA, "v4-pro-config.json"), "--ranks", "0",
-            ok=False)
-    check(r.returncode == 2, "--ranks 0 refused")
 
 
 def main():
