@@ -15,6 +15,7 @@ int dsv4_cmd_version(int argc, char **argv);
 int dsv4_cmd_tokenize(int argc, char **argv);
 int dsv4_cmd_chat_encode(int argc, char **argv);
 int dsv4_cmd_chat_parse(int argc, char **argv);
+int dsv4_cmd_convert(int argc, char **argv);
 int dsv4_cmd_mkmodel(int argc, char **argv);
 int dsv4_cmd_plan(int argc, char **argv);
 

@@ -15,6 +15,7 @@ static const struct dsv4_cmd cmds[] = {
         {"tokenize", dsv4_cmd_tokenize, "text <-> token ids with a tokenizer.json"},
         {"chat-encode", dsv4_cmd_chat_encode, "render chat messages as a DeepSeek-V4 prompt"},
         {"chat-parse", dsv4_cmd_chat_parse, "parse a completion: reasoning, content, tool calls"},
+        {"convert", dsv4_cmd_convert, "convert an MXFP4 checkpoint to the NVFP4 artifact layout"},
         {"mkmodel", dsv4_cmd_mkmodel, "write a synthetic checkpoint (tiny, small or any config)"},
         {"plan", dsv4_cmd_plan, "parallel layout and memory plan of a checkpoint or config"},
 };

@@ -1,0 +1,172 @@
+/*
+ * cmd_convert.c - `dsv4 convert SRC DST`: the upstream MXFP4 checkpoint ->
+ * the NVFP4 artifact layout (engine/convert.h does the work; this file
+ * parses options, draws progress on a terminal and prints the report).
+ */
+#include "engine/convert.h"
+#include "engine/dsv4.h"
+#include "tools/cmds.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void help(FILE *f)
+{
+    fprintf(f,
+            "usage: dsv4 convert [OPTIONS] SRC DST\n"
+            "\n"
+            "Converts an upstream MXFP4 DeepSeek-V4 checkpoint (Pro or Flash) into the NVFP4\n"
+            "artifact layout: trunk routed experts layers.N.ffn.experts.E.w{1,2,3} become NVFP4;\n"
+            "every mtp.* tensor and every non-expert tensor is copied byte for byte.  Shards\n"
+            "keep their file names and keys; per converted matrix <p>:\n"
+            "  <p>.weight          U8 [rows, cols/2]   packed E2M1 (low nibble = even column)\n"
+            "  <p>.scale           F8_E4M3 [rows, cols/16]  one scale per 16 (canada-quant "
+            "naming,\n"
+            "                      not NVIDIA's .weight_scale; vLLM maps it)\n"
+            "  <p>.weight_scale_2  F32 [1]  global scale (w1 and w3 of an expert share it)\n"
+            "  <p>.input_scale     F32 [1]  1.0\n"
+            "Also writes config.json (expert_dtype fp4, quantization_config with\n"
+            "moe_quant_algo NVFP4), a new model.safetensors.index.json, and copies every\n"
+            "other file.  Shards already complete in DST are skipped (resumable); each shard\n"
+            "is written to a temporary name and renamed when complete.\n"
+            "\n"
+            "options:\n"
+            "  --mode lossless  (default) closed-form power-of-two cast: every block within\n"
+            "                   the E4M3 exponent range is bit-exact; other blocks are\n"
+            "                   requantized from their amax and counted\n"
+            "  --mode amax      the published recipe (amax / 2688 global scale, ties to lower),\n"
+            "                   reproducing its artifact byte for byte\n"
+            "  --verify         dequantize both sides of every converted tensor and compare;\n"
+            "                   compare every other tensor byte for byte; exits 1 on any\n"
+            "                   non-finite value or passthrough difference\n"
+            "  --sample N       verify only N converted tensors, spread over the checkpoint\n"
+            "  --threads N      worker threads (default: all cores)\n"
+            "  --quiet          no progress line\n");
+}
+
+struct prog_state {
+    bool tty;
+    double last;
+};
+
+static void on_progress(void *arg, const struct dsv4_convert_progress *p)
+{
+    struct prog_state *s = arg;
+    double now = p->elapsed_s;
+    if (!s->tty || (now - s->last < 0.2 && p->tensors_done < p->tensors_total))
+        return;
+    s->last = now;
+    if (!strcmp(p->phase, "verify")) {
+        fprintf(stderr, "\r\033[Kverify: tensors %lld/%lld", (long long)p->tensors_done,
+                (long long)p->tensors_total);
+        return;
+    }
+    double rate = now > 0 ? (double)p->bytes_done / now : 0;
+    double eta = rate > 0 ? (double)(p->bytes_total - p->bytes_done) / rate : 0;
+    fprintf(stderr,
+            "\r\033[Kshard %d/%d %s: tensors %lld/%lld, %.1f/%.1f GB, %.0f MB/s, ETA "
+            "%d:%02d:%02d",
+            p->shard, p->nshards, p->shard_name ? p->shard_name : "", (long long)p->tensors_done,
+            (long long)p->tensors_total, (double)p->bytes_done / 1e9, (double)p->bytes_total / 1e9,
+            rate / 1e6, (int)(eta / 3600), (int)(eta / 60) % 60, (int)eta % 60);
+}
+
+int dsv4_cmd_convert(int argc, char **argv)
+{
+    static const struct option lopts[] = {{"mode", required_argument, NULL, 'm'},
+                                          {"verify", no_argument, NULL, 'v'},
+                                          {"sample", required_argument, NULL, 's'},
+                                          {"threads", required_argument, NULL, 't'},
+                                          {"quiet", no_argument, NULL, 'q'},
+                                          {"help", no_argument, NULL, 'h'},
+                                          {NULL, 0, NULL, 0}};
+    struct dsv4_convert_opts o = {0};
+    struct prog_state ps = {isatty(2), -1.0};
+    int c;
+    char *end;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            if (dsv4_convert_mode_parse(optarg, &o.mode)) {
+                fprintf(stderr, "dsv4 convert: %s\n", dsv4_errmsg());
+                return 2;
+            }
+            break;
+        case 'v':
+            o.verify = true;
+            break;
+        case 's':
+        case 't': {
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > (c == 't' ? 1024 : 1L << 40)) {
+                fprintf(stderr, "dsv4 convert: bad --%s '%s'\n", c == 's' ? "sample" : "threads",
+                        optarg);
+                return 2;
+            }
+            if (c == 's')
+                o.sample = v;
+            else
+                o.threads = (int)v;
+            break;
+        }
+        case 'q':
+            ps.tty = false;
+            break;
+        case 'h':
+            help(stdout);
+            return 0;
+        default:
+            help(stderr);
+            return 2;
+        }
+    }
+    if (argc - optind != 2) {
+        help(stderr);
+        return 2;
+    }
+    if (o.sample && !o.verify)
+        o.verify = true;
+    /* a file-size limit must give an error status, not kill us mid-shard */
+    signal(SIGXFSZ, SIG_IGN);
+    o.progress = on_progress;
+    o.progress_arg = &ps;
+
+    struct dsv4_convert_report r;
+    int rc = dsv4_convert_ckpt(argv[optind], argv[optind + 1], &o, &r);
+    if (ps.tty)
+        fprintf(stderr, "\r\033[K");
+    if (rc) {
+        fprintf(stderr, "dsv4 convert: %s\n", dsv4_errmsg());
+        return 1;
+    }
+    printf("mode: %s\n", dsv4_convert_mode_name(o.mode));
+    printf("shards: %d (%d written, %d already complete)\n", r.shards, r.shards_written,
+           r.shards_skipped);
+    printf("tensors: %lld converted, %lld passed through; %.3f GB written in %.1f s\n",
+           (long long)r.converted, (long long)r.passthrough, (double)r.bytes_written / 1e9,
+           r.seconds);
+    printf("blocks: %llu, exact %llu, out of range %llu, saturated elements %llu, zero scales "
+           "%llu\n",
+           (unsigned long long)r.stats.blocks, (unsigned long long)r.stats.exact,
+           (unsigned long long)r.stats.oor, (unsigned long long)r.stats.saturated,
+           (unsigned long long)r.stats.zero_scale);
+    if (!o.verify)
+        return 0;
+    printf("verify: %lld converted tensors, %lld bit-exact; max abs err %.6g, mean rel err "
+           "%.6g, min pearson %.9f; non-finite %llu\n",
+           (long long)r.verified, (long long)r.verified_bitexact, r.cmp.max_abs,
+           dsv4_convert_cmp_mean_rel(&r.cmp), r.verified ? r.min_pearson : 1.0,
+           (unsigned long long)r.cmp.nonfinite);
+    printf("verify: %lld other tensors, %lld byte-identical\n", (long long)r.pass_checked,
+           (long long)r.pass_identical);
+    if (r.cmp.nonfinite || r.pass_identical != r.pass_checked) {
+        fprintf(stderr, "dsv4 convert: verification failed\n");
+        return 1;
+    }
+    return 0;
+}
