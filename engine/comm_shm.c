@@ -23,7 +23,9 @@
  * All-reduce determinism: in each chunk rank r sums segment r over the slots
  * in rank order (x_0 + x_1) + x_2 ... and publishes it; everyone copies the
  * published segments, so all ranks hold bit-identical sums that do not
- * depend on timing or on which rank reduced which segment.
+ * depend on timing or on which rank reduced which segment.  Small messages
+ * take one round in which every rank sums all of it in the same order,
+ * which gives the same bits.
  *
  * Barrier: a central counter plus a generation word; the last arriver
  * resets the counter and bumps the generation; the others spin briefly
@@ -234,6 +236,11 @@ static size_t reduce_seg(const struct shm_comm *c)
     return per / 16 * 16;
 }
 
+/* Up to this many floats over all ranks (n * size), an all-reduce takes one
+ * round in which every rank sums all of it (one barrier instead of two:
+ * latency wins over the redundant adds for decode-sized messages). */
+#define SMALL_REDUCE 65536
+
 static int shm_all_reduce(struct dsv4_comm *pc, float *buf, size_t n)
 {
     struct shm_comm *c = sc(pc);
@@ -241,6 +248,23 @@ static int shm_all_reduce(struct dsv4_comm *pc, float *buf, size_t n)
     const size_t seg = reduce_seg(c), chunk = seg * (size_t)R;
     struct shm_desc d = {.op = OP_ALL_REDUCE, .valid = buf != NULL || n == 0, .a = n};
     int rc;
+    if (n > 0 && n <= chunk && n * (size_t)R <= SMALL_REDUCE) {
+        /* one round: every rank sums everything itself, in the same rank order */
+        if (d.valid)
+            memcpy(half_at(c, c->round, me), buf, n * sizeof(float));
+        if ((rc = handshake(c, &d, "all_reduce_sum_f32")))
+            return rc;
+        uint64_t r = c->round - 1;
+        const float *s0 = (const float *)half_at(c, r, 0);
+        for (size_t e = 0; e < n; e++)
+            buf[e] = s0[e];
+        for (int j = 1; j < R; j++) {
+            const float *sj = (const float *)half_at(c, r, j);
+            for (size_t e = 0; e < n; e++)
+                buf[e] += sj[e];
+        }
+        return 0;
+    }
     for (size_t off = 0; off == 0 || off < n; off += chunk) {
         size_t m = n - off < chunk ? n - off : chunk;
         /* round A: my chunk into my half */
