@@ -202,8 +202,8 @@ static int parse_compress_ratios(const cJSON *root, struct dsv4_config *cfg)
                               "(layers + MTP)",
                           n, cfg->num_hidden_layers, total);
     if (total > DSV4_MAX_LAYERS)
-        return dsv4_error(DSV4_EINVAL, CFG ": %d layers + MTP blocks exceed the limit %d", total,
-                          DSV4_MAX_LAYERS);
+        return dsv4_error(DSV4_EINVAL, CFG ": %d layers + %d MTP blocks exceed the limit %d",
+                          cfg->num_hidden_layers, cfg->num_nextn_predict_layers, DSV4_MAX_LAYERS);
     memset(cfg->compress_ratios, 0, sizeof(cfg->compress_ratios));
     cJSON_ArrayForEach(c, a)
     {
