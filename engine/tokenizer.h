@@ -9,8 +9,11 @@
  * invalid UTF-8 needs a definition, which is this one: every byte that is
  * not part of a well-formed UTF-8 sequence (Unicode "maximal subpart" rule)
  * is a piece of its own and encodes to its single-byte token; the valid runs
- * between such bytes are pre-tokenized as if they were separate texts.  As
- * every byte has a token, decode(encode(x)) == x for any bytes x.
+ * between such bytes are pre-tokenized as if they were separate texts.  So
+ * the ids always carry every input byte: concatenating the
+ * dsv4_tokenizer_token_bytes of encode(x) gives x back for any bytes x, and
+ * decode(encode(x)) == x for valid UTF-8 x (decode itself always returns
+ * valid UTF-8, see below).
  *
  * Decoding concatenates the bytes of the tokens and converts them to UTF-8
  * the way Rust's String::from_utf8_lossy does (one U+FFFD per maximal

@@ -61,7 +61,8 @@ static int ws_reserve(struct enc *e, size_t n)
     int32_t *c = realloc(e->next, cap * sizeof(int32_t));
     if (c)
         e->next = c;
-    uint64_t *h = realloc(e->heap, cap * sizeof(uint64_t));
+    /* each merge pops one entry and pushes up to two: 3n bounds the heap */
+    uint64_t *h = realloc(e->heap, 3 * cap * sizeof(uint64_t));
     if (h)
         e->heap = h;
     if (!a || !b || !c || !h)
