@@ -29,10 +29,13 @@ struct dsv4_fwd {
     struct dsv4_pool *pool;
     struct dsv4_comm *comm;
     int N, T;
+    int64_t ngmax, inhmax; /* largest per-rank share of groups / indexer heads (gather unit) */
     int64_t max_ctx, maxkeys;
     struct dsv4_rope rope_win, rope_comp;
     dsv4_fwd_layer_hook hook;
     void *hook_ctx;
+    dsv4_fwd_route_hook rhook;
+    void *rhook_ctx;
     /* per-token metadata */
     int *tseq;
     int64_t *tpos;
@@ -76,6 +79,13 @@ static void hc_mix(struct dsv4_fwd *f, const float *fn, int rows, const float *X
                              .scale2 = 1.0f,
                              .input_scale = 1.0f};
     dsv4_cpu_linear(f->pool, &w, DSV4_ACT_F32, X, T, mix);
+}
+
+/* Units [*b, *e) of `units` owned by rank r of n (the split of engine/model.c). */
+static void split_range(int64_t units, int r, int n, int64_t *b, int64_t *e)
+{
+    *b = units * r / n;
+    *e = units * (r + 1) / n;
 }
 
 static int comm_gather(struct dsv4_fwd *f, const void *send, void *recv, size_t bytes)
@@ -166,13 +176,15 @@ int dsv4_fwd_init(const struct dsv4_model *m, struct dsv4_state *st, struct dsv4
     ALLOC(f->icg, T * 2 * id);
     ALLOC(f->iq, T * IH * id);
     ALLOC(f->iw, T * IH);
-    ALLOC(f->isend, T * m->inh * (id + 1));
-    ALLOC(f->irecv, N * T * m->inh * (id + 1));
+    f->ngmax = (G + N - 1) / N;
+    f->inhmax = (IH + N - 1) / N;
+    ALLOC(f->isend, T * f->inhmax * (id + 1));
+    ALLOC(f->irecv, N * T * f->inhmax * (id + 1));
     ALLOC(f->o, T * nh * dh);
     ALLOC(f->ob, T * hpg * dh);
-    ALLOC(f->zo, T * m->ng * Ro);
-    ALLOC(f->z, T * m->ng * Ro);
-    ALLOC(f->zrecv, N * T * m->ng * Ro);
+    ALLOC(f->zo, T * f->ngmax * Ro);
+    ALLOC(f->z, T * f->ngmax * Ro);
+    ALLOC(f->zrecv, N * T * f->ngmax * Ro);
     ALLOC(f->zfull, T * G * Ro);
     ALLOC(f->A, T * D);
     ALLOC(f->keys, T * f->maxkeys);
@@ -224,6 +236,12 @@ void dsv4_fwd_set_layer_hook(struct dsv4_fwd *f, dsv4_fwd_layer_hook fn, void *c
 {
     f->hook = fn;
     f->hook_ctx = ctx;
+}
+
+void dsv4_fwd_set_route_hook(struct dsv4_fwd *f, dsv4_fwd_route_hook fn, void *ctx)
+{
+    f->rhook = fn;
+    f->rhook_ctx = ctx;
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -402,7 +420,8 @@ static int attention(struct dsv4_fwd *f, int layer, int T)
     lin(f, &w->wq_a, xn, T, f->cq);
     bf16(f->cq, T * Rq);
     norm_rows(f->cq, w->q_norm, T, Rq, eps);
-    lin(f, &w->wq_b, f->cq, T, f->q);
+    if (nh > 0)
+        lin(f, &w->wq_b, f->cq, T, f->q);
     bf16(f->q, T * nh * dh);
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < nh; h++) {
@@ -431,10 +450,12 @@ static int attention(struct dsv4_fwd *f, int layer, int T)
         lin(f, &w->ic_wgate, xn, T, f->icg);
         /* indexer queries of the local heads + their weights, then gathered */
         float *iql = f->iq; /* local [T, inh, id] first, expanded below */
-        lin(f, &w->i_wq_b, f->cq, T, iql);
-        bf16(iql, T * inh * id);
-        lin(f, &w->i_wproj, xn, T, f->iw);
-        bf16(f->iw, T * inh);
+        if (inh > 0) {
+            lin(f, &w->i_wq_b, f->cq, T, iql);
+            bf16(iql, T * inh * id);
+            lin(f, &w->i_wproj, xn, T, f->iw);
+            bf16(f->iw, T * inh);
+        }
         float wscale = 1.0f / sqrtf((float)id) / sqrtf((float)IH);
         for (int64_t t = 0; t < T; t++) {
             for (int64_t h = 0; h < inh; h++) {
@@ -448,19 +469,24 @@ static int attention(struct dsv4_fwd *f, int layer, int T)
             }
         }
         if (f->N > 1) {
-            int64_t per = inh * (id + 1);
+            /* per token: [inhmax * id q values][inhmax weights], padded */
+            int64_t per = f->inhmax * (id + 1);
+            memset(f->isend, 0, sizeof(float) * T * per);
             for (int64_t t = 0; t < T; t++) {
                 memcpy(f->isend + t * per, iql + t * inh * id, sizeof(float) * inh * id);
-                memcpy(f->isend + t * per + inh * id, f->iw + t * inh, sizeof(float) * inh);
+                memcpy(f->isend + t * per + f->inhmax * id, f->iw + t * inh, sizeof(float) * inh);
             }
             if ((rc = comm_gather(f, f->isend, f->irecv, sizeof(float) * T * per)))
                 return rc;
-            for (int r = 0; r < f->N; r++)
+            for (int r = 0; r < f->N; r++) {
+                int64_t h0, h1;
+                split_range(IH, r, f->N, &h0, &h1);
                 for (int64_t t = 0; t < T; t++) {
                     const float *src = f->irecv + ((int64_t)r * T + t) * per;
-                    memcpy(f->iq + (t * IH + r * inh) * id, src, sizeof(float) * inh * id);
-                    memcpy(f->iw + t * IH + r * inh, src + inh * id, sizeof(float) * inh);
+                    memcpy(f->iq + (t * IH + h0) * id, src, sizeof(float) * (h1 - h0) * id);
+                    memcpy(f->iw + t * IH + h0, src + f->inhmax * id, sizeof(float) * (h1 - h0));
                 }
+            }
         }
     }
     /* state: records in position order, then queries in parallel */
@@ -473,7 +499,7 @@ static int attention(struct dsv4_fwd *f, int layer, int T)
     dsv4_pool_run(f->pool, build_keys, &a, T);
     dsv4_pool_run(f->pool, attend, &a, T * nh);
     /* grouped wo_a over the local groups */
-    int64_t ng = m->ng;
+    int64_t ng = m->ng, zs = f->ngmax * Ro; /* z row stride */
     for (int64_t g = 0; g < ng; g++) {
         for (int64_t t = 0; t < T; t++)
             memcpy(f->ob + t * hpg * dh, f->o + (t * nh + g * hpg) * dh, sizeof(float) * hpg * dh);
@@ -490,24 +516,26 @@ static int attention(struct dsv4_fwd *f, int layer, int T)
             }
             lin(f, &sub, f->ob, T, f->zo);
             for (int64_t t = 0; t < T; t++)
-                memcpy(f->z + t * ng * Ro + g * Ro, f->zo + t * Ro, sizeof(float) * Ro);
+                memcpy(f->z + t * zs + g * Ro, f->zo + t * Ro, sizeof(float) * Ro);
         } else {
             /* scale blocks straddle groups: compute all local rows, keep group g's */
             lin(f, &w->wo_a, f->ob, T, f->zo);
             for (int64_t t = 0; t < T; t++)
-                memcpy(f->z + t * ng * Ro + g * Ro, f->zo + t * ng * Ro + g * Ro,
-                       sizeof(float) * Ro);
+                memcpy(f->z + t * zs + g * Ro, f->zo + t * ng * Ro + g * Ro, sizeof(float) * Ro);
         }
     }
-    bf16(f->z, T * ng * Ro);
+    bf16(f->z, T * zs);
     const float *zf = f->z;
     if (f->N > 1) {
-        if ((rc = comm_gather(f, f->z, f->zrecv, sizeof(float) * T * ng * Ro)))
+        if ((rc = comm_gather(f, f->z, f->zrecv, sizeof(float) * T * zs)))
             return rc;
-        for (int r = 0; r < f->N; r++)
+        for (int r = 0; r < f->N; r++) {
+            int64_t g0, g1;
+            split_range(G, r, f->N, &g0, &g1);
             for (int64_t t = 0; t < T; t++)
-                memcpy(f->zfull + t * G * Ro + r * ng * Ro,
-                       f->zrecv + ((int64_t)r * T + t) * ng * Ro, sizeof(float) * ng * Ro);
+                memcpy(f->zfull + t * G * Ro + g0 * Ro, f->zrecv + ((int64_t)r * T + t) * zs,
+                       sizeof(float) * (g1 - g0) * Ro);
+        }
         zf = f->zfull;
     }
     lin(f, &w->wo_b, zf, T, f->A);
@@ -549,6 +577,8 @@ static int moe(struct dsv4_fwd *f, int layer, int T)
                 wt[j - 1] = tw;
             }
     }
+    if (f->rhook)
+        f->rhook(f->rhook_ctx, layer, T, k, f->ids, f->tid);
     memset(f->slots, 0, sizeof(float) * T * (k + 1) * D);
     /* counting sort of the (token, slot) pairs by local expert: ecnt[e] = start offset */
     memset(f->ecnt, 0, sizeof(int) * (E + 1));

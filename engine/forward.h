@@ -81,4 +81,10 @@ int64_t dsv4_fwd_mtp_len(const struct dsv4_fwd *f, int seq);
 typedef void (*dsv4_fwd_layer_hook)(void *ctx, int layer, const float *X, int T, int hc, int64_t D);
 void dsv4_fwd_set_layer_hook(struct dsv4_fwd *f, dsv4_fwd_layer_hook fn, void *ctx);
 
+/* Diagnostics: called after routing in each MoE layer: ids [T, k] (sorted by id per token),
+ * tids [T] the tokens. */
+typedef void (*dsv4_fwd_route_hook)(void *ctx, int layer, int T, int k, const int *ids,
+                                    const int32_t *tids);
+void dsv4_fwd_set_route_hook(struct dsv4_fwd *f, dsv4_fwd_route_hook fn, void *ctx);
+
 #endif

@@ -489,10 +489,6 @@ int dsv4_model_bind(struct dsv4_ckpt *ckpt, const struct dsv4_config *cfg, int r
     if (c->num_attention_heads % c->o_groups)
         return dsv4_error(DSV4_EFORMAT, "model: heads %d not divisible by o_groups %d",
                           c->num_attention_heads, c->o_groups);
-    if (c->o_groups % nranks || c->index_n_heads % nranks)
-        return dsv4_error(DSV4_ENOTSUP,
-                          "model: %d ranks do not divide o_groups %d / index_n_heads %d", nranks,
-                          c->o_groups, c->index_n_heads);
     if (c->index_head_dim & (c->index_head_dim - 1))
         return dsv4_error(DSV4_ENOTSUP, "model: index_head_dim %d not a power of two",
                           c->index_head_dim);

@@ -291,6 +291,8 @@ int dsv4_state_truncate(struct dsv4_state *st, int seq, int layer, int64_t len)
         return dsv4_error(DSV4_ERANGE, "state: truncate to %lld, length is %lld", (long long)len,
                           (long long)s->len);
     int64_t need = len - st->window - (int64_t)y->coff * (y->ratio > 0 ? y->ratio : 0);
+    if (need < 0)
+        need = 0;
     if (len > 0 && need < s->floor_blk * DSV4_STATE_REC_BLOCK)
         return dsv4_error(DSV4_ERANGE,
                           "state: cannot roll back to %lld (positions before %lld released)",

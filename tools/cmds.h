@@ -18,5 +18,6 @@ int dsv4_cmd_chat_parse(int argc, char **argv);
 int dsv4_cmd_convert(int argc, char **argv);
 int dsv4_cmd_mkmodel(int argc, char **argv);
 int dsv4_cmd_plan(int argc, char **argv);
+int dsv4_cmd_generate(int argc, char **argv);
 
 #endif

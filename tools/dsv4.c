@@ -18,6 +18,7 @@ static const struct dsv4_cmd cmds[] = {
         {"convert", dsv4_cmd_convert, "convert an MXFP4 checkpoint to the NVFP4 artifact layout"},
         {"mkmodel", dsv4_cmd_mkmodel, "write a synthetic checkpoint (tiny, small or any config)"},
         {"plan", dsv4_cmd_plan, "parallel layout and memory plan of a checkpoint or config"},
+        {"generate", dsv4_cmd_generate, "generate tokens on CPU (MTP drafting, N ranks)"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,57 @@
+/*
+ * generate.h - offline generation over the CPU forward pass: prefill in
+ * chunks, then decode one token per step, or with MTP drafting of k tokens
+ * per step and verification of 1+k positions (greedy: accept while the
+ * draft equals the target's argmax; temperature > 0: speculative rejection
+ * sampling, engine/sample.h), with rollback of every state piece for
+ * rejected positions.  Runs N ranks as threads over the shared-memory
+ * communicator (engine/comm.h); every rank computes identical logits and
+ * therefore draws identical tokens; rank 0 reports.
+ *
+ * The emitted tokens do not depend on k for greedy decoding, nor on N
+ * (the forward pass is exact across ranks and chunkings).
+ */
+#ifndef DSV4_GENERATE_H
+#define DSV4_GENERATE_H
+
+#include "engine/sample.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define DSV4_GEN_MAX_MTP 16
+
+struct dsv4_gen_opts {
+    int max_tokens;   /* tokens to generate (>= 0) */
+    int mtp;          /* draft depth k (0: no MTP) */
+    int threads;      /* total CPU threads (split over ranks), >= 1 */
+    int ranks;        /* N >= 1 */
+    int chunk;        /* prefill chunk (tokens per forward call), >= 1 */
+    bool stop_at_eos; /* stop after emitting eos_token_id */
+    struct dsv4_sample_params sample;
+    FILE *dump_logits;       /* FP32 rows: every prompt position and every generated token */
+    const char *dump_layers; /* DIR/layer_%02d.f32 of the prompt, or NULL */
+    /* token callback on rank 0 (may be NULL): called as tokens are emitted */
+    void (*on_token)(void *ctx, int32_t token);
+    void *ctx;
+};
+
+struct dsv4_gen_result {
+    int32_t *tokens; /* malloc'ed [n] */
+    int n;
+    int n_prompt;
+    double t_load, t_prefill, t_decode; /* seconds */
+    int steps;                          /* decode / verify forward calls */
+    uint64_t drafted, accepted;
+    uint64_t drafted_at[DSV4_GEN_MAX_MTP], accepted_at[DSV4_GEN_MAX_MTP];
+};
+
+void dsv4_gen_opts_default(struct dsv4_gen_opts *o);
+
+/* Loads the model in `dir` (once per rank) and generates from prompt[n_prompt]. */
+int dsv4_generate(const char *dir, const int32_t *prompt, int n_prompt,
+                  const struct dsv4_gen_opts *o, struct dsv4_gen_result *res);
+void dsv4_gen_result_free(struct dsv4_gen_result *r);
+
+#endif

@@ -1,0 +1,277 @@
+/*
+ * cmd_generate.c - `dsv4 generate`: offline generation on CPU with the
+ * engine's forward pass (engine/generate.h): prompt ids or text (tokenizer
+ * of the model directory, optional chat encoding), greedy or sampled, MTP
+ * drafting, N ranks as threads; prints tokens, text, tok/s and MTP
+ * acceptance, or one JSON object with --json.  --dump-logits / --dump-layers
+ * follow the conventions of tests/reference/dsv4_ref.py.
+ */
+#include "engine/chat.h"
+#include "engine/dsv4.h"
+#include "engine/generate.h"
+#include "engine/tokenizer.h"
+#include "tools/cmds.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: dsv4 generate --model DIR (--prompt-ids 0,15,27 | --prompt TEXT [--chat])\n"
+               "         [--max-tokens N] [--mtp K] [--temperature T] [--top-p P] [--top-k K]\n"
+               "         [--min-p P] [--seed S] [--threads N] [--ranks N] [--chunk N] [--no-stop]\n"
+               "         [--json] [--dump-logits FILE] [--dump-layers DIR]\n");
+}
+
+static int parse_ids(const char *s, int32_t **ids, int *n)
+{
+    int cap = 16, cnt = 0;
+    int32_t *v = malloc(sizeof(int32_t) * cap);
+    if (!v)
+        return -1;
+    while (*s) {
+        char *end;
+        errno = 0;
+        long x = strtol(s, &end, 10);
+        if (end == s || errno || x < 0 || x > INT32_MAX || (*end && *end != ',')) {
+            free(v);
+            return -1;
+        }
+        if (cnt == cap) {
+            int32_t *w = realloc(v, sizeof(int32_t) * (cap *= 2));
+            if (!w) {
+                free(v);
+                return -1;
+            }
+            v = w;
+        }
+        v[cnt++] = (int32_t)x;
+        s = *end ? end + 1 : end;
+    }
+    *ids = v;
+    *n = cnt;
+    return cnt > 0 ? 0 : -1;
+}
+
+/* JSON string literal of s (malloc'ed). */
+static char *json_str(const char *s)
+{
+    size_t n = strlen(s);
+    char *o = malloc(6 * n + 3), *p = o;
+    if (!o)
+        return NULL;
+    *p++ = '"';
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c == '"' || *c == '\\') {
+            *p++ = '\\';
+            *p++ = (char)*c;
+        } else if (*c < 0x20) {
+            p += sprintf(p, "\\u%04x", *c);
+        } else {
+            *p++ = (char)*c;
+        }
+    }
+    *p++ = '"';
+    *p = 0;
+    return o;
+}
+
+struct printer {
+    struct dsv4_detok dt;
+    bool on;
+};
+
+static void on_token(void *ctx, int32_t tok)
+{
+    struct printer *pr = ctx;
+    if (!pr->on)
+        return;
+    char buf[4096];
+    size_t n = 0;
+    if (dsv4_detok_feed(&pr->dt, tok, buf, sizeof buf, &n) == 0 && n)
+        fwrite(buf, 1, n, stdout);
+    fflush(stdout);
+}
+
+int dsv4_cmd_generate(int argc, char **argv)
+{
+    const char *model = NULL, *ids_s = NULL, *text = NULL, *dump_l = NULL, *dump_f = NULL;
+    bool chat = false, json = false;
+    struct dsv4_gen_opts o;
+    dsv4_gen_opts_default(&o);
+    o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (o.threads < 1)
+        o.threads = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define ARG(name) (!strcmp(a, name) && v && (i++, 1))
+        if (ARG("--model"))
+            model = v;
+        else if (ARG("--prompt-ids"))
+            ids_s = v;
+        else if (ARG("--prompt"))
+            text = v;
+        else if (!strcmp(a, "--chat"))
+            chat = true;
+        else if (!strcmp(a, "--json"))
+            json = true;
+        else if (!strcmp(a, "--no-stop"))
+            o.stop_at_eos = false;
+        else if (ARG("--max-tokens"))
+            o.max_tokens = atoi(v);
+        else if (ARG("--mtp"))
+            o.mtp = atoi(v);
+        else if (ARG("--temperature"))
+            o.sample.temperature = (float)atof(v);
+        else if (ARG("--top-p"))
+            o.sample.top_p = (float)atof(v);
+        else if (ARG("--top-k"))
+            o.sample.top_k = atoi(v);
+        else if (ARG("--min-p"))
+            o.sample.min_p = (float)atof(v);
+        else if (ARG("--seed"))
+            o.sample.seed = strtoull(v, NULL, 10);
+        else if (ARG("--threads"))
+            o.threads = atoi(v);
+        else if (ARG("--ranks"))
+            o.ranks = atoi(v);
+        else if (ARG("--chunk"))
+            o.chunk = atoi(v);
+        else if (ARG("--dump-logits"))
+            dump_f = v;
+        else if (ARG("--dump-layers"))
+            dump_l = v;
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "dsv4 generate: unknown or incomplete option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+#undef ARG
+    }
+    if (!model || (!ids_s == !text)) {
+        usage(stderr);
+        return 2;
+    }
+    int rc = 1, n_prompt = 0;
+    int32_t *prompt = NULL;
+    struct dsv4_tokenizer *tok = NULL;
+    struct dsv4_tokens toks = {0};
+    struct dsv4_gen_result res = {0};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", model);
+    if (access(path, R_OK) == 0 && dsv4_tokenizer_load(path, &tok) != 0) {
+        fprintf(stderr, "dsv4 generate: %s: %s\n", path, dsv4_errmsg());
+        goto out;
+    }
+    if (ids_s) {
+        if (parse_ids(ids_s, &prompt, &n_prompt)) {
+            fprintf(stderr, "dsv4 generate: bad --prompt-ids '%s'\n", ids_s);
+            goto out;
+        }
+    } else {
+        if (!tok) {
+            fprintf(stderr, "dsv4 generate: --prompt needs %s\n", path);
+            goto out;
+        }
+        char *enc = NULL;
+        size_t enc_len = 0;
+        const char *src = text;
+        if (chat) {
+            char *js = json_str(text), *msg = NULL;
+            struct dsv4_chat_opts co = {0};
+            co.mode = DSV4_CHAT_MODE_CHAT;
+            if (js && (msg = malloc(strlen(js) + 64)))
+                sprintf(msg, "[{\"role\": \"user\", \"content\": %s}]", js);
+            int crc = msg ? dsv4_chat_encode_json(msg, strlen(msg), &co, &enc, &enc_len)
+                          : DSV4_ENOMEM;
+            free(js);
+            free(msg);
+            if (crc) {
+                fprintf(stderr, "dsv4 generate: chat encoding: %s\n", dsv4_errmsg());
+                goto out;
+            }
+            src = enc;
+        }
+        int erc = dsv4_tokenizer_encode(tok, src, strlen(src), 0, &toks);
+        free(enc);
+        if (erc) {
+            fprintf(stderr, "dsv4 generate: tokenizer: %s\n", dsv4_errmsg());
+            goto out;
+        }
+        prompt = toks.ids;
+        n_prompt = (int)toks.len;
+        toks.ids = NULL;
+    }
+    FILE *lf = NULL;
+    if (dump_f && !(lf = fopen(dump_f, "wb"))) {
+        fprintf(stderr, "dsv4 generate: cannot create %s\n", dump_f);
+        goto out;
+    }
+    o.dump_logits = lf;
+    o.dump_layers = dump_l;
+    struct printer pr = {.on = tok && !json};
+    if (tok)
+        dsv4_detok_init(&pr.dt, tok, 0);
+    o.on_token = on_token;
+    o.ctx = &pr;
+    int grc = dsv4_generate(model, prompt, n_prompt, &o, &res);
+    if (lf && fclose(lf) != 0 && !grc)
+        grc = dsv4_error(DSV4_EIO, "closing %s failed", dump_f);
+    if (grc) {
+        fprintf(stderr, "dsv4 generate: %s\n", dsv4_errmsg());
+        goto out;
+    }
+    if (pr.on) {
+        char buf[16];
+        size_t n = 0;
+        if (dsv4_detok_flush(&pr.dt, buf, sizeof buf, &n) == 0 && n)
+            fwrite(buf, 1, n, stdout);
+        printf("\n");
+    }
+    double dec_tps = res.t_decode > 0 && res.n > 1 ? (res.n - 1) / res.t_decode : 0;
+    double pre_tps = res.t_prefill > 0 ? res.n_prompt / res.t_prefill : 0;
+    double rate = res.drafted ? (double)res.accepted / res.drafted : 0;
+    if (json) {
+        printf("{\"tokens\": [");
+        for (int i = 0; i < res.n; i++)
+            printf("%s%d", i ? ", " : "", res.tokens[i]);
+        printf("], \"n_prompt\": %d, \"acceptance\": {\"drafted\": %llu, \"accepted\": %llu, "
+               "\"rate\": %.4f, \"per_position\": [",
+               res.n_prompt, (unsigned long long)res.drafted, (unsigned long long)res.accepted,
+               rate);
+        for (int i = 0; i < o.mtp && i < DSV4_GEN_MAX_MTP; i++)
+            printf("%s{\"drafted\": %llu, \"accepted\": %llu}", i ? ", " : "",
+                   (unsigned long long)res.drafted_at[i], (unsigned long long)res.accepted_at[i]);
+        printf("]}, \"timings\": {\"load_s\": %.4f, \"prefill_s\": %.4f, \"decode_s\": %.4f, "
+               "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"steps\": %d}}\n",
+               res.t_load, res.t_prefill, res.t_decode, pre_tps, dec_tps, res.steps);
+    } else {
+        printf("tokens:");
+        for (int i = 0; i < res.n; i++)
+            printf(" %d", res.tokens[i]);
+        printf("\nprompt %d tokens, prefill %.3f s (%.1f tok/s); generated %d tokens, decode "
+               "%.3f s (%.2f tok/s), %d steps\n",
+               res.n_prompt, res.t_prefill, pre_tps, res.n, res.t_decode, dec_tps, res.steps);
+        if (o.mtp) {
+            printf("mtp acceptance: %llu/%llu (%.1f%%); per position:",
+                   (unsigned long long)res.accepted, (unsigned long long)res.drafted, 100.0 * rate);
+            for (int i = 0; i < o.mtp && i < DSV4_GEN_MAX_MTP; i++)
+                printf(" %llu/%llu", (unsigned long long)res.accepted_at[i],
+                       (unsigned long long)res.drafted_at[i]);
+            printf("\n");
+        }
+    }
+    rc = 0;
+out:
+    dsv4_gen_result_free(&res);
+    free(prompt);
+    dsv4_tokens_free(&toks);
+    dsv4_tokenizer_free(tok);
+    return rc;
+}
