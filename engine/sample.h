@@ -120,7 +120,7 @@ struct dsv4_sample_params dsv4_sample_params_default(void);
 /* Checks every field's range; DSV4_EINVAL with the field's name otherwise. */
 int dsv4_sample_params_check(const struct dsv4_sample_params *p);
 
-/* A sampler for vocab size `vocab` (>= 1); scratch ~ 17 bytes per token. */
+/* A sampler for vocab size `vocab` (>= 1); scratch ~ 21 bytes per token. */
 int dsv4_sampler_init(int32_t vocab, struct dsv4_sampler **out);
 void dsv4_sampler_free(struct dsv4_sampler *s);
 int32_t dsv4_sampler_vocab(const struct dsv4_sampler *s);
