@@ -31,10 +31,11 @@ void *dsv4_pool_scratch(struct dsv4_pool *p, int thread, size_t bytes);
 /* One more buffer of the same kind, for data all threads of a job read. */
 void *dsv4_pool_shared(struct dsv4_pool *p, size_t bytes);
 
-/* Which instruction set the dispatcher picked ("avx2+fma" or "scalar"). */
+/* Which instruction set the dispatcher picked ("avx512", "avx2+fma" or "scalar"). */
 const char *dsv4_cpu_isa(void);
-/* Forces "scalar" or "avx2+fma" (if the CPU has it) for every later call
- * (diagnostics and tests; the math is the same).  Also DSV4_CPU_ISA=scalar. */
+/* Forces "scalar", "avx2+fma" or "avx512" (if the CPU has it) for every
+ * later call (diagnostics and tests; the math is the same).  Not thread-safe
+ * against running kernels.  Also DSV4_CPU_ISA=scalar|avx2+fma at start. */
 int dsv4_cpu_force_isa(const char *name);
 
 /*

@@ -46,4 +46,8 @@ struct dsv4_cpu_kern {
 extern const struct dsv4_cpu_kern dsv4_cpu_kern_scalar;
 extern const struct dsv4_cpu_kern dsv4_cpu_kern_avx2;
 
+/* AVX-512F/BW replacement of the AVX2 gemv_fp8 (linear_avx512.c). */
+void dsv4_cpu_gemv_fp8_avx512(const struct dsv4_qweight *w, const float *x, int64_t r0, int64_t nr,
+                              float *y);
+
 #endif

@@ -20,9 +20,11 @@
  * as in the reference.  This holds while block scales stay within about
  * 2^-100..2^100, far beyond what checkpoints use.
  *
- * The instruction set is chosen once (AVX2+FMA+F16C when the CPU has it,
- * else scalar; DSV4_CPU_ISA=scalar or dsv4_cpu_force_isa() forces the
- * scalar path for diagnostics).  The AVX2 code is in linear_avx2.c.
+ * The instruction set is chosen once: "avx512" (the AVX2 set with the
+ * AVX-512 kernels of linear_avx512.c over it) when the CPU has AVX-512F/BW/VL,
+ * else "avx2+fma" (AVX2+FMA+F16C, linear_avx2.c), else "scalar";
+ * DSV4_CPU_ISA=scalar|avx2+fma or dsv4_cpu_force_isa() picks a lower one
+ * for diagnostics.
  */
 #include "kernels/cpu/cpu.h"
 
@@ -32,23 +34,41 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- dispatch */
 
 static const struct dsv4_cpu_kern *kern;
+static struct dsv4_cpu_kern kern_avx512; /* the AVX2 set with AVX-512 overrides */
 static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
+
+static bool have_avx2(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+
+static bool have_avx512(void)
+{
+    return have_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+}
 
 static void kern_init(void)
 {
     const char *env = getenv("DSV4_CPU_ISA");
+    kern_avx512 = dsv4_cpu_kern_avx2;
+    kern_avx512.name = "avx512";
+    kern_avx512.gemv_fp8 = dsv4_cpu_gemv_fp8_avx512;
     kern = &dsv4_cpu_kern_scalar;
     if (env && !strcmp(env, "scalar"))
         return;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+    if (have_avx2())
         kern = &dsv4_cpu_kern_avx2;
+    if (have_avx512() && !(env && !strcmp(env, "avx2+fma")))
+        kern = &kern_avx512;
 }
 
 static const struct dsv4_cpu_kern *get_kern(void)
@@ -67,9 +87,10 @@ int dsv4_cpu_force_isa(const char *name)
     const struct dsv4_cpu_kern *k = get_kern();
     if (!strcmp(name, "scalar"))
         k = &dsv4_cpu_kern_scalar;
-    else if (!strcmp(name, "avx2+fma") && __builtin_cpu_supports("avx2") &&
-             __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    else if (!strcmp(name, "avx2+fma") && have_avx2())
         k = &dsv4_cpu_kern_avx2;
+    else if (!strcmp(name, "avx512") && have_avx512())
+        k = &kern_avx512;
     else
         return dsv4_error(DSV4_ENOTSUP, "cpu: instruction set '%s' not available", name);
     kern = k;

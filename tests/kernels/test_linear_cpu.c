@@ -22,6 +22,8 @@ static const struct {
         {DSV4_WFMT_NVFP4, DSV4_ACT_F32},
 };
 
+static const char *isas[3] = {"scalar", "avx2+fma", "avx512"};
+
 static int same_bits(const float *a, const float *b, int64_t n, const char *what)
 {
     int bad = 0;
@@ -54,8 +56,8 @@ static void test_act(void)
         x[i] = 0.0f; /* all-zero group */
     x[2001] = NAN;
     x[3000] = INFINITY;
-    for (int isa = 0; isa < 2; isa++) {
-        if (dsv4_cpu_force_isa(isa ? "avx2+fma" : "scalar") != 0)
+    for (int isa = 0; isa < 3; isa++) {
+        if (dsv4_cpu_force_isa(isas[isa]) != 0)
             continue;
         for (int n = N; n > N - 40; n -= 13) {
             memcpy(r, x, sizeof(float) * (size_t)n);
@@ -109,8 +111,8 @@ static void test_linear(void)
             for (int64_t i = 0; i < m * R; i++)
                 yrd[i] = yr[i];
             double rel = (double)(K + 2) * 0x1p-24;
-            for (int isa = 0; isa < 2; isa++) {
-                if (dsv4_cpu_force_isa(isa ? "avx2+fma" : "scalar") != 0)
+            for (int isa = 0; isa < 3; isa++) {
+                if (dsv4_cpu_force_isa(isas[isa]) != 0)
                     continue;
                 struct dsv4_pool *p = pool[(c + s + (size_t)isa) % 3];
                 char what[128];
