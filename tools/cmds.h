@@ -19,5 +19,8 @@ int dsv4_cmd_convert(int argc, char **argv);
 int dsv4_cmd_mkmodel(int argc, char **argv);
 int dsv4_cmd_plan(int argc, char **argv);
 int dsv4_cmd_generate(int argc, char **argv);
+int dsv4_cmd_bench(int argc, char **argv);
+/* `dsv4 bench` subjects (tools/cmd_bench.c table) */
+int dsv4_bench_linear(int argc, char **argv);
 
 #endif

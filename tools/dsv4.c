@@ -19,6 +19,7 @@ static const struct dsv4_cmd cmds[] = {
         {"mkmodel", dsv4_cmd_mkmodel, "write a synthetic checkpoint (tiny, small or any config)"},
         {"plan", dsv4_cmd_plan, "parallel layout and memory plan of a checkpoint or config"},
         {"generate", dsv4_cmd_generate, "generate tokens on CPU (MTP drafting, N ranks)"},
+        {"bench", dsv4_cmd_bench, "micro-benchmarks (dsv4 bench linear, ...)"},
 };
 
 static void usage(FILE *f)
