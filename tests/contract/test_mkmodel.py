@@ -265,6 +265,36 @@ def test_mismatches(src):
         check(needle in err, "reported: " + needle + "\n" + err)
 
 
+def test_nvfp4_variants(src):
+    """NVIDIA's spellings: .weight_scale, [] scalars, I8 payloads; all bind."""
+    d = os.path.join(TMP, "variants")
+    subprocess.run(["cp", "-r", src, d], check=True)
+    shard = os.path.join(d, "model-00001-of-00001.safetensors")
+    hdr, data = read_st(shard)
+    renames = {}
+    for k in list(hdr):
+        if not k.startswith("layers.") or ".experts." not in k:
+            continue
+        e = hdr[k]
+        if k.endswith(".scale") and ".w2." not in k:
+            renames[k] = k[:-len(".scale")] + ".weight_scale"
+        if k.endswith("weight_scale_2") or k.endswith("input_scale"):
+            e["shape"] = []
+        if k.endswith(".w2.weight"):
+            e["dtype"] = "I8"
+    for old, new in renames.items():
+        hdr[new] = hdr.pop(old)
+    rewrite(shard, hdr, data)
+    idx_path = os.path.join(d, "model.safetensors.index.json")
+    idx = json.load(open(idx_path))
+    for old, new in renames.items():
+        idx["weight_map"][new] = idx["weight_map"].pop(old)
+    json.dump(idx, open(idx_path, "w"))
+    check(len(renames) > 0, "renamed some scales")
+    r = run("plan", d, "--ranks", "2", ok=False)
+    check(r.returncode == 0, "NVFP4 naming variants bind: " + r.stderr[-500:])
+
+
 def test_plan_json():
     for n in (3, 8):
         check_plan_json(n)
@@ -299,6 +329,7 @@ def main():
     dirs = test_formats()
     test_shards(dirs["mxfp4"])
     test_mismatches(dirs["mxfp4"])
+    test_nvfp4_variants(dirs["nvfp4"])
     test_plan_json()
     print("%d checks, %d failed" % (checks, failures), file=sys.stderr)
     return 1 if failures else 0
