@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -241,13 +242,12 @@ static uint64_t splitmix(uint64_t *s)
 }
 
 static float normal_table[65536];
+static pthread_once_t normal_once = PTHREAD_ONCE_INIT;
 
 static void init_normal_table(void)
 {
     uint64_t s = 0x5eed0f7ab1e5ull;
 
-    if (normal_table[1] != 0)
-        return;
     for (int i = 0; i < 65536; i += 2) {
         double u1 = ((double)(splitmix(&s) >> 11) + 1.0) / 9007199254740993.0;
         double u2 = (double)(splitmix(&s) >> 11) / 9007199254740992.0;
@@ -733,7 +733,7 @@ int dsv4_mkmodel_write(const struct dsv4_mkmodel_opts *o)
         return dsv4_error(DSV4_EIO, "mkmodel: cannot create %s: %s", o->out_dir, strerror(errno));
     if ((rc = dsv4_contract_build(o->cfg, -1, &con)))
         return rc;
-    init_normal_table();
+    pthread_once(&normal_once, init_normal_table);
     g.cfg = o->cfg;
     g.con = con;
     g.seed = o->seed;

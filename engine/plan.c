@@ -298,7 +298,9 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
     if (p->kv_tokens >= 0) {
         fprintf(f,
                 "\ndevice memory %.2f GiB, workspace reserve %.2f GiB: %" PRId64
-                " tokens of KV fit per rank (smallest rank)\n",
+                " tokens of KV fit per rank (smallest rank; after weights, reserve and one "
+                "sequence's "
+                "fixed state)\n",
                 gib(p->device_mem), gib(p->reserve), p->kv_tokens);
         for (int r = 0; r < n; r++)
             fprintf(f, "  rank %d: %" PRId64 " tokens\n", r, p->ranks[r].kv_tokens);
