@@ -97,6 +97,12 @@ int dsv4_bench_linear(int argc, char **argv)
             usage(stdout);
             return 0;
         }
+        if (strcmp(a, "--threads") && strcmp(a, "--mem") && strcmp(a, "--time") &&
+            strcmp(a, "--formats") && strcmp(a, "--batches")) {
+            fprintf(stderr, "dsv4 bench linear: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
         if (!v) {
             fprintf(stderr, "dsv4 bench linear: %s needs a value\n", a);
             return 2;
@@ -116,10 +122,6 @@ int dsv4_bench_linear(int argc, char **argv)
                 fprintf(stderr, "dsv4 bench linear: bad --batches '%s'\n", v);
                 return 2;
             }
-        } else {
-            fprintf(stderr, "dsv4 bench linear: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
         }
     }
     if (threads < 1 || threads > 1024 || mem_mb < 16 || mem_mb > 65536 ||

@@ -21,8 +21,9 @@ struct dsv4_cpu_kern {
      * rows r0.., columns k0..k0+len-1; k0 % 128 == 0, nr <= LIN_RT, len <= LIN_KC. */
     void (*decode)(const struct dsv4_qweight *w, int64_t r0, int nr, int64_t k0, int len,
                    float *out);
-    /* out[r] = sum_j x[j] * wt[r * len + j] for r < nr (FP32). */
-    void (*dot)(const float *x, const float *wt, int nr, int len, float *out);
+    /* out[i * LIN_RT + r] = sum_j x[i * xs + j] * wt[r * len + j] for i < nm
+     * (nm <= 2 activation rows, stride xs), r < nr (FP32). */
+    void (*dot)(const float *x, int64_t xs, int nm, const float *wt, int nr, int len, float *out);
     /* Exact dequantised activations of the reference quantisers. */
     void (*act_fp8)(const float *x, int64_t n, int group, float *out);
     void (*act_nvfp4)(const float *x, int64_t n, float input_scale, float *out);
@@ -46,7 +47,9 @@ struct dsv4_cpu_kern {
 extern const struct dsv4_cpu_kern dsv4_cpu_kern_scalar;
 extern const struct dsv4_cpu_kern dsv4_cpu_kern_avx2;
 
-/* AVX-512F/BW replacement of the AVX2 gemv_fp8 (linear_avx512.c). */
+/* AVX-512F/BW replacements of the AVX2 gemv_fp8 and dot (linear_avx512.c). */
+void dsv4_cpu_dot_avx512(const float *x, int64_t xs, int nm, const float *wt, int nr, int len,
+                         float *out);
 void dsv4_cpu_gemv_fp8_avx512(const struct dsv4_qweight *w, const float *x, int64_t r0, int64_t nr,
                               float *y);
 

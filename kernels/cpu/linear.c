@@ -62,6 +62,7 @@ static void kern_init(void)
     kern_avx512 = dsv4_cpu_kern_avx2;
     kern_avx512.name = "avx512";
     kern_avx512.gemv_fp8 = dsv4_cpu_gemv_fp8_avx512;
+    kern_avx512.dot = dsv4_cpu_dot_avx512;
     kern = &dsv4_cpu_kern_scalar;
     if (env && !strcmp(env, "scalar"))
         return;
@@ -142,14 +143,16 @@ static void decode_scalar(const struct dsv4_qweight *w, int64_t r0, int nr, int6
     }
 }
 
-static void dot_scalar(const float *x, const float *wt, int nr, int len, float *out)
+static void dot_scalar(const float *x, int64_t xs, int nm, const float *wt, int nr, int len,
+                       float *out)
 {
-    for (int r = 0; r < nr; r++) {
-        float acc = 0.0f;
-        for (int j = 0; j < len; j++)
-            acc += x[j] * wt[(int64_t)r * len + j];
-        out[r] = acc;
-    }
+    for (int i = 0; i < nm; i++)
+        for (int r = 0; r < nr; r++) {
+            float acc = 0.0f;
+            for (int j = 0; j < len; j++)
+                acc += x[i * xs + j] * wt[(int64_t)r * len + j];
+            out[i * LIN_RT + r] = acc;
+        }
 }
 
 static void act_fp8_scalar(const float *x, int64_t n, int group, float *out)
@@ -225,18 +228,21 @@ static void task(void *arg, int64_t t, int thread)
         return;
     }
     float *buf = dsv4_pool_scratch(j->pool, thread, LIN_RT * LIN_KC * sizeof(float));
-    float part[LIN_RT];
+    float part[2 * LIN_RT];
     DSV4_ASSERT(buf);
     for (int64_t r0 = t * j->rows_per_task; r0 < r_end; r0 += LIN_RT) {
         int nr = (int)DSV4_MIN((int64_t)LIN_RT, r_end - r0);
         for (int64_t k0 = 0; k0 < w->cols; k0 += LIN_KC) {
             int len = (int)DSV4_MIN((int64_t)LIN_KC, w->cols - k0);
             j->k->decode(w, r0, nr, k0, len, buf);
-            for (int64_t i = 0; i < j->m; i++) {
-                float *yi = j->y + i * w->rows + r0;
-                j->k->dot(j->xa + i * w->cols + k0, buf, nr, len, part);
-                for (int r = 0; r < nr; r++)
-                    yi[r] = k0 ? yi[r] + part[r] : part[r];
+            for (int64_t i = 0; i < j->m; i += 2) {
+                int nm = (int)DSV4_MIN((int64_t)2, j->m - i);
+                j->k->dot(j->xa + i * w->cols + k0, w->cols, nm, buf, nr, len, part);
+                for (int ii = 0; ii < nm; ii++) {
+                    float *yi = j->y + (i + ii) * w->rows + r0;
+                    for (int r = 0; r < nr; r++)
+                        yi[r] = k0 ? yi[r] + part[ii * LIN_RT + r] : part[ii * LIN_RT + r];
+                }
             }
         }
         if (j->alpha != 1.0f)

@@ -153,46 +153,55 @@ AVX2 static inline float hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-AVX2 static void dot_avx2(const float *x, const float *wt, int nr, int len, float *out)
+/* 2 activation rows x 4 weight rows: 8 independent FMA chains, 6 loads per 8 FMAs */
+AVX2 static void dot_avx2(const float *x, int64_t xs, int nm, const float *wt, int nr, int len,
+                          float *out)
 {
-    if (nr == 4) {
+    if (nm == 2 && nr == 4) {
+        const float *x0 = x, *x1 = x + xs;
         const float *w0 = wt, *w1 = wt + len, *w2 = wt + 2 * len, *w3 = wt + 3 * len;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         int j = 0;
-        for (; j + 16 <= len; j += 16) {
-            __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
-            a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w0 + j), a0);
-            a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w1 + j), a1);
-            a2 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w2 + j), a2);
-            a3 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w3 + j), a3);
-            b0 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(w0 + j + 8), b0);
-            b1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(w1 + j + 8), b1);
-            b2 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(w2 + j + 8), b2);
-            b3 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(w3 + j + 8), b3);
+        for (; j + 8 <= len; j += 8) {
+            __m256 u = _mm256_loadu_ps(x0 + j), v = _mm256_loadu_ps(x1 + j);
+            __m256 q0 = _mm256_loadu_ps(w0 + j), q1 = _mm256_loadu_ps(w1 + j);
+            __m256 q2 = _mm256_loadu_ps(w2 + j), q3 = _mm256_loadu_ps(w3 + j);
+            a0 = _mm256_fmadd_ps(u, q0, a0);
+            a1 = _mm256_fmadd_ps(u, q1, a1);
+            a2 = _mm256_fmadd_ps(u, q2, a2);
+            a3 = _mm256_fmadd_ps(u, q3, a3);
+            b0 = _mm256_fmadd_ps(v, q0, b0);
+            b1 = _mm256_fmadd_ps(v, q1, b1);
+            b2 = _mm256_fmadd_ps(v, q2, b2);
+            b3 = _mm256_fmadd_ps(v, q3, b3);
         }
-        out[0] = hsum(_mm256_add_ps(a0, b0));
-        out[1] = hsum(_mm256_add_ps(a1, b1));
-        out[2] = hsum(_mm256_add_ps(a2, b2));
-        out[3] = hsum(_mm256_add_ps(a3, b3));
-        for (; j < len; j++) {
-            out[0] += x[j] * w0[j];
-            out[1] += x[j] * w1[j];
-            out[2] += x[j] * w2[j];
-            out[3] += x[j] * w3[j];
-        }
+        float *o0 = out, *o1 = out + LIN_RT;
+        o0[0] = hsum(a0), o0[1] = hsum(a1), o0[2] = hsum(a2), o0[3] = hsum(a3);
+        o1[0] = hsum(b0), o1[1] = hsum(b1), o1[2] = hsum(b2), o1[3] = hsum(b3);
+        for (; j < len; j++)
+            for (int r = 0; r < 4; r++) {
+                o0[r] += x0[j] * wt[r * len + j];
+                o1[r] += x1[j] * wt[r * len + j];
+            }
         return;
     }
-    for (int r = 0; r < nr; r++) {
-        const float *wr = wt + (int64_t)r * len;
-        __m256 a = _mm256_setzero_ps();
-        int j = 0;
-        for (; j + 8 <= len; j += 8)
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(wr + j), a);
-        out[r] = hsum(a);
-        for (; j < len; j++)
-            out[r] += x[j] * wr[j];
-    }
+    for (int i = 0; i < nm; i++)
+        for (int r = 0; r < nr; r++) {
+            const float *xi = x + i * xs, *wr = wt + (int64_t)r * len;
+            __m256 a = _mm256_setzero_ps(), b = a;
+            int j = 0;
+            for (; j + 16 <= len; j += 16) {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(xi + j), _mm256_loadu_ps(wr + j), a);
+                b = _mm256_fmadd_ps(_mm256_loadu_ps(xi + j + 8), _mm256_loadu_ps(wr + j + 8), b);
+            }
+            for (; j + 8 <= len; j += 8)
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(xi + j), _mm256_loadu_ps(wr + j), a);
+            float acc = hsum(_mm256_add_ps(a, b));
+            for (; j < len; j++)
+                acc += xi[j] * wr[j];
+            out[i * LIN_RT + r] = acc;
+        }
 }
 
 /* ---------------------------------------------------------------- activations */

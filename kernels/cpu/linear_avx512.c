@@ -1,9 +1,10 @@
 /*
- * linear_avx512.c - AVX-512 variants of the batch-1 kernels whose speed is
- * bound by instruction throughput on AVX2 (the FP8 weight decode: one
- * FP16 widening per 8 weights becomes one per 16).  The math is that of
- * linear_avx2.c's gemv_fp8 (same exact products, same block structure);
- * linear.c installs these over the AVX2 set when the CPU has AVX-512F/BW.
+ * linear_avx512.c - AVX-512 variants of the kernels whose speed is bound by
+ * instruction throughput on AVX2: the batch-1 FP8 weight decode (one FP16
+ * widening per 8 weights becomes one per 16) and the FP32 dot products of
+ * the batched tile path.  The math is that of the AVX2 versions in
+ * linear_avx2.c (same exact products, same block structure); linear.c
+ * installs these over the AVX2 set when the CPU has AVX-512F/BW/VL.
  */
 #include "engine/dsv4.h"
 #include "kernels/cpu/cpu_int.h"
@@ -51,5 +52,51 @@ AVX512 void dsv4_cpu_gemv_fp8_avx512(const struct dsv4_qweight *w, const float *
             acc = _mm512_fmadd_ps(blk, _mm512_set1_ps(f), acc);
         }
         y[o - r0] = _mm512_reduce_add_ps(acc);
+    }
+}
+
+/* dot of linear_avx2.c with 16-wide vectors: 2 activation rows x 4 weight rows */
+AVX512 void dsv4_cpu_dot_avx512(const float *x, int64_t xs, int nm, const float *wt, int nr,
+                                int len, float *out)
+{
+    for (int i0 = 0; i0 < nm; i0 += 2) {
+        int two = nm - i0 >= 2;
+        const float *x0 = x + i0 * xs, *x1 = two ? x0 + xs : x0;
+        for (int r0 = 0; r0 < nr; r0 += 4) {
+            int n4 = nr - r0 < 4 ? nr - r0 : 4;
+            const float *w[4];
+            for (int r = 0; r < 4; r++)
+                w[r] = wt + (int64_t)(r0 + (r < n4 ? r : 0)) * len;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            int j = 0;
+            for (; j + 16 <= len; j += 16) {
+                __m512 u = _mm512_loadu_ps(x0 + j), v = _mm512_loadu_ps(x1 + j);
+                __m512 q0 = _mm512_loadu_ps(w[0] + j), q1 = _mm512_loadu_ps(w[1] + j);
+                __m512 q2 = _mm512_loadu_ps(w[2] + j), q3 = _mm512_loadu_ps(w[3] + j);
+                a0 = _mm512_fmadd_ps(u, q0, a0);
+                a1 = _mm512_fmadd_ps(u, q1, a1);
+                a2 = _mm512_fmadd_ps(u, q2, a2);
+                a3 = _mm512_fmadd_ps(u, q3, a3);
+                b0 = _mm512_fmadd_ps(v, q0, b0);
+                b1 = _mm512_fmadd_ps(v, q1, b1);
+                b2 = _mm512_fmadd_ps(v, q2, b2);
+                b3 = _mm512_fmadd_ps(v, q3, b3);
+            }
+            float s[2][4] = {{_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1),
+                              _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)},
+                             {_mm512_reduce_add_ps(b0), _mm512_reduce_add_ps(b1),
+                              _mm512_reduce_add_ps(b2), _mm512_reduce_add_ps(b3)}};
+            for (; j < len; j++)
+                for (int r = 0; r < 4; r++) {
+                    s[0][r] += x0[j] * w[r][j];
+                    s[1][r] += x1[j] * w[r][j];
+                }
+            for (int r = 0; r < n4; r++) {
+                out[i0 * LIN_RT + r0 + r] = s[0][r];
+                if (two)
+                    out[(i0 + 1) * LIN_RT + r0 + r] = s[1][r];
+            }
+        }
     }
 }
