@@ -294,7 +294,7 @@ static void quant_fp8_block(const float *x, int64_t rows, int64_t cols, uint8_t 
 
             for (int64_t i = bi * 128; i < r1; i++)
                 for (int64_t j = bj * 128; j < c1; j++)
-                    amax = fmaxf(amax, fabsf(x[i * cols + j]));
+                    amax = DSV4_MAX(amax, fabsf(x[i * cols + j]));
             float scale = dsv4_pow2_scale(amax, 448.0f);
             s[bi * sc + bj] = dsv4_e8m0_from_pow2(scale);
             for (int64_t i = bi * 128; i < r1; i++)
@@ -313,7 +313,7 @@ static void quant_mxfp4(const float *x, int64_t rows, int64_t cols, uint8_t *w, 
             float amax = 6.0f * 0x1p-126f;
 
             for (int k = 0; k < 32; k++)
-                amax = fmaxf(amax, fabsf(v[k]));
+                amax = DSV4_MAX(amax, fabsf(v[k]));
             float scale = dsv4_pow2_scale(amax, 6.0f);
             s[i * (cols / 32) + b] = dsv4_e8m0_from_pow2(scale);
             for (int k = 0; k < 32; k += 2) {
@@ -368,6 +368,11 @@ struct gen {
     uint8_t *mw, *ms, *pw, *ps, *ow, *os; /* MXFP4, its w1/w3 partner, output */
     size_t cap_x, cap_mw, cap_ms, cap_pw, cap_ps, cap_ow, cap_os;
     int *perm;
+    /* NVFP4: per expert, the w1/w3 exponents found when w1 was written */
+    struct pair_kmax {
+        char prefix[DSV4_CONTRACT_NAME_MAX + 16];
+        int32_t k1;
+    } * pairs;
 };
 
 /* Distribution of a plain tensor, from its name. */
@@ -562,13 +567,22 @@ static int write_module(struct gen *g, size_t i, size_t n, int e)
         return rc;
     size_t ml = strlen(mod);
     if (ml >= 3 && (!strcmp(mod + ml - 3, ".w1") || !strcmp(mod + ml - 3, ".w3"))) {
-        char other[DSV4_CONTRACT_NAME_MAX + 16];
-        snprintf(other, sizeof(other), "%.*s.w%c", (int)(ml - 3), mod,
-                 mod[ml - 1] == '1' ? '3' : '1');
-        /* the partner has the same shape as this one */
-        if ((rc = draw_mx(g, other, rows, cols, &g->pw, &g->cap_pw, &g->ps, &g->cap_ps)) ||
-            (rc = dsv4_convert_scan(g->ps, (int64_t)nscale, &kmax_pair)))
-            return rc;
+        bool is_w1 = mod[ml - 1] == '1';
+        struct pair_kmax *pk = &g->pairs[e];
+        if (!is_w1 && strlen(pk->prefix) == ml - 3 && !strncmp(pk->prefix, mod, ml - 3)) {
+            kmax_pair = pk->k1; /* w1 of this expert was written first */
+        } else {
+            char other[DSV4_CONTRACT_NAME_MAX + 16];
+            snprintf(other, sizeof(other), "%.*s.w%c", (int)(ml - 3), mod, is_w1 ? '3' : '1');
+            /* the partner has the same shape as this one */
+            if ((rc = draw_mx(g, other, rows, cols, &g->pw, &g->cap_pw, &g->ps, &g->cap_ps)) ||
+                (rc = dsv4_convert_scan(g->ps, (int64_t)nscale, &kmax_pair)))
+                return rc;
+        }
+        if (is_w1) {
+            snprintf(pk->prefix, sizeof(pk->prefix), "%.*s", (int)(ml - 3), mod);
+            pk->k1 = kmax;
+        }
     }
     int m = dsv4_convert_lossless_exp(kmax, kmax_pair);
     struct dsv4_convert_stats st = {0};
@@ -736,6 +750,11 @@ int dsv4_mkmodel_write(const struct dsv4_mkmodel_opts *o)
     pthread_once(&normal_once, init_normal_table);
     g.cfg = o->cfg;
     g.con = con;
+    g.pairs = calloc((size_t)DSV4_MAX(1, o->cfg->n_routed_experts), sizeof(*g.pairs));
+    if (!g.pairs) {
+        rc = dsv4_error(DSV4_ENOMEM, "mkmodel: out of memory");
+        goto out;
+    }
     g.seed = o->seed;
     item_shard = calloc((size_t)(o->cfg->num_hidden_layers + 2 + o->cfg->num_nextn_predict_layers),
                         sizeof(int));
@@ -786,6 +805,7 @@ out:
     free(g.ow);
     free(g.os);
     free(g.perm);
+    free(g.pairs);
     dsv4_contract_free(con);
     return rc;
 }
