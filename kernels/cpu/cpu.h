@@ -28,8 +28,10 @@ void dsv4_pool_run(struct dsv4_pool *p, dsv4_pool_fn fn, void *arg, int64_t n);
 /* Per-thread scratch of at least `bytes` (grown on first use, kept; 64-byte
  * aligned; NULL only when that first growth fails).  Owned by the pool. */
 void *dsv4_pool_scratch(struct dsv4_pool *p, int thread, size_t bytes);
-/* One more buffer of the same kind, for data all threads of a job read. */
-void *dsv4_pool_shared(struct dsv4_pool *p, size_t bytes);
+/* Buffers of the same kind for data all threads of a job read, by slot
+ * (0 .. DSV4_POOL_SHARED_SLOTS-1; dsv4_cpu_linear uses slots 0 and 1). */
+#define DSV4_POOL_SHARED_SLOTS 4
+void *dsv4_pool_shared(struct dsv4_pool *p, int slot, size_t bytes);
 
 /* Which instruction set the dispatcher picked ("avx512", "avx2+fma" or "scalar"). */
 const char *dsv4_cpu_isa(void);

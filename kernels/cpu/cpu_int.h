@@ -42,6 +42,11 @@ struct dsv4_cpu_kern {
                      float *sfa2);
     void (*gemv_w4a4)(const struct dsv4_qweight *w, const int8_t *qe, const int8_t *qo,
                       const float *sfa2, float alpha, int64_t r0, int64_t nr, float *y);
+    /* MXFP4 weights with FP8 (or F32-exact-in-BF16) activations, cols % 64
+     * == 0: xa = exact dequantised activations, xe/xo = their BF16 bits
+     * split by parity ([cols/2] each); y[o] = sum_k xa[k] * w(o, k). */
+    void (*gemv_mxfp4)(const struct dsv4_qweight *w, const uint16_t *xe, const uint16_t *xo,
+                       const float *xa, int64_t r0, int64_t nr, float *y);
 };
 
 extern const struct dsv4_cpu_kern dsv4_cpu_kern_scalar;
@@ -52,5 +57,8 @@ void dsv4_cpu_dot_avx512(const float *x, int64_t xs, int nm, const float *wt, in
                          float *out);
 void dsv4_cpu_gemv_fp8_avx512(const struct dsv4_qweight *w, const float *x, int64_t r0, int64_t nr,
                               float *y);
+
+void dsv4_cpu_gemv_mxfp4_bf16(const struct dsv4_qweight *w, const uint16_t *xe, const uint16_t *xo,
+                              const float *xa, int64_t r0, int64_t nr, float *y);
 
 #endif

@@ -63,6 +63,8 @@ static void kern_init(void)
     kern_avx512.name = "avx512";
     kern_avx512.gemv_fp8 = dsv4_cpu_gemv_fp8_avx512;
     kern_avx512.dot = dsv4_cpu_dot_avx512;
+    if (__builtin_cpu_supports("avx512bf16"))
+        kern_avx512.gemv_mxfp4 = dsv4_cpu_gemv_mxfp4_bf16;
     kern = &dsv4_cpu_kern_scalar;
     if (env && !strcmp(env, "scalar"))
         return;
@@ -209,9 +211,10 @@ struct job {
     int path;              /* PATH_* */
     const int8_t *qe, *qo; /* PATH_W4A4 activations */
     const float *sfa2;
+    const uint16_t *xe, *xo; /* PATH_MXFP4 activations */
 };
 
-enum { PATH_TILES = 0, PATH_GEMV_FP8 = 1, PATH_W4A4 = 2 };
+enum { PATH_TILES = 0, PATH_GEMV_FP8 = 1, PATH_W4A4 = 2, PATH_MXFP4 = 3 };
 
 static void task(void *arg, int64_t t, int thread)
 {
@@ -221,6 +224,10 @@ static void task(void *arg, int64_t t, int thread)
     int64_t r_beg = t * j->rows_per_task;
     if (j->path == PATH_GEMV_FP8) {
         j->k->gemv_fp8(w, j->xa, r_beg, r_end - r_beg, j->y + r_beg);
+        return;
+    }
+    if (j->path == PATH_MXFP4) {
+        j->k->gemv_mxfp4(w, j->xe, j->xo, j->xa, r_beg, r_end - r_beg, j->y + r_beg);
         return;
     }
     if (j->path == PATH_W4A4) {
@@ -263,7 +270,7 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
     if (m == 1 && act == DSV4_ACT_NVFP4 && k->gemv_w4a4 && w->cols % 64 == 0) {
         /* batch 1, W4A4: integer dot products on the E2M1 codes */
         size_t half = (size_t)w->cols / 2;
-        uint8_t *s = dsv4_pool_shared(p, 2 * half + (size_t)w->cols / 8 * sizeof(float));
+        uint8_t *s = dsv4_pool_shared(p, 0, 2 * half + (size_t)w->cols / 8 * sizeof(float));
         DSV4_ASSERT(s);
         j.path = PATH_W4A4;
         j.qe = (const int8_t *)s;
@@ -272,7 +279,7 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
         k->act_w4a4(x, w->cols, w->input_scale, (int8_t *)s, (int8_t *)s + half,
                     (float *)(s + 2 * half));
     } else if (act != DSV4_ACT_F32) {
-        float *xa = dsv4_pool_shared(p, (size_t)(m * w->cols) * sizeof(float));
+        float *xa = dsv4_pool_shared(p, 0, (size_t)(m * w->cols) * sizeof(float));
         DSV4_ASSERT(xa);
         for (int64_t i = 0; i < m; i++) {
             if (act == DSV4_ACT_FP8)
@@ -286,6 +293,23 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
         j.alpha = act == DSV4_ACT_NVFP4 ? w->scale2 * w->input_scale : w->scale2;
     if (m == 1 && w->fmt == DSV4_WFMT_FP8 && k->gemv_fp8 && w->cols % 128 == 0)
         j.path = PATH_GEMV_FP8;
+    if (m == 1 && w->fmt == DSV4_WFMT_MXFP4 && act == DSV4_ACT_FP8 && k->gemv_mxfp4 &&
+        w->cols % 64 == 0) {
+        /* BF16 copies of the (BF16-exact) FP8 activations, split by parity */
+        size_t half = (size_t)w->cols / 2;
+        uint16_t *b = dsv4_pool_shared(p, 1, 2 * half * sizeof(uint16_t));
+        DSV4_ASSERT(b);
+        for (size_t i = 0; i < half; i++) {
+            uint32_t u0, u1;
+            memcpy(&u0, &j.xa[2 * i], 4);
+            memcpy(&u1, &j.xa[2 * i + 1], 4);
+            b[i] = (uint16_t)(u0 >> 16);
+            b[half + i] = (uint16_t)(u1 >> 16);
+        }
+        j.xe = b;
+        j.xo = b + half;
+        j.path = PATH_MXFP4;
+    }
     /* contiguous row ranges, several per thread so that a slowed thread claims fewer */
     int64_t tiles = (w->rows + LIN_RT - 1) / LIN_RT;
     int64_t ntasks = DSV4_MIN(tiles, (int64_t)dsv4_pool_threads(p) * 8);

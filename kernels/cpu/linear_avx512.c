@@ -12,7 +12,8 @@
 
 #include <immintrin.h>
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define AVX512     __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
 
 AVX512 void dsv4_cpu_gemv_fp8_avx512(const struct dsv4_qweight *w, const float *x, int64_t r0,
                                      int64_t nr, float *y)
@@ -98,5 +99,61 @@ AVX512 void dsv4_cpu_dot_avx512(const float *x, int64_t xs, int nm, const float 
                     out[(i0 + 1) * LIN_RT + r0 + r] = s[1][r];
             }
         }
+    }
+}
+
+/*
+ * Batch-1 MXFP4 weights with FP8 activations through VDPBF16PS: every
+ * operand is exact in BF16 (E2M1 * 2^(e-127) has 2 significant bits; the
+ * activation E4M3 * 2^k has 4), products of two BF16 are exact in FP32
+ * and the instruction accumulates them in FP32 (round to nearest, with
+ * denormal results flushed, which needs values below 2^-126 that block
+ * and activation scales never produce).  The weight scale goes into the
+ * BF16 exponent field with a masked integer add (zeros stay zero).
+ * Blocks whose E8M0 byte is outside [8, 246] (the add could leave the
+ * exponent range) are computed in FP32 from the float activations xa.
+ */
+AVX512BF16 void dsv4_cpu_gemv_mxfp4_bf16(const struct dsv4_qweight *w, const uint16_t *xe,
+                                         const uint16_t *xo, const float *xa, int64_t r0,
+                                         int64_t nr, float *y)
+{
+    static const uint16_t e2m1_bf16[32] = {0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040,
+                                           0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0,
+                                           0xc000, 0xc040, 0xc080, 0xc0c0};
+    const int64_t K = w->cols, nbytes = K / 2, nsc = K / 32;
+    const __m512i lut = _mm512_loadu_si512(e2m1_bf16);
+    const __m512i m4 = _mm512_set1_epi16(15), m3 = _mm512_set1_epi16(7);
+    for (int64_t o = r0; o < r0 + nr; o++) {
+        const uint8_t *row = (const uint8_t *)w->w + o * nbytes;
+        const uint8_t *sc = w->scale + o * nsc;
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+        float tail = 0.0f;
+        for (int64_t c = 0; c < nbytes; c += 32) {
+            int s0 = sc[c / 16], s1 = sc[c / 16 + 1];
+            if (s0 < 8 || s0 > 246 || s1 < 8 || s1 > 246) {
+                for (int64_t k = 2 * c; k < 2 * c + 64; k += 32) {
+                    float p = 0.0f;
+                    for (int64_t i = k; i < k + 32; i++)
+                        p += xa[i] * dsv4_e2m1_to_f32((row[i / 2] >> (4 * (i & 1))) & 15);
+                    tail += p * dsv4_e8m0_to_f32(sc[k / 32]);
+                }
+                continue;
+            }
+            __m512i wz = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(row + c)));
+            __m512i il = _mm512_and_si512(wz, m4), ih = _mm512_srli_epi16(wz, 4);
+            __m512i wl = _mm512_permutexvar_epi16(il, lut);
+            __m512i wh = _mm512_permutexvar_epi16(ih, lut);
+            /* words 0..15 hold block c/16, words 16..31 block c/16 + 1 */
+            __m512i add = _mm512_mask_blend_epi16(0xffff0000u,
+                                                  _mm512_set1_epi16((short)((s0 - 127) << 7)),
+                                                  _mm512_set1_epi16((short)((s1 - 127) << 7)));
+            wl = _mm512_mask_add_epi16(wl, _mm512_test_epi16_mask(il, m3), wl, add);
+            wh = _mm512_mask_add_epi16(wh, _mm512_test_epi16_mask(ih, m3), wh, add);
+            acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)wl,
+                                    (__m512bh)_mm512_loadu_si512((const void *)(xe + c)));
+            acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)wh,
+                                    (__m512bh)_mm512_loadu_si512((const void *)(xo + c)));
+        }
+        y[o - r0] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;
     }
 }

@@ -6,7 +6,7 @@
  * and tasks are claimed with an atomic counter, so a thread slowed down by
  * other load on the machine simply claims fewer tasks.  The calling thread
  * works as thread 0, so a pool of n threads starts n - 1.  Per-thread
- * scratch buffers (and one shared buffer) grow on first use and are kept,
+ * scratch buffers (and a few shared ones) grow on first use and are kept,
  * so steady-state calls never allocate.
  *
  * Invariant: one job at a time per pool (dsv4_pool_run is not re-entrant and
@@ -46,7 +46,7 @@ struct dsv4_pool {
     void *arg;
     int64_t ntasks;
     atomic_int_fast64_t next;
-    struct scratch *scr; /* n per-thread buffers, then the shared one */
+    struct scratch *scr; /* n per-thread buffers, then the shared slots */
 };
 
 static void run_tasks(struct dsv4_pool *p, int thread)
@@ -93,7 +93,7 @@ int dsv4_pool_init(int nthreads, struct dsv4_pool **out)
         return dsv4_error(DSV4_ENOMEM, "thread pool: out of memory");
     p->n = nthreads;
     p->w = calloc((size_t)nthreads, sizeof(*p->w));
-    p->scr = calloc((size_t)nthreads + 1, sizeof(*p->scr));
+    p->scr = calloc((size_t)nthreads + DSV4_POOL_SHARED_SLOTS, sizeof(*p->scr));
     if (!p->w || !p->scr) {
         free(p->w);
         free(p->scr);
@@ -132,7 +132,7 @@ void dsv4_pool_free(struct dsv4_pool *p)
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++)
         pthread_join(p->w[i].th, NULL);
-    for (int i = 0; i <= p->n; i++)
+    for (int i = 0; i < p->n + DSV4_POOL_SHARED_SLOTS; i++)
         free(p->scr[i].p);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv_job);
@@ -192,7 +192,8 @@ void *dsv4_pool_scratch(struct dsv4_pool *p, int thread, size_t bytes)
     return grow(&p->scr[thread], bytes);
 }
 
-void *dsv4_pool_shared(struct dsv4_pool *p, size_t bytes)
+void *dsv4_pool_shared(struct dsv4_pool *p, int slot, size_t bytes)
 {
-    return grow(&p->scr[p->n], bytes);
+    DSV4_ASSERT(slot >= 0 && slot < DSV4_POOL_SHARED_SLOTS);
+    return grow(&p->scr[p->n + slot], bytes);
 }

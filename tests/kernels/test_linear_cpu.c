@@ -99,6 +99,8 @@ static void test_linear(void)
             enum dsv4_act act = combos[c].act;
             struct lt_weight t;
             lt_weight_make(&t, combos[c].fmt, R, K);
+            if (combos[c].fmt == DSV4_WFMT_MXFP4) /* tiny scales take the fallback blocks */
+                t.s[0] = 5, t.s[R * ((K + 31) / 32) - 1] = 7;
             float *x = malloc((size_t)(m * K) * sizeof(float));
             float *y = malloc((size_t)(m * R) * sizeof(float));
             float *yr = malloc((size_t)(m * R) * sizeof(float));
@@ -169,7 +171,7 @@ static void test_pool(void)
     }
     void *s1 = dsv4_pool_scratch(p, 2, 1000), *s2 = dsv4_pool_scratch(p, 2, 900);
     CHECK(s1 && s1 == s2 && ((uintptr_t)s1 & 63) == 0);
-    CHECK(dsv4_pool_shared(p, 10) != NULL);
+    CHECK(dsv4_pool_shared(p, 0, 10) != NULL && dsv4_pool_shared(p, 3, 10) != NULL);
     dsv4_pool_free(p);
 }
 
