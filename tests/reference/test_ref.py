@@ -213,6 +213,30 @@ def test_model(d, ids):
     return m, lg
 
 
+def test_cli(d, ids, lg):
+    """The file conventions shared with the C engine: float32, row-major, no header."""
+    tdir = os.path.join(tmpdir(), "cli")
+    os.makedirs(tdir, exist_ok=True)
+    T = 20
+    idf = os.path.join(tdir, "ids.txt")
+    with open(idf, "w") as f:
+        f.write(",".join(str(int(v)) for v in ids[:T]))
+    lf, mf, df, ld = (os.path.join(tdir, n) for n in ("logits.f32", "mtp.f32", "draft.f32", "layers"))
+    args = ["--model", d, "--ids", "@" + idf, "--dump-logits", lf, "--dump-layers", ld, "--mtp-logits", mf]
+    args += ["--next-ids", "5,6", "--draft-logits", df]
+    rc = R.main(args)
+    check(rc == 0, "CLI exit status")
+    c = R.Config(os.path.join(d, "config.json"))
+    got = np.fromfile(lf, np.float32)
+    check(got.size == T * c.vocab and np.array_equal(got.reshape(T, c.vocab), lg[:T]), "--dump-logits [T, vocab] == prefill logits")
+    for li in range(c.n_layers):
+        x = np.fromfile(os.path.join(ld, "layer_%02d.f32" % li), np.float32)
+        check(x.size == T * c.hc * c.dim, "--dump-layers layer_%02d is [T, 4, hidden]" % li)
+    check(np.fromfile(mf, np.float32).size == (T - 1) * c.vocab, "--mtp-logits is [T-1, vocab]")
+    check(np.fromfile(df, np.float32).size == 2 * c.vocab, "--draft-logits is [n, vocab]")
+    shutil.rmtree(tdir, ignore_errors=True)
+
+
 def convert_to_nvfp4(src, dst):
     """Lossless MXFP4 -> NVFP4 copy of a checkpoint's trunk experts (formats.md §1.6), NVIDIA
     naming (.weight U8, .weight_scale E4M3, 0-d weight_scale_2 / input_scale); MTP stays MXFP4.
@@ -318,6 +342,7 @@ def main():
     vocab = R.Config(os.path.join(d, "config.json")).vocab
     ids = rng.integers(0, vocab, 300).astype(np.int64)
     m, lg = test_model(d, ids)
+    test_cli(d, ids, lg)
     test_nvfp4(m, lg, d, ids)
     d8 = mkmodel("fp8")
     if d8 is not None:
