@@ -18,6 +18,7 @@
 #include <string.h>
 
 #define DEFAULT_RESERVE "4GiB"
+#define MAX_LISTED      50 /* mismatches listed without --verbose */
 
 static void plan_usage(FILE *f)
 {
@@ -62,8 +63,8 @@ static void print_tensor_kinds(const struct dsv4_contract *c, int nranks, FILE *
         if (s->split == DSV4_SPLIT_EXPERT || (s->split != DSV4_SPLIT_REPLICATED && s->split_units))
             snprintf(units, sizeof(units), "%lld units / %d",
                      (long long)(s->n_experts ? s->n_experts : s->split_units), nranks);
-        fprintf(f, "  %-44s %-8s %-16s %-14s %-11s %s\n", kind, dsv4_dtype_name(s->dtype), shape,
-                dsv4_cat_name(s->part), dsv4_split_name(s->split), units);
+        fprintf(f, "  %-44s %-8s %-16s %-14s %s%s%s\n", kind, dsv4_dtype_name(s->dtype), shape,
+                dsv4_cat_name(s->part), dsv4_split_name(s->split), units[0] ? ", " : "", units);
     }
     free(seen);
 }
@@ -71,7 +72,7 @@ static void print_tensor_kinds(const struct dsv4_contract *c, int nranks, FILE *
 int dsv4_cmd_plan(int argc, char **argv)
 {
     const char *dir = NULL, *config = NULL, *mem = NULL, *reserve = DEFAULT_RESERVE;
-    int nranks = 8, json = 0, tensors = 0, rc = 1;
+    int nranks = 8, json = 0, tensors = 0, verbose = 0, rc = 1;
     struct dsv4_config cfg;
     struct dsv4_ckpt *ck = NULL;
     struct dsv4_contract *con = NULL;
@@ -89,6 +90,8 @@ int dsv4_cmd_plan(int argc, char **argv)
             json = 1;
         } else if (!strcmp(a, "--tensors")) {
             tensors = 1;
+        } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
+            verbose = 1;
         } else if (i + 1 < argc && !strcmp(a, "--ranks")) {
             char *end;
             long v = strtol(argv[++i], &end, 10);
@@ -142,11 +145,14 @@ int dsv4_cmd_plan(int argc, char **argv)
         if (st == DSV4_EMISMATCH) {
             size_t np = dsv4_binding_problem_count(bnd);
             fprintf(stderr, "dsv4 plan: %s: %zu problem(s) against the contract:\n", dir, np);
-            for (size_t i = 0; i < np; i++) {
+            for (size_t i = 0; i < np && (i < MAX_LISTED || verbose); i++) {
                 const char *line;
                 dsv4_binding_problem(bnd, i, &line);
                 fprintf(stderr, "  %s\n", line);
             }
+            if (np > MAX_LISTED && !verbose)
+                fprintf(stderr, "  ... %zu more (--verbose lists all)\n", np - MAX_LISTED);
+            fprintf(stderr, "dsv4 plan: %s\n", dsv4_errmsg());
             goto out;
         }
         if (st || dsv4_plan_from_binding(bnd, nranks, &p))

@@ -140,8 +140,9 @@ def test_formats():
     for fmt in ("mxfp4", "nvfp4", "fp8"):
         d = mkmodel("fmt-" + fmt, fmt=fmt, seed=3)
         dirs[fmt] = d
-        r = run("plan", d, "--ranks", "2", ok=False)
+        r = run("plan", d, "--ranks", "2", "--tensors", ok=False)
         check(r.returncode == 0, fmt + " checkpoint binds to the contract: " + r.stderr[-500:])
+        check("L.attn.wq_b.weight" in r.stdout and "by expert" in r.stdout, "--tensors listing")
         p = plan_json(d, "--ranks", "2")
         idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))
         check(p["tensor_count"] == len(idx["weight_map"]), fmt + " tensor count")
