@@ -3,7 +3,13 @@
  * and the persistent thread pool they run on.
  *
  * Every kernel here computes exactly the math of its kernels/ref oracle (same
- * quantisation, same block structure); only summation order may differ.
+ * quantisation, same block structure, every product bit-identical); only the
+ * order of the FP32 sums may differ (and the AVX512-BF16 MXFP4 path flushes
+ * FP32 partial sums below 2^-126 to zero, which real scales never reach).
+ * Paths: batched products decode tiles of weights to FP32 in L1 and run
+ * FMA dot products; batch 1 has fused kernels for FP8 (AVX2, AVX-512), NVFP4
+ * W4A4 (exact int8 dot products: AVX2 PMADDUBSW, AVX-512 VNNI) and MXFP4
+ * with FP8 activations (AVX512-BF16).  linear.c says which applies when.
  * Kernels do not allocate per call: scratch comes from the pool, sized once.
  */
 #ifndef DSV4_CPU_H

@@ -11,9 +11,11 @@
 #include "kernels/formats.h"
 
 #include <immintrin.h>
+#include <string.h>
 
 #define AVX512     __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
+#define AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 AVX512 void dsv4_cpu_gemv_fp8_avx512(const struct dsv4_qweight *w, const float *x, int64_t r0,
                                      int64_t nr, float *y)
@@ -155,5 +157,54 @@ AVX512BF16 void dsv4_cpu_gemv_mxfp4_bf16(const struct dsv4_qweight *w, const uin
                                     (__m512bh)_mm512_loadu_si512((const void *)(xo + c)));
         }
         y[o - r0] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;
+    }
+}
+
+/*
+ * Batch-1 NVFP4 W4A4 (linear_avx2.c's gemv_w4a4 on 64-byte vectors): per
+ * 128 elements, VPDPBUSD sums |w| * sign(a, w) over groups of 4 bytes of
+ * the low-nibble (even element) and high-nibble (odd element) planes, so
+ * int32 lane i holds the exact sum over elements 8i..8i+7 (half of block
+ * i/2); converted, it meets the product of the two E4M3 block scales.
+ */
+AVX512VNNI void dsv4_cpu_gemv_w4a4_avx512(const struct dsv4_qweight *w, const int8_t *qe,
+                                          const int8_t *qo, const float *sfa2, float alpha,
+                                          int64_t r0, int64_t nr, float *y)
+{
+    static const int8_t lut16[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+    const int64_t K = w->cols, nbytes = K / 2, nsc = K / 16;
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lut16));
+    const __m512i m4 = _mm512_set1_epi8(15);
+    /* 8 scale bytes (broadcast to both lanes) -> 16 words (byte << 8), each twice */
+    const __m256i dup = _mm256_setr_epi8(-1, 0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1,
+                                         4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7);
+    const __m256i keep = _mm256_set1_epi16((short)0xbfff);
+    if (K % 128) { /* 64-byte steps need cols % 128 == 0 */
+        dsv4_cpu_kern_avx2.gemv_w4a4(w, qe, qo, sfa2, alpha, r0, nr, y);
+        return;
+    }
+    for (int64_t o = r0; o < r0 + nr; o++) {
+        const uint8_t *row = (const uint8_t *)w->w + o * nbytes;
+        const uint8_t *sc = w->scale + o * nsc;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t c = 0; c < nbytes; c += 64) {
+            __m512i b = _mm512_loadu_si512((const void *)(row + c));
+            __m512i wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, m4));
+            __m512i wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4));
+            __m512i ae = _mm512_loadu_si512((const void *)(qe + c));
+            __m512i ao = _mm512_loadu_si512((const void *)(qo + c));
+            /* a * sign(w) (no EVEX VPSIGNB; where w == 0, |w| == 0 anyway) */
+            ae = _mm512_mask_sub_epi8(ae, _mm512_movepi8_mask(wl), _mm512_setzero_si512(), ae);
+            ao = _mm512_mask_sub_epi8(ao, _mm512_movepi8_mask(wh), _mm512_setzero_si512(), ao);
+            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wl), ae);
+            s = _mm512_dpbusd_epi32(s, _mm512_abs_epi8(wh), ao);
+            int64_t s8;
+            memcpy(&s8, sc + c / 8, 8);
+            __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi64x(s8), dup);
+            h = _mm256_and_si256(_mm256_srai_epi16(h, 1), keep);
+            __m512 scv = _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(sfa2 + c / 4));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scv, acc);
+        }
+        y[o - r0] = _mm512_reduce_add_ps(acc) * alpha;
     }
 }
