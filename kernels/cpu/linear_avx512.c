@@ -4,7 +4,9 @@
  * widening per 8 weights becomes one per 16) and the FP32 dot products of
  * the batched tile path.  The math is that of the AVX2 versions in
  * linear_avx2.c (same exact products, same block structure); linear.c
- * installs these over the AVX2 set when the CPU has AVX-512F/BW/VL.
+ * installs these over the AVX2 set when the CPU has AVX-512F/BW/VL, plus
+ * the batch-1 NVFP4 W4A4 kernel (AVX512-VNNI) and the batch-1 MXFP4 kernel
+ * (AVX512-BF16) below when it has those extensions.
  */
 #include "engine/dsv4.h"
 #include "kernels/cpu/cpu_int.h"
