@@ -13,6 +13,11 @@
  * Tensors must tile the data section exactly (no holes, no trailing bytes),
  * as the Python package requires; see safetensors.c for every rule.
  *
+ * Alignment: files written by the Python package and by our writer pad the
+ * header so that the data section starts 8-byte aligned, but a view is only
+ * as aligned as its offset; the reader accepts any alignment (like Python),
+ * so consumers that need aligned loads must check or copy.
+ *
  * Ownership: a dsv4_st_file owns its mapping and the name strings; the views
  * it hands out live until dsv4_st_close().  A dsv4_ckpt owns its shards.
  * Errors: DSV4_EFORMAT (malformed), DSV4_ERANGE (offsets past the data, header

@@ -191,7 +191,11 @@ static void test_bad_files(void)
         CHECK_STR(dsv4_st_tensor(f, 0)->name, "s");
         CHECK_INT(dsv4_st_tensor(f, 0)->ndim, 0);
         CHECK_INT(dsv4_tensor_numel(dsv4_st_tensor(f, 0)), 1);
-        CHECK_INT(*(const int32_t *)dsv4_st_tensor(f, 0)->data, 0x04030201);
+        {
+            int32_t v; /* this header is not padded: the view is unaligned */
+            memcpy(&v, dsv4_st_tensor(f, 0)->data, 4);
+            CHECK_INT(v, 0x04030201);
+        }
         CHECK_INT(dsv4_st_find(f, "z")->nbytes, 0);
         CHECK_INT(dsv4_st_find(f, "z")->shape[1], 3);
         CHECK_INT(dsv4_st_metadata_count(f), 0);
@@ -288,7 +292,11 @@ static void test_round_trip(void)
                     (d == DSV4_DTYPE_BOOL ? (pattern(d, j) & 1) : pattern(d, j));
         CHECKF(same, "%s bytes differ", name);
     }
-    CHECK(*(const double *)dsv4_st_find(f, "scalar")->data == 1.0);
+    {
+        double one; /* F64 after odd-sized tensors: an unaligned view */
+        memcpy(&one, dsv4_st_find(f, "scalar")->data, 8);
+        CHECK(one == 1.0);
+    }
     CHECK_INT(dsv4_st_find(f, "scalar")->ndim, 0);
     CHECK_INT(dsv4_st_find(f, "empty")->nbytes, 0);
     CHECK(!memcmp(dsv4_st_find(f, "we\"ird\\name/ü")->data, "Z", 1));
