@@ -638,11 +638,11 @@ static int moe(struct dsv4_fwd *f, int layer, int T)
         return rc;
     for (int64_t t = 0; t < T; t++)
         for (int64_t d = 0; d < D; d++) {
-            float acc = 0.0f;
+            double acc = 0.0;
             for (int i = 0; i < k; i++)
                 acc += f->slots[(t * (k + 1) + i) * D + d];
             acc += f->slots[(t * (k + 1) + k) * D + d];
-            f->F[t * D + d] = acc;
+            f->F[t * D + d] = (float)acc;
         }
     bf16(f->F, T * D);
     return 0;

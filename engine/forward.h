@@ -77,8 +77,13 @@ int dsv4_fwd_mtp_rollback(struct dsv4_fwd *f, int seq, int64_t len);
 int64_t dsv4_fwd_len(const struct dsv4_fwd *f, int seq);
 int64_t dsv4_fwd_mtp_len(const struct dsv4_fwd *f, int seq);
 
-/* Diagnostics: called after each trunk layer with its output streams [T, hc, D]. */
-typedef void (*dsv4_fwd_layer_hook)(void *ctx, int layer, const float *X, int T, int hc, int64_t D);
+/*
+ * Diagnostics: called after each trunk layer with its output streams X [T, hc, D] of the
+ * batch's tokens.  The hook may overwrite X (forcing a layer's output, e.g. with the Python
+ * reference's, so that the next layer is checked on its own); the forward pass continues from
+ * whatever X holds when the hook returns.
+ */
+typedef void (*dsv4_fwd_layer_hook)(void *ctx, int layer, float *X, int T, int hc, int64_t D);
 void dsv4_fwd_set_layer_hook(struct dsv4_fwd *f, dsv4_fwd_layer_hook fn, void *ctx);
 
 /* Diagnostics: called after routing in each MoE layer: ids [T, k] (sorted by id per token),

@@ -40,10 +40,12 @@ struct rank_ctx {
     struct dsv4_sampler *smp;
     int seq, V, hc, k;
     int64_t D;
-    float *logits, *hidden, *mhid, *mlog, *p, *q;
+    float *logits, *hidden, *mhid, *mlog, *p, *q, *mtplog;
     int32_t *out;
     int n;
     const char *layers_dir;
+    int64_t chunk_start; /* first position of the prefill chunk in flight (layer hook) */
+    int hook_rc;
 };
 
 void dsv4_gen_opts_default(struct dsv4_gen_opts *o)
@@ -64,18 +66,29 @@ void dsv4_gen_result_free(struct dsv4_gen_result *r)
     r->tokens = NULL;
 }
 
-static void layer_dump(void *ctx, int layer, const float *X, int T, int hc, int64_t D)
+static void layer_hook(void *ctx, int layer, float *X, int T, int hc, int64_t D)
 {
     struct rank_ctx *r = ctx;
+    const struct dsv4_gen_opts *o = r->job->o;
     char path[4096];
-    snprintf(path, sizeof path, "%s/layer_%02d.f32", r->layers_dir, layer);
-    FILE *fp = fopen(path, "ab");
-    if (!fp) {
-        dsv4_log(DSV4_LOG_ERROR, "generate: cannot write %s", path);
-        return;
+    size_t n = (size_t)T * hc * D;
+    if (r->layers_dir && r->rank == 0) {
+        snprintf(path, sizeof path, "%s/layer_%02d.f32", r->layers_dir, layer);
+        FILE *fp = fopen(path, "ab");
+        if (!fp || fwrite(X, sizeof(float), n, fp) != n)
+            r->hook_rc = dsv4_error(DSV4_EIO, "generate: cannot write %s", path);
+        if (fp)
+            fclose(fp);
     }
-    fwrite(X, sizeof(float), (size_t)T * hc * D, fp);
-    fclose(fp);
+    if (o->force_layers) {
+        snprintf(path, sizeof path, "%s/layer_%02d.f32", o->force_layers, layer);
+        FILE *fp = fopen(path, "rb");
+        if (!fp || fseek(fp, (long)(r->chunk_start * hc * D * sizeof(float)), SEEK_SET) ||
+            fread(X, sizeof(float), n, fp) != n)
+            r->hook_rc = dsv4_error(DSV4_EIO, "generate: cannot read %zu floats of %s", n, path);
+        if (fp)
+            fclose(fp);
+    }
 }
 
 static int dump_rows(struct rank_ctx *r, const float *rows, int n)
@@ -157,21 +170,28 @@ static int run_rank(struct rank_ctx *r)
     double t1 = dsv4_now(), t2 = 0;
     /* prefill in chunks; the MTP block follows each chunk over the positions whose
      * successor token is known */
-    if (r->rank == 0 && r->layers_dir)
-        dsv4_fwd_set_layer_hook(r->f, layer_dump, r);
+    if ((r->rank == 0 && r->layers_dir) || o->force_layers)
+        dsv4_fwd_set_layer_hook(r->f, layer_hook, r);
     for (int s0 = 0; s0 < P; s0 += chunk) {
         int n = DSV4_MIN(chunk, P - s0);
         struct dsv4_fwd_seq s = {r->seq, s0, n, prompt + s0};
+        r->chunk_start = s0;
         if ((rc = dsv4_fwd_trunk(r->f, &s, 1, r->logits, dump, k ? r->hidden : NULL)))
             return rc;
+        if (r->hook_rc)
+            return r->hook_rc;
         if ((rc = dump_rows(r, r->logits, dump ? n : 0)))
             return rc;
         if (k) {
             int nm = DSV4_MIN(n, P - 1 - s0);
             if (nm > 0) {
                 struct dsv4_fwd_seq sm = {r->seq, s0, nm, prompt + s0 + 1};
-                if ((rc = dsv4_fwd_mtp(r->f, &sm, 1, r->hidden, NULL, false, NULL)))
+                bool dm = o->dump_mtp_logits && r->rank == 0;
+                if ((rc = dsv4_fwd_mtp(r->f, &sm, 1, r->hidden, dm ? r->mtplog : NULL, true, NULL)))
                     return rc;
+                if (dm &&
+                    fwrite(r->mtplog, sizeof(float) * r->V, nm, o->dump_mtp_logits) != (size_t)nm)
+                    return dsv4_error(DSV4_EIO, "generate: writing MTP logits failed");
             }
             /* keep the streams of the last prompt position for the first draft */
             memmove(r->hidden, r->hidden + (int64_t)(n - 1) * r->hc * r->D,
@@ -330,6 +350,14 @@ static int rank_fn(struct dsv4_comm *comm, void *arg)
     r.p = malloc(sizeof(float) * (r.k + 1) * r.V);
     r.q = malloc(sizeof(float) * (r.k + 1) * r.V);
     r.out = malloc(sizeof(int32_t) * (o->max_tokens + 1));
+    if (o->dump_mtp_logits && r.k == 0) {
+        rc = dsv4_error(DSV4_EINVAL, "generate: MTP logits need --mtp >= 1");
+        goto out;
+    }
+    if (o->dump_mtp_logits && !(r.mtplog = malloc(sizeof(float) * T * r.V))) {
+        rc = dsv4_error(DSV4_ENOMEM, "generate: out of memory");
+        goto out;
+    }
     if (!r.logits || !r.hidden || !r.mhid || !r.mlog || !r.p || !r.q || !r.out) {
         rc = dsv4_error(DSV4_ENOMEM, "generate: out of memory");
         goto out;
@@ -345,6 +373,7 @@ out:
     free(r.p);
     free(r.q);
     free(r.out);
+    free(r.mtplog);
     dsv4_sampler_free(r.smp);
     dsv4_fwd_free(r.f);
     dsv4_state_free(r.st);

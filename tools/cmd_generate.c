@@ -23,7 +23,10 @@ static void usage(FILE *f)
     fprintf(f, "usage: dsv4 generate --model DIR (--prompt-ids 0,15,27 | --prompt TEXT [--chat])\n"
                "         [--max-tokens N] [--mtp K] [--temperature T] [--top-p P] [--top-k K]\n"
                "         [--min-p P] [--seed S] [--threads N] [--ranks N] [--chunk N] [--no-stop]\n"
-               "         [--json] [--dump-logits FILE] [--dump-layers DIR]\n");
+               "         [--json] [--dump-logits FILE] [--dump-layers DIR]\n"
+               "diagnostics: --force-layers DIR (replace each layer's prompt output by\n"
+               "  DIR/layer_%%02d.f32 after dumping it), --dump-mtp-logits FILE (MTP logits of\n"
+               "  prompt positions 0..P-2; needs --mtp >= 1)\n");
 }
 
 static int parse_ids(const char *s, int32_t **ids, int *n)
@@ -99,6 +102,7 @@ static void on_token(void *ctx, int32_t tok)
 int dsv4_cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *ids_s = NULL, *text = NULL, *dump_l = NULL, *dump_f = NULL;
+    const char *dump_m = NULL;
     bool chat = false, json = false;
     struct dsv4_gen_opts o;
     dsv4_gen_opts_default(&o);
@@ -144,6 +148,10 @@ int dsv4_cmd_generate(int argc, char **argv)
             dump_f = v;
         else if (ARG("--dump-layers"))
             dump_l = v;
+        else if (ARG("--force-layers"))
+            o.force_layers = v;
+        else if (ARG("--dump-mtp-logits"))
+            dump_m = v;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
@@ -213,7 +221,15 @@ int dsv4_cmd_generate(int argc, char **argv)
         fprintf(stderr, "dsv4 generate: cannot create %s\n", dump_f);
         goto out;
     }
+    FILE *mf = NULL;
+    if (dump_m && !(mf = fopen(dump_m, "wb"))) {
+        fprintf(stderr, "dsv4 generate: cannot create %s\n", dump_m);
+        if (lf)
+            fclose(lf);
+        goto out;
+    }
     o.dump_logits = lf;
+    o.dump_mtp_logits = mf;
     o.dump_layers = dump_l;
     struct printer pr = {.on = tok && !json};
     if (tok)
@@ -223,6 +239,8 @@ int dsv4_cmd_generate(int argc, char **argv)
     int grc = dsv4_generate(model, prompt, n_prompt, &o, &res);
     if (lf && fclose(lf) != 0 && !grc)
         grc = dsv4_error(DSV4_EIO, "closing %s failed", dump_f);
+    if (mf && fclose(mf) != 0 && !grc)
+        grc = dsv4_error(DSV4_EIO, "closing %s failed", dump_m);
     if (grc) {
         fprintf(stderr, "dsv4 generate: %s\n", dsv4_errmsg());
         goto out;

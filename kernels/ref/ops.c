@@ -1,8 +1,12 @@
 /*
  * ops.c - scalar reference of the non-GEMM ops (see kernels/ref/ops.h).
  *
- * Written for clarity over speed: plain loops, FP32 arithmetic in the order
- * the formulas read (sums in index order), expf/sqrtf from libm.  The forward
+ * Written for clarity over speed: plain loops in the order the formulas
+ * read, expf/sqrtf from libm.  Reductions over long axes (mean of squares,
+ * dot products, pooled and attention sums) accumulate in double and round
+ * to FP32 once, like the Python reference (tests/reference/dsv4_ref.py
+ * choice 15): results then do not depend on summation order at FP32 ulp
+ * level, which keeps BF16 roundings downstream identical far more often.  The forward
  * pass uses these directly where they are cheap; kernels/cpu has faster
  * versions of the hot ones, tested against these.
  */
@@ -13,10 +17,10 @@
 
 void dsv4_ref_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
 {
-    float ss = 0.0f;
+    double ss = 0.0;
     for (int64_t i = 0; i < n; i++)
-        ss += x[i] * x[i];
-    float rho = 1.0f / sqrtf(ss / (float)n + eps);
+        ss += (double)x[i] * x[i];
+    float rho = 1.0f / sqrtf((float)(ss / (double)n) + eps);
     for (int64_t i = 0; i < n; i++)
         y[i] = w ? w[i] * (x[i] * rho) : x[i] * rho;
 }
@@ -77,24 +81,24 @@ static float sigmoidf(float v)
     return 1.0f / (1.0f + expf(-v));
 }
 
-/* m[o] = fn[o] . x over n = hc * D, FP32 in index order. */
+/* m[o] = fn[o] . x over n = hc * D, accumulated in double. */
 static void mix_proj(const float *fn, int rows, const float *x, int64_t n, float *m)
 {
     for (int o = 0; o < rows; o++) {
         const float *f = fn + (int64_t)o * n;
-        float acc = 0.0f;
+        double acc = 0.0;
         for (int64_t i = 0; i < n; i++)
-            acc += f[i] * x[i];
-        m[o] = acc;
+            acc += (double)f[i] * x[i];
+        m[o] = (float)acc;
     }
 }
 
 static float stream_rho(const float *X, int64_t n, float eps)
 {
-    float ss = 0.0f;
+    double ss = 0.0;
     for (int64_t i = 0; i < n; i++)
-        ss += X[i] * X[i];
-    return 1.0f / sqrtf(ss / (float)n + eps);
+        ss += (double)X[i] * X[i];
+    return 1.0f / sqrtf((float)(ss / (double)n) + eps);
 }
 
 void dsv4_ref_sinkhorn(float *c, int hc, float eps, int iters)
@@ -150,10 +154,10 @@ void dsv4_ref_hc_pre(const float *X, int hc, int64_t D, const float *fn, const f
         comb[i] = m[2 * hc + i] * rho * scale[2] + base[2 * hc + i];
     dsv4_ref_sinkhorn(comb, hc, hc_eps, iters);
     for (int64_t d = 0; d < D; d++) {
-        float acc = 0.0f;
+        double acc = 0.0;
         for (int j = 0; j < hc; j++)
-            acc += pre[j] * X[j * D + d];
-        y[d] = acc;
+            acc += (double)pre[j] * X[j * D + d];
+        y[d] = (float)acc;
     }
 }
 
@@ -162,10 +166,10 @@ void dsv4_ref_hc_post(const float *A, const float *X, const float *post, const f
 {
     for (int k = 0; k < hc; k++)
         for (int64_t d = 0; d < D; d++) {
-            float acc = post[k] * A[d];
+            double acc = (double)post[k] * A[d];
             for (int j = 0; j < hc; j++)
-                acc += comb[j * hc + k] * X[j * D + d];
-            Xo[k * D + d] = acc;
+                acc += (double)comb[j * hc + k] * X[j * D + d];
+            Xo[k * D + d] = (float)acc;
         }
 }
 
@@ -181,10 +185,10 @@ void dsv4_ref_hc_head(const float *X, int hc, int64_t D, const float *fn, float 
     for (int j = 0; j < hc; j++)
         pre[j] = sigmoidf(m[j] * rho * scale + base[j]) + hc_eps;
     for (int64_t d = 0; d < D; d++) {
-        float acc = 0.0f;
+        double acc = 0.0;
         for (int j = 0; j < hc; j++)
-            acc += pre[j] * X[j * D + d];
-        y[d] = acc;
+            acc += (double)pre[j] * X[j * D + d];
+        y[d] = (float)acc;
     }
 }
 
@@ -200,28 +204,34 @@ void dsv4_ref_sparse_attn(const float *q, int nh, int dh, const float *const *ke
             continue;
         float mx = -INFINITY;
         for (int s = 0; s < n; s++) {
-            float z = 0.0f;
+            double z = 0.0;
             for (int i = 0; i < dh; i++)
-                z += qh[i] * keys[s][i];
-            probs[s] = z * scale;
+                z += (double)qh[i] * keys[s][i];
+            probs[s] = (float)z * scale;
             mx = fmaxf(mx, probs[s]);
         }
-        float den = 0.0f;
+        double den = 0.0;
         for (int s = 0; s < n; s++) {
             float e = expf(probs[s] - mx);
             den += e;
             probs[s] = e;
         }
-        den += expf(sink[h] - mx);
+        float fden = (float)den + expf(sink[h] - mx);
         if (bf16_p)
             dsv4_ref_round_bf16(probs, n);
-        for (int s = 0; s < n; s++) {
-            float pr = probs[s];
-            for (int i = 0; i < dh; i++)
-                oh[i] += pr * keys[s][i];
+        /* the P.V sums of the dh channels in double, one rounding each */
+        for (int i0 = 0; i0 < dh; i0 += 64) {
+            double acc[64] = {0};
+            int w = dh - i0 < 64 ? dh - i0 : 64;
+            for (int s = 0; s < n; s++) {
+                double pr = probs[s];
+                const float *k = keys[s] + i0;
+                for (int i = 0; i < w; i++)
+                    acc[i] += pr * k[i];
+            }
+            for (int i = 0; i < w; i++)
+                oh[i0 + i] = (float)acc[i] / fden;
         }
-        for (int i = 0; i < dh; i++)
-            oh[i] /= den;
     }
 }
 
@@ -236,13 +246,13 @@ void dsv4_ref_compress_pool(const float *const *kv, const float *const *gate, in
         float mx = gate[0][c];
         for (int s = 1; s < n; s++)
             mx = fmaxf(mx, gate[s][c]);
-        float den = 0.0f, acc = 0.0f;
+        double den = 0.0, acc = 0.0;
         for (int s = 0; s < n; s++) {
             float e = expf(gate[s][c] - mx);
             den += e;
-            acc += e * kv[s][c];
+            acc += (double)e * kv[s][c];
         }
-        out[c] = acc / den;
+        out[c] = (float)(acc / den);
     }
 }
 
@@ -264,15 +274,15 @@ void dsv4_ref_indexer_scores(const float *q, const float *w, int nh, int d,
                              const float *const *keys, int n, float *scores)
 {
     for (int b = 0; b < n; b++) {
-        float acc = 0.0f;
+        double acc = 0.0;
         for (int h = 0; h < nh; h++) {
             const float *qh = q + (int64_t)h * d;
-            float dot = 0.0f;
+            double dot = 0.0;
             for (int i = 0; i < d; i++)
-                dot += qh[i] * keys[b][i];
-            acc += w[h] * fmaxf(dot, 0.0f);
+                dot += (double)qh[i] * keys[b][i];
+            acc += (double)w[h] * fmaxf((float)dot, 0.0f);
         }
-        scores[b] = acc;
+        scores[b] = (float)acc;
     }
 }
 

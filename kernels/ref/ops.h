@@ -6,7 +6,8 @@
  * lightning-indexer scores, top-k, Walsh-Hadamard, MoE routing, SwiGLU.
  *
  * Every function works on dense row-major FP32 arrays and computes in FP32
- * (double only where noted); it never rounds to BF16 itself: the forward pass
+ * (long reductions accumulate in double, rounded once); it never rounds to
+ * BF16 itself (except the attention P operand when asked): the forward pass
  * rounds where the reference stores BF16 (model.md §3.7).  No function
  * allocates; outputs never alias inputs unless stated.
  */
