@@ -670,39 +670,34 @@ static uint64_t mul_div(uint64_t x, uint64_t num, uint64_t den)
     return (uint64_t)((unsigned __int128)x * num / den);
 }
 
+uint64_t dsv4_tspec_split_part(const struct dsv4_tspec *s, uint64_t whole, int rank, int nranks)
+{
+    int64_t b, e;
+
+    if ((s->split != DSV4_SPLIT_ROWS && s->split != DSV4_SPLIT_COLS &&
+         s->split != DSV4_SPLIT_VOCAB) ||
+        s->split_units <= 0)
+        return whole;
+    if (s->split == DSV4_SPLIT_VOCAB)
+        dsv4_split_range_vocab(s->split_units, rank, nranks, &b, &e);
+    else
+        dsv4_split_range(s->split_units, rank, nranks, &b, &e);
+    return mul_div(whole, (uint64_t)e, (uint64_t)s->split_units) -
+           mul_div(whole, (uint64_t)b, (uint64_t)s->split_units);
+}
+
 void dsv4_tspec_rank_share(const struct dsv4_tspec *s, int rank, int nranks, uint64_t *bytes,
                            uint64_t *params)
 {
     uint64_t inst = s->n_experts ? (uint64_t)s->n_experts : 1;
-    int64_t b, e;
 
-    switch (s->split) {
-    case DSV4_SPLIT_EXPERT:
-        dsv4_split_range(inst, rank, nranks, &b, &e);
-        *bytes = (uint64_t)(e - b) * s->nbytes;
-        *params = (uint64_t)(e - b) * s->params;
-        return;
-    case DSV4_SPLIT_ROWS:
-    case DSV4_SPLIT_COLS:
-    case DSV4_SPLIT_VOCAB:
-        if (s->split_units > 0) {
-            uint64_t u = (uint64_t)s->split_units;
-            if (s->split == DSV4_SPLIT_VOCAB)
-                dsv4_split_range_vocab(s->split_units, rank, nranks, &b, &e);
-            else
-                dsv4_split_range(s->split_units, rank, nranks, &b, &e);
-            *bytes = inst *
-                     (mul_div(s->nbytes, (uint64_t)e, u) - mul_div(s->nbytes, (uint64_t)b, u));
-            *params = inst *
-                      (mul_div(s->params, (uint64_t)e, u) - mul_div(s->params, (uint64_t)b, u));
-            return;
-        }
-        break;
-    case DSV4_SPLIT_REPLICATED:
-        break;
+    if (s->split == DSV4_SPLIT_EXPERT) {
+        int64_t b, e;
+        dsv4_split_range((int64_t)inst, rank, nranks, &b, &e);
+        inst = (uint64_t)(e - b);
     }
-    *bytes = inst * s->nbytes;
-    *params = inst * s->params;
+    *bytes = inst * dsv4_tspec_split_part(s, s->nbytes, rank, nranks);
+    *params = inst * dsv4_tspec_split_part(s, s->params, rank, nranks);
 }
 
 const char *dsv4_cat_name(enum dsv4_cat c)

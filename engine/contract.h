@@ -145,8 +145,17 @@ char *dsv4_tspec_name(const struct dsv4_tspec *s, int expert, char *buf, size_t 
 int dsv4_contract_write_inventory(const struct dsv4_contract *c, FILE *f);
 
 /*
+ * Rank r of n: its part of `whole` (bytes or parameters of one instance of
+ * spec s) under s's ROWS/COLS/VOCAB split, floor(whole*end/U) -
+ * floor(whole*begin/U), so that the parts of all ranks sum to `whole`;
+ * `whole` itself for replicated and per-expert specs.
+ */
+uint64_t dsv4_tspec_split_part(const struct dsv4_tspec *s, uint64_t whole, int rank, int nranks);
+
+/*
  * Rank r of n: the part of a spec (all its instances) that rank holds, in
- * bytes and parameters.  Sums over r equal the whole exactly.
+ * bytes and parameters.  Sums over r equal the whole exactly, except that
+ * a replicated spec is whole on every rank.
  */
 void dsv4_tspec_rank_share(const struct dsv4_tspec *s, int rank, int nranks, uint64_t *bytes,
                            uint64_t *params);

@@ -14,12 +14,12 @@
 #include "engine/contract.h"
 #include "engine/convert.h"
 #include "engine/dsv4.h"
+#include "engine/fileio.h"
 #include "engine/safetensors.h"
 #include "kernels/formats.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -101,76 +101,28 @@ int dsv4_mkmodel_preset(const char *name, int vocab, enum dsv4_expert_fmt fmt,
 
 /* ---------------------------------------------------------------- files */
 
-static int read_file(const char *path, char **buf, size_t *len, size_t max)
+/* dir/name, bounded. */
+static int join(char *buf, size_t len, const char *dir, const char *name)
 {
-    FILE *f = fopen(path, "rb");
-    long n;
-
-    *buf = NULL;
-    if (!f)
-        return dsv4_error(errno == ENOENT ? DSV4_ENOENT : DSV4_EIO, "%s: %s", path,
-                          strerror(errno));
-    if (fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) {
-        fclose(f);
-        return dsv4_error(DSV4_EIO, "%s: cannot size the file", path);
-    }
-    if ((size_t)n > max) {
-        fclose(f);
-        return dsv4_error(DSV4_ERANGE, "%s: %ld bytes, more than %zu", path, n, max);
-    }
-    *buf = malloc((size_t)n + 1);
-    if (!*buf) {
-        fclose(f);
-        return dsv4_error(DSV4_ENOMEM, "%s: out of memory", path);
-    }
-    if (fread(*buf, 1, (size_t)n, f) != (size_t)n) {
-        fclose(f);
-        free(*buf);
-        *buf = NULL;
-        return dsv4_error(DSV4_EIO, "%s: read failed", path);
-    }
-    fclose(f);
-    (*buf)[n] = 0;
-    *len = (size_t)n;
+    if ((size_t)snprintf(buf, len, "%s/%s", dir, name) >= len)
+        return dsv4_error(DSV4_ERANGE, "mkmodel: path too long: %s/%s", dir, name);
     return 0;
 }
 
-/* Writes `len` bytes to dir/name through a temporary file and a rename. */
-static int write_file(const char *dir, const char *name, const char *data, size_t len)
+static int write_in(const char *dir, const char *name, const char *text)
 {
-    char path[4096], tmp[4200];
-    FILE *f;
+    char path[4096];
+    int rc = join(path, sizeof(path), dir, name);
 
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    f = fopen(tmp, "wb");
-    if (!f)
-        return dsv4_error(DSV4_EIO, "%s: %s", tmp, strerror(errno));
-    if (fwrite(data, 1, len, f) != len || fflush(f) || fsync(fileno(f))) {
-        int e = errno;
-        fclose(f);
-        unlink(tmp);
-        return dsv4_error(e == ENOSPC ? DSV4_ENOSPC : DSV4_EIO, "%s: write failed: %s", tmp,
-                          strerror(e));
-    }
-    if (fclose(f) || rename(tmp, path)) {
-        unlink(tmp);
-        return dsv4_error(DSV4_EIO, "%s: %s", path, strerror(errno));
-    }
-    return 0;
+    return rc ? rc : dsv4_file_write(path, text, strlen(text));
 }
 
-static int copy_file(const char *src, const char *dir, const char *name)
+static int copy_in(const char *src, const char *dir, const char *name)
 {
-    char *buf;
-    size_t len;
-    int rc = read_file(src, &buf, &len, (size_t)1 << 30);
+    char path[4096];
+    int rc = join(path, sizeof(path), dir, name);
 
-    if (rc)
-        return rc;
-    rc = write_file(dir, name, buf, len);
-    free(buf);
-    return rc;
+    return rc ? rc : dsv4_file_copy(src, path);
 }
 
 int dsv4_mkmodel_tokenizer_vocab(const char *tokenizer_json, int *vocab)
@@ -180,7 +132,7 @@ int dsv4_mkmodel_tokenizer_vocab(const char *tokenizer_json, int *vocab)
     cJSON *root = NULL;
     const cJSON *model, *v, *added, *it;
     double max_id = -1;
-    int rc = read_file(tokenizer_json, &buf, &len, (size_t)1 << 30);
+    int rc = dsv4_file_read(tokenizer_json, (size_t)1 << 30, &buf, &len);
 
     if (rc)
         return rc;
@@ -718,7 +670,7 @@ static int copy_tokenizer(const char *tok, const char *dir)
     size_t tl = strlen(tok);
     int rc;
 
-    if ((rc = copy_file(tok, dir, "tokenizer.json")))
+    if ((rc = copy_in(tok, dir, "tokenizer.json")))
         return rc;
     snprintf(side, sizeof(side), "%.*stokenizer_config.json", (int)dlen, tok);
     if (tl > 5 && !strcmp(tok + tl - 5, ".json"))
@@ -726,9 +678,9 @@ static int copy_tokenizer(const char *tok, const char *dir)
     else
         stem_cfg[0] = 0;
     if (access(side, R_OK) == 0)
-        return copy_file(side, dir, "tokenizer_config.json");
+        return copy_in(side, dir, "tokenizer_config.json");
     if (stem_cfg[0] && access(stem_cfg, R_OK) == 0)
-        return copy_file(stem_cfg, dir, "tokenizer_config.json");
+        return copy_in(stem_cfg, dir, "tokenizer_config.json");
     return 0;
 }
 
@@ -779,14 +731,14 @@ int dsv4_mkmodel_write(const struct dsv4_mkmodel_opts *o)
         rc = dsv4_error(DSV4_ENOMEM, "mkmodel: cannot serialise the config");
         goto out;
     }
-    if ((rc = write_file(o->out_dir, "config.json", json, strlen(json))))
+    if ((rc = write_in(o->out_dir, "config.json", json)))
         goto out;
     snprintf(gen_cfg, sizeof(gen_cfg),
              "{\n  \"_from_model_config\": true,\n  \"bos_token_id\": %d,\n  \"eos_token_id\": "
              "%d,\n  \"do_sample\": true,\n  \"temperature\": 1.0,\n  \"top_p\": 1.0,\n  "
              "\"transformers_version\": \"4.46.3\"\n}\n",
              o->cfg->bos_token_id, o->cfg->eos_token_id);
-    if ((rc = write_file(o->out_dir, "generation_config.json", gen_cfg, strlen(gen_cfg))))
+    if ((rc = write_in(o->out_dir, "generation_config.json", gen_cfg)))
         goto out;
     if (o->tokenizer)
         rc = copy_tokenizer(o->tokenizer, o->out_dir);

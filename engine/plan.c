@@ -17,38 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int64_t ceil_div(int64_t a, int64_t b)
-{
-    return (a + b - 1) / b;
-}
-
-/* floor(x * num / den) without overflow. */
-static uint64_t mul_div(uint64_t x, uint64_t num, uint64_t den)
-{
-    return (uint64_t)((unsigned __int128)x * num / den);
-}
-
-/* Bytes of `nbytes` (one instance) that rank holds under a non-expert split. */
-static uint64_t share(const struct dsv4_tspec *s, uint64_t nbytes, int rank, int n)
-{
-    int64_t b, e;
-
-    if (s->split == DSV4_SPLIT_REPLICATED || s->split == DSV4_SPLIT_EXPERT || s->split_units <= 0)
-        return nbytes;
-    if (s->split == DSV4_SPLIT_VOCAB)
-        dsv4_split_range_vocab(s->split_units, rank, n, &b, &e);
-    else
-        dsv4_split_range(s->split_units, rank, n, &b, &e);
-    return mul_div(nbytes, (uint64_t)e, (uint64_t)s->split_units) -
-           mul_div(nbytes, (uint64_t)b, (uint64_t)s->split_units);
-}
-
 static void kv_sizes(struct dsv4_plan *p)
 {
     const struct dsv4_config *c = &p->cfg;
     int nope = c->head_dim - c->qk_rope_head_dim;
     uint64_t main =
-            (uint64_t)nope + 2u * (uint64_t)c->qk_rope_head_dim + (uint64_t)ceil_div(nope, 64);
+            (uint64_t)nope + 2u * (uint64_t)c->qk_rope_head_dim + (uint64_t)(nope + 63) / 64;
     int layers = dsv4_config_total_layers(c);
 
     main = (main + 7) & ~(uint64_t)7;
@@ -136,7 +110,7 @@ static void account(struct dsv4_plan *p, const struct dsv4_tspec *s, int expert,
             dsv4_split_range(s->n_experts, r, p->nranks, &e0, &e1);
             b = expert >= e0 && expert < e1 ? nbytes : 0;
         } else {
-            b = share(s, nbytes, r, p->nranks);
+            b = dsv4_tspec_split_part(s, nbytes, r, p->nranks);
         }
         p->ranks[r].bytes[s->cat] += b;
         p->ranks[r].total += b;
@@ -309,9 +283,6 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
 
 void dsv4_plan_print_json(const struct dsv4_plan *p, FILE *f)
 {
-    static const char *const keys[DSV4_CAT_COUNT] = {
-            "attention", "shared_experts", "routed_experts", "embed_head", "mtp", "other"};
-
     fprintf(f, "{\"ranks_count\": %d, \"source\": \"%s\", \"expert_format\": \"%s\",\n", p->nranks,
             p->from_checkpoint ? "checkpoint" : "contract",
             dsv4_expert_fmt_name(p->cfg.expert_fmt));
@@ -325,19 +296,22 @@ void dsv4_plan_print_json(const struct dsv4_plan *p, FILE *f)
             p->active_params, p->active_routed, p->active_embed);
     fprintf(f, " \"bytes\": {");
     for (int i = 0; i < DSV4_CAT_COUNT; i++)
-        fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", keys[i], p->bytes[i]);
+        fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", dsv4_cat_name((enum dsv4_cat)i),
+                p->bytes[i]);
     fprintf(f, "},\n \"params\": {");
     for (int i = 0; i < DSV4_CAT_COUNT; i++)
-        fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", keys[i], p->params[i]);
+        fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", dsv4_cat_name((enum dsv4_cat)i),
+                p->params[i]);
     fprintf(f, "},\n \"ranks\": [\n");
     for (int r = 0; r < p->nranks; r++) {
         const struct dsv4_plan_rank *k = &p->ranks[r];
         fprintf(f, "  {\"rank\": %d", r);
         for (int i = 0; i < DSV4_CAT_COUNT; i++)
-            fprintf(f, ", \"%s\": %" PRIu64, keys[i], k->bytes[i]);
+            fprintf(f, ", \"%s\": %" PRIu64, dsv4_cat_name((enum dsv4_cat)i), k->bytes[i]);
         fprintf(f, ", \"replicated\": {");
         for (int i = 0; i < DSV4_CAT_COUNT; i++)
-            fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", keys[i], k->replicated[i]);
+            fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", dsv4_cat_name((enum dsv4_cat)i),
+                    k->replicated[i]);
         fprintf(f, "}, \"total\": %" PRIu64 ", \"experts\": [%" PRId64 ", %" PRId64 "]", k->total,
                 k->experts_begin, k->experts_end);
         if (k->kv_tokens >= 0)
