@@ -5,9 +5,11 @@
  *
  * Everything here works on plain buffers, one row range at a time, so the
  * checkpoint converter can split a tensor across threads; no function
- * allocates.  The E2M1 and E4M3 tables are built from the format
- * definitions (formats.md §1.1): E4M3 code c = (e << 3) | m is
- * m/8 * 2^-6 for e == 0, (1 + m/8) * 2^(e-7) otherwise, 126 = 448 the largest.
+ * allocates.  The recipe's roundings are done on the FP32 bits (E4M3: keep
+ * 3 mantissa bits, round up only past half a quantum) and by comparisons
+ * with the grid midpoints (E2M1), which is exactly the table search with
+ * ties to the lower value that the recipe performs; the unit test checks
+ * both against a brute-force search.
  */
 #include "engine/convert.h"
 
@@ -19,19 +21,16 @@
 
 static const float e2m1_mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
 
-/* Positive E4M3 values by code 0..126 (127 is NaN). */
+/* Positive E4M3 value of code 0..126 (kernels/formats.h decode table). */
 static float e4m3_value(int code)
 {
-    int e = code >> 3, m = code & 7;
-    if (e == 0)
-        return ldexpf((float)m / 8.0f, -6);
-    return ldexpf(1.0f + (float)m / 8.0f, e - 7);
+    return dsv4_e4m3_table()[code];
 }
 
-static float e2m1_value(uint8_t nib)
+/* 2^k as a float for -149 <= k <= 127 (exact; subnormal below -126). */
+static float pow2f(int k)
 {
-    float v = e2m1_mag[nib & 7];
-    return (nib & 8) ? -v : v;
+    return ldexpf(1.0f, k);
 }
 
 const char *dsv4_convert_mode_name(enum dsv4_convert_mode m)
@@ -95,12 +94,16 @@ static uint8_t e4m3_pow2_code(int d)
     return d >= -6 ? (uint8_t)((d + 7) << 3) : (uint8_t)(1 << (d + 9));
 }
 
-/* Decodes the 16 values of an MXFP4 half-block (8 packed bytes, exponent k). */
+/* Decodes the 16 values of an MXFP4 half-block (8 packed bytes, exponent k);
+ * e2m1 * 2^k is exact in FP32 for every E8M0 exponent. */
 static void decode16(const uint8_t *p, int k, float *v)
 {
+    static const float e2m1_all[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                                       -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+    float sc = pow2f(k);
     for (int i = 0; i < 8; i++) {
-        v[2 * i] = ldexpf(e2m1_value(p[i] & 0x0F), k);
-        v[2 * i + 1] = ldexpf(e2m1_value(p[i] >> 4), k);
+        v[2 * i] = e2m1_all[p[i] & 0x0F] * sc;
+        v[2 * i + 1] = e2m1_all[p[i] >> 4] * sc;
     }
 }
 
@@ -190,7 +193,7 @@ float dsv4_convert_amax(const uint8_t *w, const uint8_t *s, int64_t cols, int64_
             int mx = 0;
             for (int i = 0; i < 16; i++)
                 mx = DSV4_MAX(mx, DSV4_MAX(p[i] & 7, (p[i] >> 4) & 7));
-            float v = ldexpf(e2m1_mag[mx], (int)s[r * nb + j] - 127);
+            float v = e2m1_mag[mx] * pow2f((int)s[r * nb + j] - 127);
             amax = fmaxf(amax, v);
         }
     }
@@ -211,34 +214,37 @@ uint8_t dsv4_convert_e4m3_ties_lower(float v)
         return 0;
     if (v >= 448.0f)
         return 126;
-    /* largest code lo with value(lo) <= v; values increase with the code */
-    int lo = 0, hi = 126;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (e4m3_value(mid) <= v)
-            lo = mid;
-        else
-            hi = mid;
+    if (v < 0.015625f) {
+        /* subnormal range, quantum 2^-9: n = v * 2^9 is exact */
+        float n = v * 512.0f, lo = floorf(n);
+        return (uint8_t)(lo + (n - lo > 0.5f ? 1 : 0));
     }
-    if (e4m3_value(hi) <= v)
-        lo = hi;
-    if (e4m3_value(lo) == v || lo == 126)
-        return (uint8_t)lo;
-    /* neighbours are within a factor 2: both distances are exact in double */
-    double dl = (double)v - e4m3_value(lo), du = (double)e4m3_value(lo + 1) - v;
-    return (uint8_t)(du < dl ? lo + 1 : lo);
+    /* normal range: keep 3 mantissa bits; the dropped 20 bits decide, and
+     * exactly half of a quantum stays low.  code + 1 is the next value up
+     * (a mantissa carry moves to the next exponent). */
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    int e = (int)((bits >> 23) & 0xFF) - 127;
+    uint32_t m3 = (bits >> 20) & 7, rest = bits & 0xFFFFF;
+    int code = ((e + 7) << 3) | (int)m3;
+    if (rest > 0x80000)
+        code++;
+    return (uint8_t)DSV4_MIN(code, 126);
+}
+
+/* Recipe E2M1: index = number of midpoints strictly below |x| (a tie stays
+ * low, > 6 saturates, NaN gives 0), sign only for a non-zero magnitude. */
+static inline uint8_t e2m1_ties_lower(float x)
+{
+    float ax = fabsf(x);
+    uint8_t idx = (uint8_t)((ax > 0.25f) + (ax > 0.75f) + (ax > 1.25f) + (ax > 1.75f) +
+                            (ax > 2.5f) + (ax > 3.5f) + (ax > 5.0f));
+    return (uint8_t)(idx | ((x < 0 && idx) ? 8 : 0));
 }
 
 uint8_t dsv4_convert_e2m1_ties_lower(float x)
 {
-    static const float mid[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
-    if (isnan(x))
-        return 0;
-    float ax = fabsf(x);
-    uint8_t idx = 0;
-    while (idx < 7 && ax > mid[idx])
-        idx++;
-    return (uint8_t)(idx | ((x < 0 && idx) ? 8 : 0));
+    return e2m1_ties_lower(x);
 }
 
 void dsv4_convert_amax_rows(const uint8_t *w, const uint8_t *s, int64_t cols, int64_t nrows,
@@ -253,20 +259,26 @@ void dsv4_convert_amax_rows(const uint8_t *w, const uint8_t *s, int64_t cols, in
             for (int h = 0; h < 2; h++) {
                 const uint8_t *src = w + r * (cols / 2) + j * 16 + h * 8;
                 uint8_t *dst = ow + r * (cols / 2) + j * 16 + h * 8;
-                float v[16], amax = 0.0f;
+                float v[16], x[16], amax = 0.0f;
                 decode16(src, k, v);
                 for (int i = 0; i < 16; i++)
-                    amax = fmaxf(amax, fabsf(v[i]));
+                    amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
                 float raw = (amax / 6.0f) / scale2;
                 raw = fminf(fmaxf(raw, 0.0f), 448.0f);
                 uint8_t code = dsv4_convert_e4m3_ties_lower(raw);
                 float denom = scale2 * (code ? e4m3_value(code) : 1.0f);
+                if (denom == 0.0f) /* scale2 underflowed: nothing is representable */
+                    memset(x, 0, sizeof(x));
+                else
+                    for (int i = 0; i < 16; i++)
+                        x[i] = v[i] / denom;
                 uint8_t nib[16];
+                int sat = 0;
                 for (int i = 0; i < 16; i++) {
-                    float x = denom != 0.0f ? v[i] / denom : 0.0f;
-                    loc.saturated += fabsf(x) > 6.0f;
-                    nib[i] = dsv4_convert_e2m1_ties_lower(x);
+                    sat += fabsf(x[i]) > 6.0f;
+                    nib[i] = e2m1_ties_lower(x[i]);
                 }
+                loc.saturated += (uint64_t)sat;
                 for (int i = 0; i < 8; i++)
                     dst[i] = (uint8_t)(nib[2 * i] | (nib[2 * i + 1] << 4));
                 os[r * (cols / 16) + 2 * j + h] = code;

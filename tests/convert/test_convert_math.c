@@ -146,6 +146,28 @@ static void test_tie_rules(void)
         bad += dsv4_convert_e4m3_ties_lower(dsv4_e4m3_to_f32((uint8_t)c)) != c;
     CHECK_INT(bad, 0);
 
+    /* against a brute-force search over every code on many values (ties
+     * included: midpoints of neighbours are generated explicitly) */
+    int bad2 = 0;
+    for (int i = 0; i < 200000; i++) {
+        float v;
+        if (i % 4 == 0) {
+            int c = (int)(rnd() % 126);
+            v = (dsv4_e4m3_to_f32((uint8_t)c) + dsv4_e4m3_to_f32((uint8_t)(c + 1))) / 2.0f;
+        } else {
+            v = ldexpf((float)(rnd() % 1000000) / 1000000.0f, (int)(rnd() % 20) - 11);
+        }
+        int best = 0;
+        for (int c = 1; c < 127; c++)
+            if (fabs((double)dsv4_e4m3_to_f32((uint8_t)c) - v) <
+                fabs((double)dsv4_e4m3_to_f32((uint8_t)best) - v))
+                best = c;
+        if (v >= 448.0f)
+            best = 126;
+        bad2 += dsv4_convert_e4m3_ties_lower(v) != best;
+    }
+    CHECK_INT(bad2, 0);
+
     /* E2M1 ties to the lower magnitude, saturation, +0 */
     static const float xs[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f,  3.5f,    5.0f, 5.01f,
                                7.0f,  0.26f, -0.2f, -0.3f, -5.0f, -100.0f, 0.0f, -0.0f};

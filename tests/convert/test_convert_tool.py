@@ -7,7 +7,7 @@ independent numpy dequantization here), passes the model contract (part of
 and every other tensor byte-identical, writes config/index/other files;
 amax mode equals tests/convert/nvfp4_recipe.py byte for byte (on the mkmodel
 checkpoint and on adversarial expert bytes); resume, mode mismatch, leftover
-temporary files; errors: already NVFP4, missing shard, config vs tensors,
+temporary files, SIGKILL mid-run, --sample; errors: already NVFP4, missing shard, config vs tensors,
 NaN scale, full disk (tmpfs when mountable, else a file-size limit); --verify
 fails on corrupted output.
 """
@@ -195,6 +195,29 @@ def test_resume(src, dst):
     check(rc == 1 and "converted with --mode lossless" in se, "mode mismatch refused: " + se)
 
 
+def test_kill(src, dst, work):
+    """SIGKILL at various moments: a final name only ever holds a complete
+    shard, and a rerun finishes with the same bytes as an uninterrupted run."""
+    import time
+    good = {s: open(os.path.join(dst, s), "rb").read() for s in shards_of(dst)}
+    for i, delay in enumerate((0.05, 0.15, 0.3)):
+        out = os.path.join(work, "killed%d" % i)
+        p = subprocess.Popen([BIN, "convert", "--quiet", "--threads", "1", src, out],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.kill()
+        p.wait()
+        for f in (shards_of(out) if os.path.isdir(out) else []):
+            meta, t = ref.read_st(os.path.join(out, f))
+            check(open(os.path.join(out, f), "rb").read() == good[f],
+                  "killed run %d: %s complete" % (i, f))
+        rc, so, se = run("convert", "--quiet", src, out)
+        check(rc == 0, "rerun after kill: " + se)
+        for f in good:
+            check(open(os.path.join(out, f), "rb").read() == good[f], "rerun %d: %s" % (i, f))
+        check(not [f for f in os.listdir(out) if f.endswith(".tmp")], "no .tmp after rerun")
+
+
 def test_errors(src, work):
     nv = os.path.join(work, "nvfp4")
     mkmodel(nv, "nvfp4", 2)
@@ -314,6 +337,9 @@ def main():
     test_lossless(src, dst)
     test_amax(src, work, "mkmodel")
     test_resume(src, dst)
+    test_kill(src, dst, work)
+    rc, so, se = run("convert", "--quiet", "--sample", "5", src, dst)
+    check(rc == 0 and "verify: 5 converted tensors, 5 bit-exact" in so, "--sample 5: " + so + se)
     test_errors(src, work)
     test_full_disk(src, work)
     test_oor_and_corruption(src, work)
