@@ -12,7 +12,10 @@
  * same total size.  Pool bytes are random with bit 6 cleared and bit 5 set,
  * which keeps FP8/BF16/F32 values finite and normal (denormals would slow
  * the arithmetic, not the memory).  Each case runs for about --time seconds
- * and at least as many calls as there are copies.
+ * and at least min(copies, 64) calls.  Because the machine may be shared,
+ * every case is also compared with a copy of a quarter of the pool timed
+ * just before it (columns copyGB/s and %copy); the whole-pool copy at the
+ * start and the end shows how steady the machine was.
  */
 #include "engine/dsv4.h"
 #include "kernels/cpu/cpu.h"
@@ -37,13 +40,14 @@ static void copy_task(void *arg, int64_t i, int thread)
     memcpy(c->dst + off, c->src + off, n);
 }
 
-/* bytes copied per second by a pool-wide memcpy of `bytes`, best of 3 */
-static double copy_gbs(struct dsv4_pool *p, const uint8_t *src, uint8_t *dst, size_t bytes)
+/* bytes copied per second by a pool-wide memcpy of `bytes`, best of `reps` */
+static double copy_gbs(struct dsv4_pool *p, const uint8_t *src, uint8_t *dst, size_t bytes,
+                       int reps)
 {
     struct copy_job c = {src, dst, bytes, 4u << 20};
     int64_t n = (int64_t)((bytes + c.chunk - 1) / c.chunk);
     double best = 0;
-    for (int r = 0; r < 3; r++) {
+    for (int r = 0; r < reps; r++) {
         double t = dsv4_now();
         dsv4_pool_run(p, copy_task, &c, n);
         t = dsv4_now() - t;
@@ -157,11 +161,12 @@ int dsv4_bench_linear(int argc, char **argv)
     for (int i = 0; i < maxb * 7168; i++)
         x[i] = (float)((int)(i * 2654435761u % 2001) - 1000) / 700.0f;
 
-    double copy0 = copy_gbs(pool, buf, dst, mem);
+    double copy0 = copy_gbs(pool, buf, dst, mem, 3);
     printf("dsv4 bench linear: %d threads, isa %s, pool %d MiB\n", threads, dsv4_cpu_isa(), mem_mb);
     printf("memcpy: %.2f GB/s (bytes copied per second; each byte is read and written)\n\n", copy0);
-    printf("%-6s %-5s %-11s %5s %9s %9s %8s %7s\n", "format", "act", "shape", "batch", "ms/call",
-           "GB/s", "GFLOP/s", "%copy");
+    printf("%%copy compares with a copy run just before the case (the machine may be shared)\n");
+    printf("%-6s %-5s %-11s %5s %9s %9s %8s %9s %7s\n", "format", "act", "shape", "batch",
+           "ms/call", "GB/s", "GFLOP/s", "copyGB/s", "%copy");
 
     static const enum dsv4_wfmt fmts[] = {DSV4_WFMT_F32, DSV4_WFMT_BF16, DSV4_WFMT_FP8,
                                           DSV4_WFMT_MXFP4, DSV4_WFMT_NVFP4};
@@ -195,7 +200,7 @@ int dsv4_bench_linear(int argc, char **argv)
             for (int bi = 0; bi < nb; bi++) {
                 int m = batches[bi];
                 int64_t calls = 0, ci = 0;
-                double t0, t;
+                double t0, t, cp = copy_gbs(pool, buf, dst, mem / 4, 2);
                 /* warm-up: grows scratch, faults in the pages */
                 w.w = buf;
                 w.scale = buf + data;
@@ -211,14 +216,14 @@ int dsv4_bench_linear(int argc, char **argv)
                 } while (t < min_time || calls < DSV4_MIN(copies, (int64_t)64));
                 double per = t / (double)calls;
                 double gbs = (double)wbytes / per / 1e9;
-                printf("%-6s %-5s %5lldx%-5lld %5d %9.3f %9.2f %8.1f %6.0f%%\n", name,
+                printf("%-6s %-5s %5lldx%-5lld %5d %9.3f %9.2f %8.1f %9.2f %6.0f%%\n", name,
                        dsv4_act_name(act), (long long)w.rows, (long long)w.cols, m, per * 1e3, gbs,
-                       2.0 * (double)(w.rows * w.cols) * m / per / 1e9, 100.0 * gbs / copy0);
+                       2.0 * (double)(w.rows * w.cols) * m / per / 1e9, cp, 100.0 * gbs / cp);
                 fflush(stdout);
             }
         }
     }
-    double copy1 = copy_gbs(pool, buf, dst, mem);
+    double copy1 = copy_gbs(pool, buf, dst, mem, 3);
     printf("\nmemcpy again at the end: %.2f GB/s (start %.2f; a difference means the machine "
            "was busy)\n",
            copy1, copy0);
