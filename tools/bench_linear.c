@@ -12,7 +12,8 @@
  * same total size.  Pool bytes are random with bit 6 cleared and bit 5 set,
  * which keeps FP8/BF16/F32 values finite and normal (denormals would slow
  * the arithmetic, not the memory).  Each case runs for about --time seconds
- * and at least min(copies, 64) calls.  Because the machine may be shared,
+ * and at least min(copies, 64) calls (4 from batch 32 on, compute-bound).
+ * Because the machine may be shared,
  * every case is also compared with a copy of a quarter of the pool timed
  * just before it (columns copyGB/s and %copy); the whole-pool copy at the
  * start and the end shows how steady the machine was.
@@ -213,7 +214,7 @@ int dsv4_bench_linear(int argc, char **argv)
                     ci = (ci + 1) % copies;
                     calls++;
                     t = dsv4_now() - t0;
-                } while (t < min_time || calls < DSV4_MIN(copies, (int64_t)64));
+                } while (t < min_time || calls < DSV4_MIN(copies, (int64_t)(m >= 32 ? 4 : 64)));
                 double per = t / (double)calls;
                 double gbs = (double)wbytes / per / 1e9;
                 printf("%-6s %-5s %5lldx%-5lld %5d %9.3f %9.2f %8.1f %9.2f %6.0f%%\n", name,
