@@ -13,10 +13,10 @@
  * which keeps FP8/BF16/F32 values finite and normal (denormals would slow
  * the arithmetic, not the memory).  Each case runs for about --time seconds
  * and at least min(copies, 64) calls (4 from batch 32 on, compute-bound).
- * Because the machine may be shared,
- * every case is also compared with a copy of a quarter of the pool timed
- * just before it (columns copyGB/s and %copy); the whole-pool copy at the
- * start and the end shows how steady the machine was.
+ * Because the machine may be shared, every case is also compared with a
+ * copy of a quarter of the pool timed just before it (columns copyGB/s and
+ * %copy); the whole-pool copy at the start and the end shows how steady
+ * the machine was.
  */
 #include "engine/dsv4.h"
 #include "kernels/cpu/cpu.h"
