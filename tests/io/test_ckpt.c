@@ -217,11 +217,66 @@ static void test_plain_dirs(void)
     expect_fail("absent", DSV4_ENOENT, "cannot open directory");
 }
 
+/* A checkpoint of Pro's scale: 64 shards, 147,200 tensors, with an index;
+ * every tensor is found in its shard. */
+static void test_scale(void)
+{
+    enum { SHARDS = 64, PER = 2300 };
+    static char files[SHARDS][64];
+    const char *names[SHARDS];
+    struct dsv4_ckpt *c;
+    char name[96];
+    uint8_t byte = 7;
+    size_t hits = 0, right = 0;
+    double t0, t_open, t_find;
+
+    mkdir(dpath("scale", NULL), 0755);
+    for (int s = 0; s < SHARDS; s++) {
+        struct dsv4_st_writer *w;
+        snprintf(files[s], sizeof(files[s]), "model-%05d-of-%05d.safetensors", s + 1, SHARDS);
+        names[s] = files[s];
+        CHECK_INT(dsv4_st_writer_open(dpath("scale", files[s]), &w), 0);
+        for (int i = 0; i < PER; i++) {
+            snprintf(name, sizeof(name), "layers.%d.ffn.experts.%d.w%d.scale", s, i / 6, i % 6);
+            dsv4_st_writer_declare(w, name, DSV4_DTYPE_F8_E8M0, 1, (int64_t[]){1});
+        }
+        CHECK_INT(dsv4_st_writer_begin(w), 0);
+        for (int i = 0; i < PER; i++) {
+            snprintf(name, sizeof(name), "layers.%d.ffn.experts.%d.w%d.scale", s, i / 6, i % 6);
+            dsv4_st_writer_write(w, name, &byte, 1);
+        }
+        CHECKF(dsv4_st_writer_commit(w) == 0, "%s", dsv4_errmsg());
+    }
+    CHECKF(dsv4_ckpt_write_index(dpath("scale", NULL), names, SHARDS) == 0, "%s", dsv4_errmsg());
+    t0 = dsv4_now();
+    CHECKF(dsv4_ckpt_open(dpath("scale", NULL), &c) == 0, "%s", dsv4_errmsg());
+    t_open = dsv4_now() - t0;
+    if (!c)
+        return;
+    CHECK_INT(dsv4_ckpt_count(c), SHARDS * PER);
+    t0 = dsv4_now();
+    for (int s = 0; s < SHARDS; s++)
+        for (int i = 0; i < PER; i++) {
+            const char *sh;
+            snprintf(name, sizeof(name), "layers.%d.ffn.experts.%d.w%d.scale", s, i / 6, i % 6);
+            hits += dsv4_ckpt_find(c, name) != NULL;
+            sh = dsv4_ckpt_shard_of(c, name);
+            right += sh && !strcmp(sh, files[s]);
+        }
+    t_find = dsv4_now() - t0;
+    CHECK_INT(hits, SHARDS * PER);
+    CHECK_INT(right, SHARDS * PER);
+    fprintf(stderr, "checkpoint of %d shards, %d tensors: open %.3f s, %.0f ns per find+shard_of\n",
+            SHARDS, SHARDS * PER, t_open, t_find * 1e9 / (SHARDS * PER));
+    dsv4_ckpt_close(c);
+}
+
 int main(void)
 {
     snprintf(root, sizeof(root), "%s", test_tmpdir());
     test_index();
     test_bad_index();
     test_plain_dirs();
+    test_scale();
     TEST_DONE();
 }

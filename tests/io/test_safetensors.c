@@ -388,39 +388,51 @@ static void test_writer_failures(void)
         }
     }
 
-    /* ENOSPC: a child limited by RLIMIT_FSIZE (SIGXFSZ ignored) writes 1 MiB. */
-    fflush(NULL);
-    pid = fork();
-    if (pid == 0) {
-        struct rlimit rl = {64 << 10, 64 << 10};
-        static uint8_t data[1 << 20];
-        const char *p2 = tpath("full.safetensors");
-        int rc;
-        signal(SIGXFSZ, SIG_IGN);
-        setrlimit(RLIMIT_FSIZE, &rl);
-        if (dsv4_st_writer_open(p2, &w))
-            _exit(10);
-        if (dsv4_st_writer_declare(w, "big", DSV4_DTYPE_U8, 1, (int64_t[]){sizeof(data)}))
-            _exit(11);
-        rc = dsv4_st_writer_begin(w);
-        if (!rc)
-            rc = dsv4_st_writer_write(w, "big", data, sizeof(data));
-        if (rc != DSV4_ENOSPC) {
-            fprintf(stderr, "child: rc %d: %s\n", rc, dsv4_errmsg());
-            _exit(12);
+    /* ENOSPC: a child limited by RLIMIT_FSIZE (SIGXFSZ ignored) writes 1 MiB,
+     * once with the limit set before begin() (the space reservation fails)
+     * and once after it (the data write past the limit fails). */
+    for (int late = 0; late < 2; late++) {
+        fflush(NULL);
+        pid = fork();
+        if (pid == 0) {
+            struct rlimit rl = {64 << 10, 64 << 10};
+            static uint8_t data[1 << 20];
+            const char *p2 = tpath("full.safetensors");
+            int rc;
+            signal(SIGXFSZ, SIG_IGN);
+            if (!late)
+                setrlimit(RLIMIT_FSIZE, &rl);
+            if (dsv4_st_writer_open(p2, &w))
+                _exit(10);
+            if (dsv4_st_writer_declare(w, "big", DSV4_DTYPE_U8, 1, (int64_t[]){sizeof(data)}))
+                _exit(11);
+            rc = dsv4_st_writer_begin(w);
+            if (late && rc == 0)
+                setrlimit(RLIMIT_FSIZE, &rl);
+            if (!rc)
+                rc = dsv4_st_writer_write(w, "big", data, sizeof(data));
+            if (rc != DSV4_ENOSPC) {
+                fprintf(stderr, "child: rc %d: %s\n", rc, dsv4_errmsg());
+                _exit(12);
+            }
+            if (!strstr(dsv4_errmsg(), "no space left") || !strstr(dsv4_errmsg(), p2) ||
+                !strstr(dsv4_errmsg(), late ? "writing tensor \"big\"" : "reserving space")) {
+                fprintf(stderr, "child: message: %s\n", dsv4_errmsg());
+                _exit(13);
+            }
+            fprintf(stderr, "child message: %s\n", dsv4_errmsg());
+            /* the writer refuses further work, abort cleans up */
+            if (dsv4_st_writer_write(w, "big", data, 1) != DSV4_EINVAL)
+                _exit(14);
+            dsv4_st_writer_abort(w);
+            _exit(0);
         }
-        if (!strstr(dsv4_errmsg(), "no space left") || !strstr(dsv4_errmsg(), p2)) {
-            fprintf(stderr, "child: message: %s\n", dsv4_errmsg());
-            _exit(13);
-        }
-        fprintf(stderr, "child message: %s\n", dsv4_errmsg());
-        dsv4_st_writer_abort(w);
-        _exit(0);
+        CHECK(pid > 0);
+        waitpid(pid, &status, 0);
+        CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "ENOSPC child (late %d) status %d",
+               late, status);
+        CHECK(!exists(tpath("full.safetensors")) && !exists(tpath("full.safetensors.tmp")));
     }
-    CHECK(pid > 0);
-    waitpid(pid, &status, 0);
-    CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "ENOSPC child status %d", status);
-    CHECK(!exists(tpath("full.safetensors")) && !exists(tpath("full.safetensors.tmp")));
 }
 
 /* find() must stay O(1): lookups in a 300k-tensor header cost about what
