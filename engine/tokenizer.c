@@ -291,7 +291,7 @@ static int compile_pattern(const cJSON *pat, const char *where, pcre2_code **out
     uint32_t opts = PCRE2_UTF | PCRE2_UCP;
     if (cJSON_IsString(s)) {
         src = s->valuestring;
-        opts |= PCRE2_LITERAL;
+        opts = PCRE2_UTF | PCRE2_LITERAL; /* UCP is not allowed with LITERAL */
     } else if (cJSON_IsString(r))
         src = r->valuestring;
     else
