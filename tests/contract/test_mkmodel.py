@@ -296,6 +296,31 @@ def test_nvfp4_variants(src):
     check(r.returncode == 0, "NVFP4 naming variants bind: " + r.stderr[-500:])
 
 
+def all_tensors(d):
+    ck = Ckpt(d)
+    out = {}
+    for k, f in ck.index["weight_map"].items():
+        if f not in ck.files:
+            ck.files[f] = read_st(os.path.join(d, f))
+        hdr, data = ck.files[f]
+        b, t = hdr[k]["data_offsets"]
+        out[k] = (hdr[k]["dtype"], hdr[k]["shape"], data[b:t])
+    return out
+
+
+def test_convert_agrees(mx_dir, nv_dir):
+    """`dsv4 convert` (lossless) of the MXFP4 checkpoint == mkmodel's NVFP4 one."""
+    out = os.path.join(TMP, "converted")
+    r = run("convert", mx_dir, out, ok=False)
+    check(r.returncode == 0, "dsv4 convert of a mkmodel checkpoint: " + r.stderr[-300:])
+    if r.returncode:
+        return
+    a, b = all_tensors(nv_dir), all_tensors(out)
+    check(set(a) == set(b), "converted key set == mkmodel NVFP4 key set")
+    diff = [k for k in a if k in b and a[k] != b[k]]
+    check(not diff, "converted tensors bit-identical to mkmodel NVFP4: %s" % diff[:5])
+
+
 def test_plan_json():
     for n in (3, 8):
         check_plan_json(n)
@@ -331,6 +356,7 @@ def main():
     test_shards(dirs["mxfp4"])
     test_mismatches(dirs["mxfp4"])
     test_nvfp4_variants(dirs["nvfp4"])
+    test_convert_agrees(dirs["mxfp4"], dirs["nvfp4"])
     test_plan_json()
     print("%d checks, %d failed" % (checks, failures), file=sys.stderr)
     return 1 if failures else 0
