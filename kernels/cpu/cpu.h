@@ -49,12 +49,16 @@ int dsv4_cpu_force_isa(const char *name);
 /*
  * y[m, rows] = act(x)[m, cols] . W^T, threaded over output rows; m in 1..64
  * typical, any m works.  w and act must pass dsv4_linear_check (asserted).
- * Scratch: m * cols floats shared plus 16 KiB per thread, grown on the
- * first call of a given size (one warm-up call at init makes later calls
- * allocation-free).
+ * Not re-entrant per pool: call it from the thread that drives the pool,
+ * never from inside a dsv4_pool_run task.  Scratch: the kernels' own 16 KiB
+ * per thread (allocated by dsv4_pool_init) and shared slots 0 and 1 (m *
+ * cols floats, cols halves), grown on the first call that needs more;
+ * dsv4_cpu_linear_reserve sizes them up front so that no call allocates.
  */
 void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv4_act act,
                      const float *x, int64_t m, float *y);
+/* Sizes the shared scratch of dsv4_cpu_linear for m <= max_m, cols <= max_cols. */
+int dsv4_cpu_linear_reserve(struct dsv4_pool *p, int64_t max_m, int64_t max_cols);
 
 /*
  * Fast activation quantise-dequantise, bit-identical to the reference:

@@ -12,8 +12,13 @@
 
 /* Weight rows per tile and columns per decoded chunk (a multiple of 128, so
  * chunks start on a block boundary of every format). */
-#define LIN_RT 4
-#define LIN_KC 1024
+#define LIN_RT      4
+#define LIN_KC      1024
+#define LIN_SCRATCH (LIN_RT * LIN_KC * sizeof(float)) /* per thread, allocated by dsv4_pool_init */
+
+/* Per-thread scratch reserved for the kernels of this folder (pool.c). */
+struct dsv4_pool;
+void *dsv4_pool_kscratch(struct dsv4_pool *p, int thread, size_t bytes);
 
 struct dsv4_cpu_kern {
     const char *name;

@@ -236,7 +236,7 @@ static void task(void *arg, int64_t t, int thread)
         j->k->gemv_w4a4(w, j->qe, j->qo, j->sfa2, j->alpha, r_beg, r_end - r_beg, j->y + r_beg);
         return;
     }
-    float *buf = dsv4_pool_scratch(j->pool, thread, LIN_RT * LIN_KC * sizeof(float));
+    float *buf = dsv4_pool_kscratch(j->pool, thread, LIN_SCRATCH);
     float part[2 * LIN_RT];
     DSV4_ASSERT(buf);
     for (int64_t r0 = t * j->rows_per_task; r0 < r_end; r0 += LIN_RT) {
@@ -318,4 +318,18 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
     j.rows_per_task = ((tiles + ntasks - 1) / ntasks) * LIN_RT;
     ntasks = (w->rows + j.rows_per_task - 1) / j.rows_per_task;
     dsv4_pool_run(p, task, &j, ntasks);
+}
+
+int dsv4_cpu_linear_reserve(struct dsv4_pool *p, int64_t max_m, int64_t max_cols)
+{
+    if (max_m < 1 || max_cols < 1 || max_cols > (INT64_C(1) << 31) || max_m > (INT64_C(1) << 20))
+        return dsv4_error(DSV4_EINVAL, "cpu linear: cannot reserve for m %lld, cols %lld",
+                          (long long)max_m, (long long)max_cols);
+    /* slot 0: dequantised activations (or the W4A4 int8 planes, smaller);
+     * slot 1: BF16 planes of the MXFP4 batch-1 path */
+    if (!dsv4_pool_shared(p, 0, (size_t)(max_m * max_cols) * sizeof(float)) ||
+        !dsv4_pool_shared(p, 1, (size_t)max_cols * sizeof(uint16_t)))
+        return dsv4_error(DSV4_ENOMEM, "cpu linear: out of memory reserving %lld x %lld",
+                          (long long)max_m, (long long)max_cols);
+    return 0;
 }

@@ -16,6 +16,7 @@
 #include "kernels/cpu/cpu.h"
 
 #include "engine/dsv4.h"
+#include "kernels/cpu/cpu_int.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -46,7 +47,10 @@ struct dsv4_pool {
     void *arg;
     int64_t ntasks;
     atomic_int_fast64_t next;
-    struct scratch *scr; /* n per-thread buffers, then the shared slots */
+    /* n per-thread buffers for callers, n per-thread buffers of the kernels
+     * (so a kernel never moves a buffer its caller still holds), then the
+     * shared slots */
+    struct scratch *scr;
 };
 
 static void run_tasks(struct dsv4_pool *p, int thread)
@@ -93,7 +97,7 @@ int dsv4_pool_init(int nthreads, struct dsv4_pool **out)
         return dsv4_error(DSV4_ENOMEM, "thread pool: out of memory");
     p->n = nthreads;
     p->w = calloc((size_t)nthreads, sizeof(*p->w));
-    p->scr = calloc((size_t)nthreads + DSV4_POOL_SHARED_SLOTS, sizeof(*p->scr));
+    p->scr = calloc(2 * (size_t)nthreads + DSV4_POOL_SHARED_SLOTS, sizeof(*p->scr));
     if (!p->w || !p->scr) {
         free(p->w);
         free(p->scr);
@@ -114,6 +118,11 @@ int dsv4_pool_init(int nthreads, struct dsv4_pool **out)
         }
         started++;
     }
+    for (int i = 0; i < nthreads; i++)
+        if (!dsv4_pool_kscratch(p, i, LIN_SCRATCH)) {
+            rc = dsv4_error(DSV4_ENOMEM, "thread pool: out of memory for scratch");
+            goto fail;
+        }
     *out = p;
     return 0;
 fail:
@@ -132,7 +141,7 @@ void dsv4_pool_free(struct dsv4_pool *p)
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++)
         pthread_join(p->w[i].th, NULL);
-    for (int i = 0; i < p->n + DSV4_POOL_SHARED_SLOTS; i++)
+    for (int i = 0; i < 2 * p->n + DSV4_POOL_SHARED_SLOTS; i++)
         free(p->scr[i].p);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv_job);
@@ -195,5 +204,11 @@ void *dsv4_pool_scratch(struct dsv4_pool *p, int thread, size_t bytes)
 void *dsv4_pool_shared(struct dsv4_pool *p, int slot, size_t bytes)
 {
     DSV4_ASSERT(slot >= 0 && slot < DSV4_POOL_SHARED_SLOTS);
-    return grow(&p->scr[p->n + slot], bytes);
+    return grow(&p->scr[2 * p->n + slot], bytes);
+}
+
+void *dsv4_pool_kscratch(struct dsv4_pool *p, int thread, size_t bytes)
+{
+    DSV4_ASSERT(thread >= 0 && thread < p->n);
+    return grow(&p->scr[p->n + thread], bytes);
 }

@@ -93,6 +93,8 @@ static void test_linear(void)
     struct dsv4_pool *pool[3];
     for (int t = 0; t < 3; t++)
         CHECK_INT(dsv4_pool_init(t + 1, &pool[t]), 0);
+    CHECK_INT(dsv4_cpu_linear_reserve(pool[0], 64, 2048), 0);
+    CHECK_INT(dsv4_cpu_linear_reserve(pool[0], 0, 2048), DSV4_EINVAL);
     for (size_t c = 0; c < DSV4_ARRAY_LEN(combos); c++)
         for (size_t s = 0; s < DSV4_ARRAY_LEN(shapes); s++) {
             int64_t R = shapes[s][0], K = shapes[s][1], m = shapes[s][2];
