@@ -63,6 +63,8 @@ void dsv4_cpu_dot_avx512(const float *x, int64_t xs, int nm, const float *wt, in
 void dsv4_cpu_gemv_fp8_avx512(const struct dsv4_qweight *w, const float *x, int64_t r0, int64_t nr,
                               float *y);
 
+void dsv4_cpu_decode_avx512(const struct dsv4_qweight *w, int64_t r0, int nr, int64_t k0, int len,
+                            float *out);
 void dsv4_cpu_gemv_w4a4_avx512(const struct dsv4_qweight *w, const int8_t *qe, const int8_t *qo,
                                const float *sfa2, float alpha, int64_t r0, int64_t nr, float *y);
 void dsv4_cpu_gemv_mxfp4_bf16(const struct dsv4_qweight *w, const uint16_t *xe, const uint16_t *xo,

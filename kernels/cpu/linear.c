@@ -63,6 +63,7 @@ static void kern_init(void)
     kern_avx512.name = "avx512";
     kern_avx512.gemv_fp8 = dsv4_cpu_gemv_fp8_avx512;
     kern_avx512.dot = dsv4_cpu_dot_avx512;
+    kern_avx512.decode = dsv4_cpu_decode_avx512;
     if (__builtin_cpu_supports("avx512vnni"))
         kern_avx512.gemv_w4a4 = dsv4_cpu_gemv_w4a4_avx512;
     if (__builtin_cpu_supports("avx512bf16"))

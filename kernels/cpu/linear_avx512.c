@@ -1,9 +1,10 @@
 /*
  * linear_avx512.c - AVX-512 variants of the kernels whose speed is bound by
  * instruction throughput on AVX2: the batch-1 FP8 weight decode (one FP16
- * widening per 8 weights becomes one per 16) and the FP32 dot products of
- * the batched tile path.  The math is that of the AVX2 versions in
- * linear_avx2.c (same exact products, same block structure); linear.c
+ * widening per 8 weights becomes one per 16), the weight decoder and the
+ * FP32 dot products of the batched tile path.  The math is that of the
+ * AVX2 versions in linear_avx2.c (same exact products, same block
+ * structure); linear.c
  * installs these over the AVX2 set when the CPU has AVX-512F/BW/VL, plus
  * the batch-1 NVFP4 W4A4 kernel (AVX512-VNNI) and the batch-1 MXFP4 kernel
  * (AVX512-BF16) below when it has those extensions.
@@ -208,5 +209,70 @@ AVX512VNNI void dsv4_cpu_gemv_w4a4_avx512(const struct dsv4_qweight *w, const in
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scv, acc);
         }
         y[o - r0] = _mm512_reduce_add_ps(acc) * alpha;
+    }
+}
+
+/*
+ * Weight decoder of the batched tile path (cpu_int.h contract): FP8 by the
+ * FP16 widening of linear_avx2.c on 32 codes at a time; MXFP4/NVFP4 by
+ * VPERMPS from a 16-entry table of E2M1 values already multiplied by the
+ * block scale (exact: 2 significant bits times a power of two or an E4M3).
+ * Rows whose chunk length is not a multiple of 32, unusual scale bytes and
+ * the other formats go to the AVX2 decoder.
+ */
+AVX512 void dsv4_cpu_decode_avx512(const struct dsv4_qweight *w, int64_t r0, int nr, int64_t k0,
+                                   int len, float *out)
+{
+    static const float e2m1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                                   -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+    const __m512 tab = _mm512_loadu_ps(e2m1);
+    const __m512i keep = _mm512_set1_epi16((short)0xbfff);
+    const __m128i m4 = _mm_set1_epi8(15);
+    const float *t8 = dsv4_e4m3_table();
+    for (int r = 0; r < nr; r++) {
+        int64_t o = r0 + r;
+        float *d = out + (int64_t)r * len;
+        if (len % 32 ||
+            (w->fmt != DSV4_WFMT_FP8 && w->fmt != DSV4_WFMT_MXFP4 && w->fmt != DSV4_WFMT_NVFP4)) {
+            dsv4_cpu_kern_avx2.decode(w, o, 1, k0, len, d);
+            continue;
+        }
+        if (w->fmt == DSV4_WFMT_FP8) {
+            const uint8_t *src = (const uint8_t *)w->w + o * w->cols + k0;
+            const uint8_t *sc = w->scale + (o / 128) * ((w->cols + 127) / 128) + k0 / 128;
+            int j = 0;
+            for (; j < len; j += 32) {
+                uint8_t sb = sc[j / 128];
+                if (sb > 246)
+                    break;
+                __m512 fac = _mm512_set1_ps(dsv4_e8m0_to_f32(sb) * 256.0f);
+                __m512i t = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(src + j)));
+                t = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(t, 8), 1), keep);
+                _mm512_storeu_ps(d + j,
+                                 _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(t)), fac));
+                _mm512_storeu_ps(
+                        d + j + 16,
+                        _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(t, 1)), fac));
+            }
+            if (j < len) /* a scale past 2^119: the exact two-step AVX2 decoder */
+                dsv4_cpu_kern_avx2.decode(w, o, 1, k0, len, d);
+            continue;
+        }
+        int mx = w->fmt == DSV4_WFMT_MXFP4, bs = mx ? 32 : 16;
+        const uint8_t *row = (const uint8_t *)w->w + o * ((w->cols + 1) / 2);
+        const uint8_t *sc = w->scale + o * ((w->cols + bs - 1) / bs);
+        for (int j = 0; j < len; j += 32) {
+            int64_t k = k0 + j;
+            __m128i b = _mm_loadu_si128((const __m128i *)(row + k / 2));
+            __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+            __m512i i0 = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+            __m512i i1 = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
+            float s0 = mx ? dsv4_e8m0_to_f32(sc[k / 32]) : t8[sc[k / 16]];
+            float s1 = mx ? s0 : t8[sc[k / 16 + 1]];
+            _mm512_storeu_ps(d + j,
+                             _mm512_permutexvar_ps(i0, _mm512_mul_ps(tab, _mm512_set1_ps(s0))));
+            _mm512_storeu_ps(d + j + 16,
+                             _mm512_permutexvar_ps(i1, _mm512_mul_ps(tab, _mm512_set1_ps(s1))));
+        }
     }
 }
