@@ -125,7 +125,7 @@ static int copy_in(const char *src, const char *dir, const char *name)
     return rc ? rc : dsv4_file_copy(src, path);
 }
 
-int dsv4_mkmodel_tokenizer_vocab(const char *tokenizer_json, int *vocab)
+int dsv4_mkmodel_tokenizer_vocab(const char *tokenizer_json, int *ids, int *vocab)
 {
     char *buf;
     size_t len;
@@ -171,7 +171,8 @@ int dsv4_mkmodel_tokenizer_vocab(const char *tokenizer_json, int *vocab)
         rc = dsv4_error(DSV4_EFORMAT, "%s: empty vocabulary", tokenizer_json);
         goto out;
     }
-    *vocab = (((int)max_id + 1) + 1279) / 1280 * 1280;
+    *ids = (int)max_id + 1;
+    *vocab = (*ids + 1279) / 1280 * 1280;
 out:
     cJSON_Delete(root);
     return rc;

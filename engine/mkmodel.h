@@ -71,11 +71,11 @@ int dsv4_mkmodel_preset(const char *name, int vocab, enum dsv4_expert_fmt fmt,
 void dsv4_mkmodel_set_format(struct dsv4_config *cfg, enum dsv4_expert_fmt fmt);
 
 /*
- * Vocabulary rows for a tokenizer.json: (largest token id + 1) rounded up to
- * a multiple of 1280 (the DeepSeek tokenizer's 128815 ids -> 129280, the
- * real vocab_size).
+ * Token ids of a tokenizer.json (*ids = largest id + 1) and the vocabulary
+ * rows a preset gets for it: *ids rounded up to a multiple of 1280 (the
+ * DeepSeek tokenizer's 128815 ids -> 129280, the real vocab_size).
  */
-int dsv4_mkmodel_tokenizer_vocab(const char *tokenizer_json, int *vocab);
+int dsv4_mkmodel_tokenizer_vocab(const char *tokenizer_json, int *ids, int *vocab);
 
 /* Writes the checkpoint directory. */
 int dsv4_mkmodel_write(const struct dsv4_mkmodel_opts *o);

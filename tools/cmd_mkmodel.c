@@ -101,19 +101,27 @@ int dsv4_cmd_mkmodel(int argc, char **argv)
         }
     }
     if (preset) {
-        int vocab;
+        int ids, vocab;
         if (!tok) {
             fprintf(stderr, "dsv4 mkmodel: --preset needs --tokenizer (its vocabulary)\n");
             return 2;
         }
-        if (dsv4_mkmodel_tokenizer_vocab(tok, &vocab) ||
+        if (dsv4_mkmodel_tokenizer_vocab(tok, &ids, &vocab) ||
             dsv4_mkmodel_preset(preset, vocab, fmt, &cfg))
             goto fail;
     } else {
+        int ids, vocab;
         if (dsv4_config_load(config, &cfg))
             goto fail;
         if (format)
             dsv4_mkmodel_set_format(&cfg, fmt);
+        if (tok && dsv4_mkmodel_tokenizer_vocab(tok, &ids, &vocab))
+            goto fail;
+        if (tok && ids > cfg.vocab_size) {
+            fprintf(stderr, "dsv4 mkmodel: %s has %d token ids, %s only vocab_size %d\n", tok, ids,
+                    config, cfg.vocab_size);
+            return 1;
+        }
     }
 
     struct dsv4_mkmodel_opts o = {.cfg = &cfg,

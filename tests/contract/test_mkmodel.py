@@ -220,6 +220,24 @@ def test_shards(one):
     r = run("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--shards", "50", "--out",
             os.path.join(TMP, "too-many"), ok=False)
     check(r.returncode != 0 and "shards" in r.stderr, "too many shards refused")
+    # --config: any config file, format overridden, two shards (trunk | MTP)
+    d2 = os.path.join(TMP, "from-config")
+    run("mkmodel", "--config", os.path.join(one, "config.json"), "--format", "fp8", "--seed",
+        "3", "--shards", "2", "--out", d2)
+    r = run("plan", d2, "--ranks", "2", ok=False)
+    check(r.returncode == 0, "--config checkpoint binds: " + r.stderr[-300:])
+    cfg = json.load(open(os.path.join(d2, "config.json")))
+    check(cfg["expert_dtype"] == "fp8", "--format overrides the config's")
+    wm = json.load(open(os.path.join(d2, "model.safetensors.index.json")))["weight_map"]
+    check({v for k, v in wm.items() if k.startswith("mtp.")} == {"model-00002-of-00002.safetensors"},
+          "two shards: MTP in the second")
+    check(not os.path.exists(os.path.join(d2, "tokenizer.json")), "no tokenizer without --tokenizer")
+    small = json.load(open(os.path.join(one, "config.json")))
+    small["vocab_size"] = 1000
+    json.dump(small, open(os.path.join(TMP, "small-vocab.json"), "w"))
+    r = run("mkmodel", "--config", os.path.join(TMP, "small-vocab.json"), "--tokenizer", TOK,
+            "--out", os.path.join(TMP, "small-vocab"), ok=False)
+    check(r.returncode != 0 and "vocab_size 1000" in r.stderr, "tokenizer larger than vocab refused")
 
 
 def rewrite(path, hdr, data):
