@@ -800,8 +800,10 @@ fail:
     return rc;
 }
 
-/* Copies every file of src/rel (recursively) but shards, config and index. */
-static int copy_tree(const char *src, const char *dst, const char *rel, int depth)
+/* Copies every file of src/rel (recursively) but shards, config, index and
+ * the directory `skip` (DST itself when it lies inside SRC). */
+static int copy_tree(const char *src, const char *dst, const char *rel, int depth,
+                     const struct stat *skip)
 {
     char sdir[PATH_MAX], ddir[PATH_MAX];
     if (path_cat(sdir, sizeof(sdir), src, "/", rel) || path_cat(ddir, sizeof(ddir), dst, "/", rel))
@@ -828,10 +830,12 @@ static int copy_tree(const char *src, const char *dst, const char *rel, int dept
         } else if (stat(sp, &sb) < 0) {
             rc = dsv4_error(DSV4_EIO, "%s: %s", sp, strerror(errno));
         } else if (S_ISDIR(sb.st_mode)) {
+            if (sb.st_dev == skip->st_dev && sb.st_ino == skip->st_ino)
+                continue;
             if (mkdir(dp, 0755) < 0 && errno != EEXIST)
                 rc = dsv4_error(DSV4_EIO, "%s: %s", dp, strerror(errno));
             else
-                rc = copy_tree(src, dst, r2, depth + 1);
+                rc = copy_tree(src, dst, r2, depth + 1, skip);
         } else if (S_ISREG(sb.st_mode)) {
             rc = copy_file(sp, dp);
         }
@@ -1329,7 +1333,13 @@ int dsv4_convert_ckpt(const char *src, const char *dst, const struct dsv4_conver
         goto out;
     for (int t = 0; t < c.nthreads; t++)
         dsv4_convert_stats_add(&rep->stats, &c.tstats[t]);
-    if ((rc = copy_tree(src, dst, "", 0)) || (rc = write_config(&c)) || (rc = write_index(&c)))
+    struct stat dst_st;
+    if (stat(dst, &dst_st) < 0) {
+        rc = dsv4_error(DSV4_EIO, "%s: %s", dst, strerror(errno));
+        goto out;
+    }
+    if ((rc = copy_tree(src, dst, "", 0, &dst_st)) || (rc = write_config(&c)) ||
+        (rc = write_index(&c)))
         goto out;
     rep->seconds = dsv4_now() - c.t0;
     if (opts->verify)

@@ -159,7 +159,7 @@ def test_lossless(src, dst):
     check(q["moe_quant_algo"] == "NVFP4" and q["quant_method"] == "fp8", "config quant")
     check(c2["expert_dtype"] == "fp4", "config expert_dtype")
     check(c2["hidden_size"] == cfg["hidden_size"], "config keeps the rest")
-    for f in ("tokenizer.json", "generation_config.json"):
+    for f in ("tokenizer.json", "generation_config.json", "encoding/README.md"):
         if os.path.exists(os.path.join(src, f)):
             check(open(os.path.join(src, f), "rb").read() == open(os.path.join(dst, f), "rb").read(),
                   f + " copied")
@@ -334,6 +334,9 @@ def main():
     os.makedirs(work, exist_ok=True)
     src, dst = os.path.join(work, "src"), os.path.join(work, "dst")
     mkmodel(src)
+    os.makedirs(os.path.join(src, "encoding"))
+    with open(os.path.join(src, "encoding", "README.md"), "w") as f:
+        f.write("other files and folders are copied verbatim\n")
     test_lossless(src, dst)
     test_amax(src, work, "mkmodel")
     test_resume(src, dst)
