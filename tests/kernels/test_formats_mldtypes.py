@@ -81,8 +81,10 @@ def ties_lower(x, grid_pos, max_code):
     return (code | sign).astype(np.uint8)
 
 
-# ---- BF16
-x = inputs(-140, 128, np.array([1.0], dtype=np.float32))
+# ---- BF16 (plus exact halfway points between BF16 neighbours and their FP32 neighbours)
+hi = rng.integers(0, 2**16, size=200_000, dtype=np.uint64).astype(np.uint32) << 16
+half = np.concatenate([hi | 0x8000, hi | 0x7FFF, hi | 0x8001]).view(np.float32)
+x = np.concatenate([inputs(-140, 128, np.array([1.0], dtype=np.float32)), half])
 got = encode("bf16", x)
 want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
 nan = np.isnan(x)
