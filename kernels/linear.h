@@ -35,8 +35,8 @@ enum dsv4_wfmt {
     DSV4_WFMT_F32 = 0,   /* F32 [rows, cols] */
     DSV4_WFMT_BF16 = 1,  /* BF16 [rows, cols] */
     DSV4_WFMT_FP8 = 2,   /* E4M3 [rows, cols] + E8M0 [ceil(rows/128), ceil(cols/128)] */
-    DSV4_WFMT_MXFP4 = 3, /* packed E2M1 [rows, cols/2] + E8M0 [rows, cols/32] */
-    DSV4_WFMT_NVFP4 = 4  /* packed E2M1 [rows, cols/2] + E4M3 [rows, cols/16] + scale2 */
+    DSV4_WFMT_MXFP4 = 3, /* packed E2M1 [rows, ceil(cols/2)] + E8M0 [rows, ceil(cols/32)] */
+    DSV4_WFMT_NVFP4 = 4 /* packed E2M1 [rows, ceil(cols/2)] + E4M3 [rows, ceil(cols/16)] + scale2 */
 };
 
 enum dsv4_act { DSV4_ACT_F32 = 0, DSV4_ACT_FP8 = 1, DSV4_ACT_NVFP4 = 2 };
