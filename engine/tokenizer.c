@@ -496,6 +496,71 @@ static int trie_add(struct tok_trie *t, const char *s, size_t n, int32_t added)
 
 /* ------------------------------------------------------------ loading */
 
+/* Added tokens: their content decodes through the ByteLevel decoder too
+ * and overrides a model token of the same id (HF looks them up first).
+ * The tries are built later, once the normalizer is known. */
+static int load_added(struct dsv4_tokenizer *tok, const cJSON *added, const int16_t *char_byte,
+                      const uint8_t *kind, size_t used)
+{
+    size_t k = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, added)
+    {
+        struct tok_added *at = &tok->added[k];
+        const char *c = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring;
+        at->id = (int32_t)cJSON_GetObjectItemCaseSensitive(e, "id")->valuedouble;
+        at->len = strlen(c);
+        at->content = strdup(c);
+        if (!at->content)
+            return dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory");
+        at->special = json_bool(e, "special", false);
+        at->lstrip = json_bool(e, "lstrip", false);
+        at->rstrip = json_bool(e, "rstrip", false);
+        at->single_word = json_bool(e, "single_word", false);
+        at->normalized = json_bool(e, "normalized", !at->special);
+        char *dst = tok->tok_data + used;
+        size_t blen;
+        bool mapped = spelling_to_bytes(char_byte, c, at->len, dst, &blen);
+        if (!mapped) {
+            memcpy(dst, c, at->len);
+            blen = at->len;
+        }
+        /* HF gives an added token that the model already spells the same
+         * way the model's id (the id written in the file is then unused). */
+        int32_t same = dsv4_tokenizer_vmap_get(tok, dst, blen);
+        if (same >= 0 && kind[same] == (mapped ? 1 : 2))
+            at->id = same;
+        else {
+            tok->tok_off[at->id] = (uint32_t)used;
+            tok->tok_len[at->id] = (uint32_t)blen;
+            used += blen;
+        }
+        tok->is_special[at->id] = at->special;
+        k++;
+    }
+    return 0;
+}
+
+/* Tries of the added tokens; normalized ones are matched in their
+ * normalized form, as HF does. */
+static int build_tries(struct dsv4_tokenizer *tok)
+{
+    for (size_t k = 0; k < tok->n_added; k++) {
+        const struct tok_added *at = &tok->added[k];
+        char *c = at->content, *owned = NULL;
+        size_t n = at->len;
+        int rc = 0;
+        if (at->normalized && tok->n_norm > 0)
+            rc = dsv4_tokenizer_normalize(tok, at->content, at->len, &c, &n, &owned);
+        if (!rc && n > 0)
+            rc = trie_add(at->normalized ? &tok->trie_norm : &tok->trie_raw, c, n, (int32_t)k);
+        free(owned);
+        if (rc)
+            return rc == DSV4_ENOMEM ? dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory") : rc;
+    }
+    return 0;
+}
+
 static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSON *added,
                       const int16_t *char_byte)
 {
@@ -564,6 +629,10 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
     /* Model tokens: decode bytes, then the bytes -> id map.  Byte-mappable
      * spellings first so that they win over raw-UTF-8 spellings. */
     size_t used = 0;
+    /* 1: the model spells id as byte-level characters, 2: as raw UTF-8 */
+    uint8_t *kind = calloc((size_t)tok->vocab_size, 1);
+    if (!kind)
+        return dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory");
     for (int pass = 0; pass < 2; pass++) {
         cJSON_ArrayForEach(e, vocab)
         {
@@ -577,8 +646,11 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
                 memcpy(dst, e->string, n);
                 blen = n;
             }
-            if (tok->tok_len[id] != TOK_NONE)
+            if (tok->tok_len[id] != TOK_NONE) {
+                free(kind);
                 return dsv4_error(DSV4_EFORMAT, "tokenizer: id %d appears twice in vocab", id);
+            }
+            kind[id] = mapped ? 1 : 2;
             tok->tok_off[id] = (uint32_t)used;
             tok->tok_len[id] = (uint32_t)blen;
             used += blen;
@@ -593,16 +665,20 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
     v = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
     if (cJSON_IsString(v)) {
         const cJSON *u = cJSON_GetObjectItemCaseSensitive(vocab, v->valuestring);
-        if (!cJSON_IsNumber(u))
+        if (!cJSON_IsNumber(u)) {
+            free(kind);
             return dsv4_error(DSV4_EFORMAT, "tokenizer: unk_token '%s' is not in vocab",
                               v->valuestring);
+        }
         tok->unk_id = (int32_t)u->valuedouble;
     }
 
     /* Merges: "a b" or ["a", "b"]; rank = position. */
     rc = mmap_init(&tok->mmap, (size_t)cJSON_GetArraySize(merges));
-    if (rc)
+    if (rc) {
+        free(kind);
         return rc;
+    }
     char *buf = NULL;
     size_t buf_cap = 0;
     int32_t rank = 0;
@@ -662,41 +738,12 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
         rank++;
     }
     free(buf);
+    if (!rc)
+        rc = load_added(tok, added, char_byte, kind, used);
+    free(kind);
     if (rc)
         return rc;
 
-    /* Added tokens: their content decodes through the ByteLevel decoder too
-     * and overrides a model token of the same id (HF looks them up first). */
-    size_t k = 0;
-    cJSON_ArrayForEach(e, added)
-    {
-        struct tok_added *at = &tok->added[k];
-        const char *c = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring;
-        at->id = (int32_t)cJSON_GetObjectItemCaseSensitive(e, "id")->valuedouble;
-        at->len = strlen(c);
-        at->content = strdup(c);
-        if (!at->content)
-            return dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory");
-        at->special = json_bool(e, "special", false);
-        at->lstrip = json_bool(e, "lstrip", false);
-        at->rstrip = json_bool(e, "rstrip", false);
-        at->single_word = json_bool(e, "single_word", false);
-        at->normalized = json_bool(e, "normalized", !at->special);
-        char *dst = tok->tok_data + used;
-        size_t blen;
-        if (!spelling_to_bytes(char_byte, c, at->len, dst, &blen)) {
-            memcpy(dst, c, at->len);
-            blen = at->len;
-        }
-        tok->tok_off[at->id] = (uint32_t)used;
-        tok->tok_len[at->id] = (uint32_t)blen;
-        tok->is_special[at->id] = at->special;
-        used += blen;
-        rc = trie_add(at->normalized ? &tok->trie_norm : &tok->trie_raw, c, at->len, (int32_t)k);
-        if (rc)
-            return dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory");
-        k++;
-    }
     for (int32_t id = 0; id < tok->vocab_size; id++)
         if (tok->tok_len[id] != TOK_NONE)
             tok->max_token_bytes = DSV4_MAX(tok->max_token_bytes, tok->tok_len[id]);
@@ -735,6 +782,8 @@ int dsv4_tokenizer_load_json(const char *json, size_t len, struct dsv4_tokenizer
     if ((rc = load_model(tok, model, cJSON_IsArray(added) ? added : NULL, char_byte)))
         goto fail;
     if ((rc = load_normalizer(tok, cJSON_GetObjectItemCaseSensitive(root, "normalizer"))))
+        goto fail;
+    if ((rc = build_tries(tok)))
         goto fail;
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
     if (!pre || cJSON_IsNull(pre)) {

@@ -508,8 +508,8 @@ static int pretok_gap(struct enc *e, const char *s, size_t n)
 
 /* Applies the normalizers to a well-formed run; *out is s itself when
  * there are none, else a malloc'd copy for the caller to free. */
-static int normalize(const struct dsv4_tokenizer *tok, const char *s, size_t n, char **out,
-                     size_t *out_len, char **owned)
+int dsv4_tokenizer_normalize(const struct dsv4_tokenizer *tok, const char *s, size_t n, char **out,
+                             size_t *out_len, char **owned)
 {
     *out = (char *)s;
     *out_len = n;
@@ -566,7 +566,7 @@ static int valid_run(struct enc *e, const char *s, size_t n)
 {
     char *ns, *owned;
     size_t nn;
-    int rc = normalize(e->tok, s, n, &ns, &nn, &owned);
+    int rc = dsv4_tokenizer_normalize(e->tok, s, n, &ns, &nn, &owned);
     if (!rc)
         rc = split_added(e, &e->tok->trie_norm, ns, nn, pretok_gap);
     free(owned);

@@ -128,4 +128,9 @@ uint32_t dsv4_tokenizer_byte_char(uint8_t b);
  * at s do not start one (maximal-subpart rule; n bytes available). */
 size_t dsv4_tokenizer_utf8_len(const uint8_t *s, size_t n);
 
+/* Applies the normalizers to well-formed UTF-8: *out is s itself when
+ * nothing changes it, else the malloc'd *owned (caller frees *owned). */
+int dsv4_tokenizer_normalize(const struct dsv4_tokenizer *tok, const char *s, size_t n, char **out,
+                             size_t *out_len, char **owned);
+
 #endif

@@ -7,7 +7,9 @@
  * special tokens rendered and that the streaming decoder gives exactly the
  * whole-sequence decode in both modes; it exits 1 if any line fails.
  *
- * usage: tok_dump TOKENIZER.json CORPUS.jsonl > out
+ * usage: tok_dump TOKENIZER.json CORPUS.jsonl [lossy] > out
+ * (lossy: the tokenizer may drop or add text, e.g. a normalizer or lstrip
+ * tokens, so the round trip is not checked)
  */
 #include "engine/dsv4.h"
 #include "engine/tokenizer.h"
@@ -54,8 +56,8 @@ done:
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: tok_dump TOKENIZER.json CORPUS.jsonl\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: tok_dump TOKENIZER.json CORPUS.jsonl [lossy]\n");
         return 2;
     }
     struct dsv4_tokenizer *tok;
@@ -103,7 +105,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "line %d: streaming decode differs (mode %d)\n", lineno, mode);
                 fails++;
             }
-            if (mode == 1 && (wl != n || memcmp(whole, s, n))) {
+            if (mode == 1 && argc == 3 && (wl != n || memcmp(whole, s, n))) {
                 fprintf(stderr, "line %d: round trip differs\n", lineno);
                 fails++;
             }
