@@ -500,6 +500,13 @@ int dsv4_config_load(const char *path, struct dsv4_config *cfg)
 
 /* ---------------------------------------------------------------- validate */
 
+static bool finite_pos(double v)
+{
+    return isfinite(v) && v > 0;
+}
+
+#define TERMINATED(field) (memchr((field), 0, sizeof(field)) != NULL)
+
 int dsv4_config_validate(const struct dsv4_config *c)
 {
     const int L = c->num_hidden_layers, M = c->num_nextn_predict_layers;
@@ -509,6 +516,12 @@ int dsv4_config_validate(const struct dsv4_config *c)
         if (!(cond))                                     \
             return dsv4_error(st, CFG ": " __VA_ARGS__); \
     } while (0)
+    /* Strings first: every later check reads them. */
+    NEED(TERMINATED(c->hidden_act) && TERMINATED(c->scoring_func) && TERMINATED(c->topk_method) &&
+                 TERMINATED(c->model_type) && TERMINATED(c->quant_method) && TERMINATED(c->fmt) &&
+                 TERMINATED(c->scale_fmt) && TERMINATED(c->activation_scheme) &&
+                 TERMINATED(c->moe_quant_algo),
+         DSV4_EINVAL, "unterminated string field");
     NEED(c->vocab_size > 0 && c->hidden_size > 0 && L > 0 && c->num_attention_heads > 0 &&
                  c->head_dim > 0 && c->q_lora_rank > 0 && c->o_groups > 0 && c->o_lora_rank > 0 &&
                  c->moe_intermediate_size > 0 && c->n_routed_experts > 0 &&
@@ -561,12 +574,15 @@ int dsv4_config_validate(const struct dsv4_config *c)
                      (c->compress_ratios[l] >= 2 && is_pow2(c->compress_ratios[l])),
              DSV4_EINVAL, "compress_ratios[%d] = %d is not 0 or a power of two >= 2", l,
              c->compress_ratios[l]);
-    NEED(c->rms_norm_eps > 0 && c->hc_eps > 0 && c->rope_theta > 0 && c->compress_rope_theta > 0 &&
-                 c->routed_scaling_factor > 0 && c->swiglu_limit > 0,
-         DSV4_EINVAL, "eps, rope thetas, routed_scaling_factor and swiglu_limit must be > 0");
+    NEED(finite_pos(c->rms_norm_eps) && finite_pos(c->hc_eps) && finite_pos(c->rope_theta) &&
+                 finite_pos(c->compress_rope_theta) && finite_pos(c->routed_scaling_factor) &&
+                 finite_pos(c->swiglu_limit),
+         DSV4_EINVAL,
+         "eps, rope thetas, routed_scaling_factor and swiglu_limit must be finite "
+         "and > 0");
     if (c->has_yarn)
-        NEED(c->yarn_factor > 0 && c->yarn_beta_fast > 0 && c->yarn_beta_slow > 0 &&
-                     c->yarn_original_max_position > 0,
+        NEED(finite_pos(c->yarn_factor) && finite_pos(c->yarn_beta_fast) &&
+                     finite_pos(c->yarn_beta_slow) && c->yarn_original_max_position > 0,
              DSV4_EINVAL,
              "rope_scaling factor, betas and original_max_position_embeddings "
              "must be > 0");
@@ -588,6 +604,28 @@ int dsv4_config_validate(const struct dsv4_config *c)
              "block %d",
              c->hidden_size, c->moe_intermediate_size, dsv4_expert_fmt_name(c->expert_fmt), g);
     }
+    /* Only the string values the parser accepts, so that to_json always
+     * writes valid JSON that parses back the same. */
+    NEED(!c->model_type[0] || !strcmp(c->model_type, "deepseek_v4"), DSV4_ENOTSUP,
+         "model_type \"%s\" is not deepseek_v4", c->model_type);
+    if (c->quant_method[0]) {
+        NEED(!strcmp(c->quant_method, "fp8") && !strcmp(c->fmt, "e4m3") &&
+                     (!c->scale_fmt[0] || !strcmp(c->scale_fmt, "ue8m0")) &&
+                     !strcmp(c->activation_scheme, "dynamic"),
+             DSV4_ENOTSUP, "quantization %s/%s/%s/%s is not fp8/e4m3/ue8m0/dynamic",
+             c->quant_method, c->fmt, c->scale_fmt, c->activation_scheme);
+        NEED(c->weight_block_size[0] > 0 && c->weight_block_size[1] > 0, DSV4_EINVAL,
+             "weight_block_size [%d, %d] must be positive", c->weight_block_size[0],
+             c->weight_block_size[1]);
+    }
+    NEED(!c->moe_quant_algo[0] || !strcmp(c->moe_quant_algo, "NVFP4"), DSV4_ENOTSUP,
+         "moe_quant_algo \"%s\" is not supported (NVFP4)", c->moe_quant_algo);
+    NEED((c->expert_fmt == DSV4_EXPERT_NVFP4) == !strcmp(c->moe_quant_algo, "NVFP4") &&
+                 (!c->moe_quant_algo[0] || c->quant_method[0]),
+         DSV4_EINVAL,
+         "expert format %s needs quantization_config.moe_quant_algo \"NVFP4\" (and only it "
+         "does), got \"%s\"",
+         dsv4_expert_fmt_name(c->expert_fmt), c->moe_quant_algo);
 #undef NEED
     return 0;
 }
@@ -706,6 +744,8 @@ char *dsv4_config_to_json(const struct dsv4_config *c)
     char b[48];
     const int n_ratios = c->n_compress_ratios;
 
+    if (dsv4_config_validate(c))
+        return NULL;
     o.cap = 4096;
     o.p = malloc(o.cap);
     if (!o.p)

@@ -103,7 +103,12 @@ const char *dsv4_expert_fmt_name(enum dsv4_expert_fmt f);
 
 /*
  * Serialises a config as config.json text (malloc'ed, caller frees), with the
- * key order of the upstream file; used by mkmodel and convert.
+ * key order and number spelling of the upstream file (the real V4 configs
+ * come out byte for byte); used by mkmodel and convert.  parse(to_json(c))
+ * gives c back.  Returns NULL (message recorded) when c does not validate
+ * or memory runs out.  The expert format is written as expert_dtype plus,
+ * for NVFP4, quantization_config.moe_quant_algo, so an NVFP4 config must
+ * carry moe_quant_algo "NVFP4" (validate checks both agree).
  */
 char *dsv4_config_to_json(const struct dsv4_config *cfg);
 

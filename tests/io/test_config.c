@@ -372,6 +372,37 @@ static void test_variants(void)
                 set(r, "compress_ratios", cJSON_CreateIntArray(ratios, 257));
             });
 
+    /* validate on hand-built structs; to_json refuses what does not validate */
+    OK(c, (void)0);
+    {
+        struct dsv4_config x = c;
+        x.expert_fmt = DSV4_EXPERT_NVFP4;
+        CHECK_INT(dsv4_config_validate(&x), DSV4_EINVAL);
+        CHECK(strstr(dsv4_errmsg(), "needs quantization_config.moe_quant_algo") != NULL);
+        CHECK(dsv4_config_to_json(&x) == NULL);
+        strcpy(x.moe_quant_algo, "NVFP4");
+        CHECK_INT(dsv4_config_validate(&x), 0);
+        x = c;
+        x.rope_theta = INFINITY;
+        CHECK_INT(dsv4_config_validate(&x), DSV4_EINVAL);
+        CHECK(strstr(dsv4_errmsg(), "must be finite and > 0") != NULL);
+        x = c;
+        x.yarn_beta_fast = NAN;
+        CHECK_INT(dsv4_config_validate(&x), DSV4_EINVAL);
+        x = c;
+        memset(x.hidden_act, 'a', sizeof(x.hidden_act));
+        CHECK_INT(dsv4_config_validate(&x), DSV4_EINVAL);
+        CHECK(strstr(dsv4_errmsg(), "unterminated") != NULL);
+        x = c;
+        strcpy(x.fmt, "e5m2");
+        CHECK_INT(dsv4_config_validate(&x), DSV4_ENOTSUP);
+        CHECK(dsv4_config_to_json(&x) == NULL);
+        x = c;
+        x.compress_ratios[5] = 6;
+        CHECK_INT(dsv4_config_validate(&x), DSV4_EINVAL);
+        CHECK(strstr(dsv4_errmsg(), "compress_ratios[5] = 6") != NULL);
+    }
+
     /* text-level rejections */
     {
         struct dsv4_config x;
