@@ -91,6 +91,10 @@ import os
 import sys
 import time
 
+# one BLAS thread: the reference is meant to run on one core next to other tests (must precede numpy)
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

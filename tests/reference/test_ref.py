@@ -21,6 +21,10 @@ import subprocess
 import sys
 import time
 
+# one BLAS thread: the reference is meant to run on one core next to other tests (must precede numpy)
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -193,7 +197,7 @@ def test_model(d, ids):
         check(not np.array_equal(full[1:2], part[1:2]), "layer %d: entry 1 depends on block 1" % li)
 
     # causality of the whole prefill
-    for t in sorted({0, min(4, T - 1), min(130, T - 1), T // 2}):
+    for t in sorted({0, min(4, T - 1), min(130, T - 1)}):
         lt, _ = m.forward(ids[: t + 1])
         diff = np.abs(lt[t] - lg[t]).max()
         check(diff <= 1e-4 * max(1.0, np.abs(lg[t]).max()), "causality at t=%d (max diff %g)" % (t, diff))
@@ -202,14 +206,16 @@ def test_model(d, ids):
     if m.ck.has("mtp.0.e_proj.weight"):
         ml, _ = m.mtp_prefill(XL, ids)
         check(ml.shape == (T - 1, c.vocab) and np.all(np.isfinite(ml)), "finite MTP logits")
-        y = np.array([int(np.argmax(lg[-1])), 17], np.int64)
-        dl = m.mtp_draft(XL, ids, y)
+        n = min(T, 140)
+        y = np.array([int(np.argmax(lg[n - 1])), 17], np.int64)
+        dl = m.mtp_draft(XL[:n], ids[:n], y)
         check(np.all(np.isfinite(dl)), "finite draft logits")
-        lg2, XL2 = m.forward(np.concatenate([ids, y[:1]]))
-        ml2, _ = m.mtp_prefill(XL2, np.concatenate([ids, y[:1]]))
-        diff = np.abs(ml2[T - 1] - dl[0]).max()
+        ext = np.concatenate([ids[:n], y[:1]])
+        lg2, XL2 = m.forward(ext)
+        ml2, _ = m.mtp_prefill(XL2, ext)
+        diff = np.abs(ml2[n - 1] - dl[0]).max()
         check(diff <= 1e-4 * max(1.0, np.abs(dl[0]).max()), "draft step 0 == MTP prefill row (diff %g)" % diff)
-        check(np.abs(ml2[: T - 1] - ml).max() <= 1e-4 * max(1.0, np.abs(ml).max()), "MTP prefill causal")
+        check(np.abs(ml2[: n - 1] - ml[: n - 1]).max() <= 1e-4 * max(1.0, np.abs(ml).max()), "MTP prefill causal")
     return m, lg
 
 
@@ -301,7 +307,7 @@ def test_nvfp4(m_mx, lg_mx, d_mx, ids):
     check(all(b[k][0] == "nvfp4" for k in b), "converted experts load as NVFP4")
     check(all(np.array_equal(a[k][1], b[k][1]) for k in a), "MXFP4 == converted NVFP4 dequant (bit-exact)")
     check(m_nv.ck.expert_proj("mtp.0.ffn.experts.0.w1")[0] == "mxfp4", "MTP experts stay MXFP4")
-    T = min(len(ids), 160)
+    T = min(len(ids), 64)
     lg_nv, _ = m_nv.forward(ids[:T])
     check(np.all(np.isfinite(lg_nv)), "finite NVFP4 (W4A4) logits")
     ref = lg_mx[:T]
