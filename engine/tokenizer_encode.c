@@ -123,21 +123,43 @@ static uint64_t heap_pop(uint64_t *h, size_t *n)
     return top;
 }
 
-/* The id a byte starts as; -1 means "unknown" (emitted as unk). */
-static int byte_symbol(const struct dsv4_tokenizer *tok, uint8_t b, int32_t *id)
+/* Appends the symbols a byte starts as: its token; else, with
+ * byte_fallback, the <0xXX> tokens of the UTF-8 of its byte-level character
+ * (HF falls back on the characters it sees, which are the mapped ones);
+ * else -1, "unknown", emitted as unk_token. */
+static int byte_symbols(const struct dsv4_tokenizer *tok, uint8_t b, int32_t *sym, size_t *m)
 {
-    *id = tok->byte_id[b];
-    if (*id >= 0)
+    int32_t id = tok->byte_id[b];
+    if (id >= 0) {
+        sym[(*m)++] = id;
         return 0;
+    }
     if (tok->byte_fallback) {
-        char name[8];
-        snprintf(name, sizeof(name), "<0x%02X>", b);
-        *id = dsv4_tokenizer_vmap_get(tok, name, 6);
-        if (*id >= 0)
+        uint32_t c = dsv4_tokenizer_byte_char(b);
+        uint8_t u[2];
+        size_t k = 0;
+        if (c < 0x80)
+            u[k++] = (uint8_t)c;
+        else {
+            u[k++] = (uint8_t)(0xc0 | (c >> 6));
+            u[k++] = (uint8_t)(0x80 | (c & 0x3f));
+        }
+        int32_t ids[2];
+        size_t found = 0;
+        for (size_t i = 0; i < k; i++) {
+            char name[8];
+            snprintf(name, sizeof(name), "<0x%02X>", u[i]);
+            ids[i] = dsv4_tokenizer_vmap_get(tok, name, 6);
+            found += ids[i] >= 0;
+        }
+        if (found == k) {
+            for (size_t i = 0; i < k; i++)
+                sym[(*m)++] = ids[i];
             return 0;
+        }
     }
     if (tok->unk_id >= 0) {
-        *id = -1;
+        sym[(*m)++] = -1;
         return 0;
     }
     return dsv4_error(DSV4_EFORMAT, "encode: byte 0x%02x has no token and there is no unk_token",
@@ -166,19 +188,20 @@ static int bpe(struct enc *e, const char *s, size_t n)
         if (id >= 0)
             return dsv4_tokens_push(e->out, id);
     }
-    if ((rc = ws_reserve(e, n)))
+    if ((rc = ws_reserve(e, 2 * n)))
         return rc;
     int32_t *sym = e->sym, *prev = e->prev, *next = e->next;
     uint64_t *heap = e->heap;
-    size_t nh = 0;
-    for (size_t i = 0; i < n; i++) {
-        if ((rc = byte_symbol(tok, (uint8_t)s[i], &sym[i])))
+    size_t nh = 0, m = 0;
+    for (size_t i = 0; i < n; i++)
+        if ((rc = byte_symbols(tok, (uint8_t)s[i], sym, &m)))
             return rc;
+    for (size_t i = 0; i < m; i++) {
         prev[i] = (int32_t)i - 1;
-        next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
+        next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
     }
     int32_t rank, merged;
-    for (size_t i = 0; i + 1 < n; i++)
+    for (size_t i = 0; i + 1 < m; i++)
         if (sym[i] >= 0 && sym[i + 1] >= 0 &&
             merge_lookup(&tok->mmap, sym[i], sym[i + 1], &rank, &merged))
             heap_push(heap, &nh, (uint64_t)rank << 32 | i);

@@ -4,7 +4,7 @@ of the DeepSeek tokenizer.json (added tokens with lstrip/rstrip/
 single_word/normalized/special, ByteLevel with the GPT-2 regex and
 add_prefix_space, every Split behaviour and invert, String and Regex
 patterns, Prepend/Replace normalizers, ignore_merges, merges written as
-pairs) must encode exactly as HF `tokenizers` does, on a sample of the
+pairs, byte_fallback, unk_token with and without fuse_unk) must encode exactly as HF `tokenizers` does, on a sample of the
 committed corpus plus edge cases.  Skips (77) without `tokenizers`.
 """
 import copy
@@ -33,7 +33,7 @@ corpus = [json.loads(line) for line in open(os.path.join(src, "tests", "tokenize
 texts = corpus[::9] + [
     "a <mask> b", "a<mask>b", "  <mask>  x", "[SEP] y", "x [SEP]   y", "word words sword word_ word",
     "(word) 1word word1 wordy", "ab cab abab", "1,234,567.89 and 12,3", "aeiou xyz", "a\tb\n\nc  d",
-    "hello world", " leading", "trailing ", "", " ", "x--y---z", "ＡＢＣ ｗｏｒｄ", "<mask><mask>",
+    "hello world", " leading", "acccb  cc c", "ccc", "\u00e4\u00e4 c", "cafe\u0301 ca\u00e7a", "trailing ", "", " ", "x--y---z", "ＡＢＣ ｗｏｒｄ", "<mask><mask>",
 ]
 N = 128815
 
@@ -68,6 +68,32 @@ def variant(name, **changes):
     return name, t
 
 
+def without(chars, byte_fallback=False, unk=None, fuse_unk=False):
+    """The base tokenizer minus the byte tokens of `chars`, with
+    byte_fallback / unk_token / fuse_unk.  Ids stay dense (HF renumbers
+    added tokens otherwise): the removed characters and the last 257 model
+    tokens give their ids to placeholders, <0xXX> tokens and <unk>; merges
+    that use or make a removed token are dropped."""
+    t = copy.deepcopy(base)
+    v = t["model"]["vocab"]
+    by_id = sorted(v.items(), key=lambda kv: kv[1])
+    removed = set(chars) | set(k for k, _ in by_id[-257:])
+    free_ids = sorted(v[k] for k in removed)
+    for k in removed:
+        del v[k]
+    t["model"]["merges"] = [m for m in t["model"]["merges"]
+                            if not ({m.split(" ")[0], m.split(" ")[1], m.replace(" ", "")} & removed)]
+    new = ["<0x%02X>" % b for b in range(256)] if byte_fallback else []
+    new += [unk] if unk else []
+    new += ["<unused%d>" % i for i in range(len(free_ids) - len(new))]
+    for name, i in zip(new, free_ids):
+        v[name] = i
+    t["model"]["byte_fallback"] = byte_fallback
+    t["model"]["unk_token"] = unk
+    t["model"]["fuse_unk"] = fuse_unk
+    return t
+
+
 BL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
 variants = [
     variant("added tokens", added=[
@@ -92,6 +118,9 @@ variants = [
         {"type": "Prepend", "prepend": "\u2581"}]}),
     variant("ignore_merges", ignore_merges=True),
     variant("merges as pairs", merges_pairs=True),
+    ("byte_fallback", without(["c", "\u0120", "\u00e4"], byte_fallback=True)),
+    ("unk", without(["c", "\u0120"], unk="<unk>")),
+    ("fuse_unk", without(["c", "\u0120"], unk="<unk>", fuse_unk=True)),
 ]
 
 fails = 0

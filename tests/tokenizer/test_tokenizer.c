@@ -5,12 +5,13 @@
  * decode is lossy with one U+FFFD per maximal subpart), streaming decode equal to
  * whole decode on random ids and bytes, special tokens as text, linear time
  * on 1 MB inputs without spaces (time ratio 1 MB / 100 KB, not absolute
- * times), and precise errors for bad files and ids.
+ * times), concurrent encoding from several threads, and precise errors for bad files and ids.
  */
 #include "engine/dsv4.h"
 #include "engine/tokenizer.h"
 #include "tests/test.h"
 
+#include <pthread.h>
 #include <stdint.h>
 
 static struct dsv4_tokenizer *tok;
@@ -287,6 +288,56 @@ static void test_linear_time(void)
     dsv4_tokens_free(&t);
 }
 
+/* One tokenizer, several threads at once (the cache is try-locked): every
+ * thread gets the single-threaded ids. */
+struct job {
+    const char *text;
+    size_t len;
+    const struct dsv4_tokens *want;
+    int bad;
+};
+
+static void *encode_job(void *arg)
+{
+    struct job *j = arg;
+    struct dsv4_tokens t = {0};
+    for (int r = 0; r < 20; r++) {
+        t.len = 0;
+        if (dsv4_tokenizer_encode(tok, j->text, j->len, 0, &t) || t.len != j->want->len ||
+            memcmp(t.ids, j->want->ids, t.len * sizeof(int32_t)))
+            j->bad++;
+    }
+    dsv4_tokens_free(&t);
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    char text[20000];
+    size_t n = 0;
+    static const char *const words[] = {"the ",     "tokenizer ", "你好", " 123456 ",
+                                        "emoji 😀 ", "<｜User｜>", "\n\n", "don't ",
+                                        "naïve ",   "x"};
+    while (n + 32 < sizeof(text)) {
+        const char *w = words[rnd() % DSV4_ARRAY_LEN(words)];
+        memcpy(text + n, w, strlen(w));
+        n += strlen(w);
+    }
+    struct dsv4_tokens want = {0};
+    encode(text, n, 0, &want);
+    struct job jobs[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (struct job){text, n, &want, 0};
+        CHECK(pthread_create(&th[i], NULL, encode_job, &jobs[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_INT(jobs[i].bad, 0);
+    }
+    dsv4_tokens_free(&want);
+}
+
 static void test_errors(void)
 {
     struct dsv4_tokenizer *x;
@@ -357,6 +408,7 @@ int main(void)
     test_invalid_utf8();
     test_random_ids_stream();
     test_linear_time();
+    test_threads();
     test_errors();
     dsv4_tokenizer_free(tok);
     TEST_DONE();
