@@ -18,6 +18,10 @@
  * as aligned as its offset; the reader accepts any alignment (like Python),
  * so consumers that need aligned loads must check or copy.
  *
+ * The mapping is MAP_SHARED read-only: a file truncated or rewritten in
+ * place while mapped faults (SIGBUS) on access, so a served checkpoint must
+ * only ever be replaced by rename, which is what the writer does.
+ *
  * Ownership: a dsv4_st_file owns its mapping and the name strings; the views
  * it hands out live until dsv4_st_close().  A dsv4_ckpt owns its shards.
  * Errors: DSV4_EFORMAT (malformed), DSV4_ERANGE (offsets past the data, header
@@ -91,7 +95,8 @@ int dsv4_st_parse_header(const char *json, size_t len, uint64_t data_len,
  * reported up front.  Any write failure removes the temporary file; ENOSPC,
  * EDQUOT and EFBIG (RLIMIT_FSIZE, when SIGXFSZ is ignored) give DSV4_ENOSPC.
  * dsv4_st_writer_commit() frees the writer whatever it returns; after a
- * failed call other than commit the writer only accepts abort().
+ * failed call other than commit the writer only accepts abort().  Two
+ * writers must not target the same path at once (they share "<path>.tmp").
  */
 struct dsv4_st_writer;
 
