@@ -12,6 +12,8 @@
 
 static const struct dsv4_cmd subjects[] = {
         {"linear", dsv4_bench_linear, "CPU linear products per weight format vs memory copy"},
+        {"forward", dsv4_bench_forward,
+         "prefill / decode tok/s of the CPU forward pass vs roofline"},
 };
 
 static void usage(FILE *f)

@@ -22,5 +22,6 @@ int dsv4_cmd_generate(int argc, char **argv);
 int dsv4_cmd_bench(int argc, char **argv);
 /* `dsv4 bench` subjects (tools/cmd_bench.c table) */
 int dsv4_bench_linear(int argc, char **argv);
+int dsv4_bench_forward(int argc, char **argv);
 
 #endif
