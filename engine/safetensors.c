@@ -137,18 +137,36 @@ uint64_t dsv4_st_file_size(const struct dsv4_st_file *f)
 /* ---------------------------------------------------------------- header parser */
 
 /* JSON allows no raw control characters and must be UTF-8 (Python rejects
- * anything else); also keeps NUL bytes away from cJSON's C strings. */
+ * anything else); also keeps NUL bytes away from cJSON's C strings.  Plain
+ * ASCII, almost all of a header, is skipped 8 bytes at a time. */
 static int check_bytes(const char *label, const uint8_t *s, size_t len)
 {
-    size_t at;
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    size_t i = 0;
 
-    for (size_t i = 0; i < len; i++)
-        if (s[i] < 0x20 && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+    while (i < len) {
+        uint8_t c;
+        size_t k;
+
+        if (len - i >= 8) {
+            uint64_t x;
+            memcpy(&x, s + i, 8);
+            /* no byte >= 0x80 and none < 0x20 */
+            if (!(x & high) && !((x - 0x20 * ones) & ~x & high)) {
+                i += 8;
+                continue;
+            }
+        }
+        c = s[i];
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
             return dsv4_error(DSV4_EFORMAT, "%s: header has control byte 0x%02x at offset %zu",
-                              label, s[i], i);
-    at = st_utf8_check(s, len);
-    if (at != len)
-        return dsv4_error(DSV4_EFORMAT, "%s: header is not valid UTF-8 at offset %zu", label, at);
+                              label, c, i);
+        k = st_utf8_seq(s + i, len - i);
+        if (!k)
+            return dsv4_error(DSV4_EFORMAT, "%s: header is not valid UTF-8 at offset %zu", label,
+                              i);
+        i += k;
+    }
     return 0;
 }
 
@@ -259,10 +277,11 @@ static int parse_entry(const char *label, const cJSON *e, struct entry *out)
                               name);
     }
     out->ndim = i;
-    dsv4_shape_str(out->shape, out->ndim, sh, sizeof(sh));
-    if (__builtin_mul_overflow(numel, (uint64_t)esize, &nbytes))
+    if (__builtin_mul_overflow(numel, (uint64_t)esize, &nbytes)) {
+        dsv4_shape_str(out->shape, out->ndim, sh, sizeof(sh));
         return dsv4_error(DSV4_ERANGE, "%s: tensor \"%.200s\": byte size of %s %s overflows", label,
                           name, dsv4_dtype_name(out->dtype), sh);
+    }
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2)
         return dsv4_error(DSV4_EFORMAT,
                           "%s: tensor \"%.200s\": data_offsets is not an array of 2 integers",
@@ -275,13 +294,16 @@ static int parse_entry(const char *label, const cJSON *e, struct entry *out)
         return dsv4_error(DSV4_EFORMAT, "%s: tensor \"%.200s\": data_offsets reversed [%llu, %llu]",
                           label, name, (unsigned long long)out->begin,
                           (unsigned long long)out->end);
-    if (out->end - out->begin != nbytes)
+    if (out->end - out->begin != nbytes) {
+        /* the shape string costs a printf: built on this error path only */
+        dsv4_shape_str(out->shape, out->ndim, sh, sizeof(sh));
         return dsv4_error(DSV4_EMISMATCH,
                           "%s: tensor \"%.200s\": %s %s needs %llu bytes but data_offsets "
                           "[%llu, %llu] span %llu",
                           label, name, dsv4_dtype_name(out->dtype), sh, (unsigned long long)nbytes,
                           (unsigned long long)out->begin, (unsigned long long)out->end,
                           (unsigned long long)(out->end - out->begin));
+    }
     return 0;
 }
 

@@ -87,39 +87,47 @@ static inline long hash_find(const struct name_hash *h, const void *base, size_t
     }
 }
 
-/* Offset of the first byte that breaks UTF-8 (overlongs, surrogates and
- * code points past U+10FFFF included), or len when s is valid. */
+/* Length (1-4) of the UTF-8 sequence starting at s (avail > 0 bytes
+ * readable), or 0 when it is invalid: overlongs, surrogates and code points
+ * past U+10FFFF included. */
+static inline size_t st_utf8_seq(const uint8_t *s, size_t avail)
+{
+    uint8_t c = s[0];
+    size_t k;
+    uint32_t cp, min;
+
+    if (c < 0x80)
+        return 1;
+    if ((c & 0xe0) == 0xc0)
+        k = 1, cp = c & 0x1f, min = 0x80;
+    else if ((c & 0xf0) == 0xe0)
+        k = 2, cp = c & 0x0f, min = 0x800;
+    else if ((c & 0xf8) == 0xf0)
+        k = 3, cp = c & 0x07, min = 0x10000;
+    else
+        return 0;
+    if (avail <= k)
+        return 0;
+    for (size_t j = 1; j <= k; j++) {
+        if ((s[j] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[j] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return k + 1;
+}
+
+/* Offset of the first byte that breaks UTF-8, or len when s is valid. */
 static inline size_t st_utf8_check(const uint8_t *s, size_t len)
 {
     size_t i = 0;
 
     while (i < len) {
-        uint8_t c = s[i];
-        size_t k;
-        uint32_t cp, min;
-
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if ((c & 0xe0) == 0xc0)
-            k = 1, cp = c & 0x1f, min = 0x80;
-        else if ((c & 0xf0) == 0xe0)
-            k = 2, cp = c & 0x0f, min = 0x800;
-        else if ((c & 0xf8) == 0xf0)
-            k = 3, cp = c & 0x07, min = 0x10000;
-        else
+        size_t k = st_utf8_seq(s + i, len - i);
+        if (!k)
             return i;
-        if (len - i <= k)
-            return i;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80)
-                return i;
-            cp = (cp << 6) | (s[i + j] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return i;
-        i += k + 1;
+        i += k;
     }
     return len;
 }
