@@ -179,6 +179,23 @@ static void test_bad_files(void)
     BAD("{\"__metadata__\": {\"k\": \"1\", \"k\": \"2\"}}", 0, DSV4_EFORMAT,
         "duplicate __metadata__ key \"k\"");
 
+    /* a bad byte is found at every position of the 8-byte-word fast path */
+    for (size_t p = 2; p < 26; p++) {
+        char h[64], want[64];
+        struct dsv4_st_file *g = NULL;
+        snprintf(h, sizeof(h), "{\"%s\": {}}", "aaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        for (int bad = 0; bad < 2; bad++) {
+            h[p] = bad ? '\x1f' : '\xfe';
+            CHECK_INT(dsv4_st_parse_header(h, strlen(h), 0, &g), DSV4_EFORMAT);
+            snprintf(want, sizeof(want), "%s at offset %zu", bad ? "control byte 0x1f" : "UTF-8",
+                     p);
+            CHECKF(strstr(dsv4_errmsg(), want) != NULL, "\"%s\" lacks \"%s\"", dsv4_errmsg(), want);
+        }
+        h[p] = '\xc3', h[p + 1] = '\xbc'; /* a valid two-byte sequence (u-umlaut) */
+        CHECK_INT(dsv4_st_parse_header(h, strlen(h), 0, &g), DSV4_EFORMAT);
+        CHECK(strstr(dsv4_errmsg(), "missing \"dtype\"") != NULL);
+    }
+
     /* valid corner cases: padding, null metadata, extra keys, empty tensors */
     snprintf(big, sizeof(big),
              "{\"__metadata__\": null, \"z\": {\"dtype\": \"F32\", \"shape\": [0, 3], "
