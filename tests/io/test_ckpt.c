@@ -21,9 +21,9 @@ static const char *dpath(const char *dir, const char *name)
 
     k = (k + 1) % 16;
     if (name)
-        snprintf(buf[k], sizeof(buf[k]), "%s/%s/%s", root, dir, name);
+        snprintf(buf[k], sizeof(buf[k]), "%.500s/%.100s/%.300s", root, dir, name);
     else
-        snprintf(buf[k], sizeof(buf[k]), "%s/%s", root, dir);
+        snprintf(buf[k], sizeof(buf[k]), "%.500s/%.100s", root, dir);
     return buf[k];
 }
 
