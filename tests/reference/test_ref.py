@@ -182,6 +182,18 @@ def test_model(d, ids):
             check(np.array_equal(top, got), "layer %d routes by top-k of score + bias" % li)
         check(np.allclose(t["weights"].sum(axis=1), c.route_scale, rtol=1e-5), "layer %d weights sum to the scale" % li)
 
+    # bad input: precise errors, no crash
+    try:
+        m.forward(np.array([0, c.vocab], np.int64))
+        check(False, "token id >= vocab rejected")
+    except ValueError as e:
+        check("out of range" in str(e), "token id >= vocab rejected")
+    try:
+        m.ck.raw("layers.0.attn.no_such_tensor")
+        check(False, "missing tensor reported")
+    except KeyError as e:
+        check("no_such_tensor" in str(e), "missing tensor reported by name")
+
     # compressor causality: entry b depends only on tokens < (b+1) r
     rng = np.random.default_rng(7)
     x = nx.bf16(rng.standard_normal((T, c.dim)).astype(F32))
@@ -243,10 +255,12 @@ def test_cli(d, ids, lg):
     shutil.rmtree(tdir, ignore_errors=True)
 
 
-def convert_to_nvfp4(src, dst):
-    """Lossless MXFP4 -> NVFP4 copy of a checkpoint's trunk experts (formats.md §1.6), NVIDIA
-    naming (.weight U8, .weight_scale E4M3, 0-d weight_scale_2 / input_scale); MTP stays MXFP4.
+def convert_to_nvfp4(src, dst, naming="nvidia"):
+    """Lossless MXFP4 -> NVFP4 copy of a checkpoint's trunk experts (formats.md §1.6); MTP stays
+    MXFP4. naming "nvidia": .weight U8, .weight_scale E4M3, 0-d weight_scale_2 / input_scale;
+    "canada": .weight I8, .scale E4M3, [1]-shaped scalars (formats.md §1.2, §1.4).
     Returns the number of converted projections, or -1 when some block is out of range."""
+    nv = naming == "nvidia"
     ck = R.Checkpoint(src)
     cfg = R.Config(os.path.join(src, "config.json"))
     os.makedirs(dst, exist_ok=True)
@@ -260,11 +274,13 @@ def convert_to_nvfp4(src, dst):
                 if res is None:
                     return -1
                 codes, ws2 = res
+                shape = () if nv else (1,)
                 for w, code in zip(group, codes):
-                    new[p + w + ".weight"] = ("U8", np.asarray(ck.raw(p + w + ".weight")[1]).view(np.uint8))
-                    new[p + w + ".weight_scale"] = ("F8_E4M3", code)
-                    new[p + w + ".weight_scale_2"] = ("F32", np.array(ws2, F32).reshape(()))
-                    new[p + w + ".input_scale"] = ("F32", np.array(1.0, F32).reshape(()))
+                    packed = np.asarray(ck.raw(p + w + ".weight")[1])
+                    new[p + w + ".weight"] = ("U8", packed.view(np.uint8)) if nv else ("I8", packed.view(np.int8))
+                    new[p + w + (".weight_scale" if nv else ".scale")] = ("F8_E4M3", code)
+                    new[p + w + ".weight_scale_2"] = ("F32", np.array(ws2, F32).reshape(shape))
+                    new[p + w + ".input_scale"] = ("F32", np.array(1.0, F32).reshape(shape))
     wm = {}
     for name, f in ck.where.items():
         if name.startswith("layers.") and ".ffn.experts." in name:
@@ -307,6 +323,12 @@ def test_nvfp4(m_mx, lg_mx, d_mx, ids):
     check(all(b[k][0] == "nvfp4" for k in b), "converted experts load as NVFP4")
     check(all(np.array_equal(a[k][1], b[k][1]) for k in a), "MXFP4 == converted NVFP4 dequant (bit-exact)")
     check(m_nv.ck.expert_proj("mtp.0.ffn.experts.0.w1")[0] == "mxfp4", "MTP experts stay MXFP4")
+    d_cq = os.path.join(tmpdir(), "converted-canada")
+    check(convert_to_nvfp4(d_mx, d_cq, "canada") == n, "canada-quant naming cast")
+    m_cq = R.Model(d_cq)
+    cq = expert_dequants(m_cq)
+    check(all(cq[k][0] == "nvfp4" and np.array_equal(cq[k][1], b[k][1]) for k in b), "canada-quant naming (.scale E4M3, I8, [1]) loads the same NVFP4 weights")
+    shutil.rmtree(d_cq, ignore_errors=True)
     T = min(len(ids), 64)
     lg_nv, _ = m_nv.forward(ids[:T])
     check(np.all(np.isfinite(lg_nv)), "finite NVFP4 (W4A4) logits")
