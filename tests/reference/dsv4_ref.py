@@ -30,8 +30,9 @@ run with FP32 instead of float64 accumulation differs from itself by ~0.2% (laye
 --layer-inputs and with tolerances, not bit for bit.
 
 Numerics: every value lives in float32; "bf16(...)" marks the places where the reference stores
-BF16 (model.md §3.7). Quantised GEMMs are evaluated as FP32 matmuls of the exactly dequantised
-operands (see dsv4_ref_numerics), so only the FP32 accumulation order differs from fused kernels.
+BF16 (model.md §3.7). Quantised GEMMs are evaluated as matmuls of the exactly dequantised operands
+(see dsv4_ref_numerics), accumulated in float64 and rounded to FP32 once (choice 15), so only the
+accumulation rounding differs from fused block-scaled FP32-accumulating kernels.
 
 Choices the spec leaves open (written down here, the C engine should make the same ones):
  1. RMSNorm: y = bf16(w * (x * (1/sqrt(mean(x^2) + eps)))) in FP32; the per-head q norm is the same

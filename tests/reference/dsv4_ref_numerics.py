@@ -9,8 +9,9 @@ Conventions (invariants of this module):
   ml_dtypes casts) and kept in float32, so the arithmetic that follows is exact FP32 on values that
   the real storage format can hold.
 * Quantise-then-dequantise helpers return the dequantised float32 values: a block-scaled GEMM
-  sum_k (q_a s_a)(q_w s_w) equals a plain FP32 matmul of the dequantised operands up to the FP32
-  accumulation order, which is the only difference from the fused kernels.
+  sum_k (q_a s_a)(q_w s_w) equals a plain matmul of the dequantised operands (the scales are powers
+  of two, or exact E4M3/F32 factors), up to the accumulation rounding, which is the only
+  difference from the fused kernels.
 * Safetensors files are read with a small raw header parser (np.memmap): the safetensors Python
   package's numpy backend cannot decode BF16 / F8_E4M3 / F8_E8M0, and E8M0 bytes must never go
   through a numeric cast (model.md §2.3).
