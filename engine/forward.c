@@ -16,6 +16,7 @@
 #include "engine/forward.h"
 
 #include "engine/dsv4.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/formats.h"
 #include "kernels/ref/ops.h"
 
@@ -389,7 +390,7 @@ static void attend(void *arg, int64_t i, int thread)
     int64_t t = i / nh, h = i % nh, dh = c->head_dim, rd = c->qk_rope_head_dim;
     float *probs = dsv4_pool_scratch(f->pool, thread, f->ws_bytes);
     float *o = f->o + (t * nh + h) * dh;
-    dsv4_ref_sparse_attn(f->q + (t * nh + h) * dh, 1, (int)dh, f->keys + t * f->maxkeys,
+    dsv4_cpu_sparse_attn(f->q + (t * nh + h) * dh, 1, (int)dh, f->keys + t * f->maxkeys,
                          f->nkeys[t], a->w->sink + h, 1.0f / sqrtf((float)dh), true, probs, o);
     bf16(o, dh);
     dsv4_ref_rope(a->rope, o + dh - rd, f->tpos[t], true);

@@ -7,6 +7,7 @@
  * orthonormality, top-k order and ties, routing (bias only selects, hash
  * ids, renormalised weights), SwiGLU clamps, BF16 rounding.
  */
+#include "kernels/cpu/ops.h"
 #include "kernels/ref/ops.h"
 #include "tests/test.h"
 
@@ -167,6 +168,33 @@ int main(void)
     dsv4_ref_swiglu(g, u, 3, 10, 0.5f, hh);
     CHECKF(fabsf(hh[0] - 10 / (1 + expf(-10)) * 10 * 0.5f) < 1e-4f, "clamp %g", hh[0]);
     CHECKF(fabsf(hh[1] - (-20 / (1 + expf(20))) * -10 * 0.5f) < 1e-9f, "neg gate %g", hh[1]);
+
+    /* fast CPU attention == oracle: 2 heads of 512 over 300 keys */
+    {
+        static float kbuf[300][512], qv[2 * 512], o1[2 * 512], o2[2 * 512], pr[300];
+        const float *kk[300];
+        float sk[2] = {0.3f, -1.0f};
+        uint32_t st = 1;
+        for (int s = 0; s < 300; s++) {
+            for (int i = 0; i < 512; i++) {
+                st = st * 1664525u + 1013904223u;
+                kbuf[s][i] = ((int)(st >> 9) - (1 << 22)) / (float)(1 << 22);
+            }
+            kk[s] = kbuf[s];
+        }
+        for (int i = 0; i < 1024; i++)
+            qv[i] = kbuf[i % 300][(i * 7) % 512] * 3;
+        dsv4_ref_sparse_attn(qv, 2, 512, kk, 300, sk, 1.0f / sqrtf(512), true, pr, o1);
+        dsv4_cpu_sparse_attn(qv, 2, 512, kk, 300, sk, 1.0f / sqrtf(512), true, pr, o2);
+        int same = 0;
+        double md = 0;
+        for (int i = 0; i < 1024; i++) {
+            same += o1[i] == o2[i];
+            md = fmax(md, fabs(o1[i] - o2[i]));
+        }
+        CHECKF(same >= 1014 && md < 1e-6, "cpu attention (%s): %d of 1024 equal, max diff %g",
+               dsv4_cpu_ops_isa(), same, md);
+    }
 
     /* BF16 rounding: RNE */
     float bf[3] = {1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -0.0f};
