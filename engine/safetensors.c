@@ -19,7 +19,9 @@
  *    is unaccounted for and overlaps cannot hide;
  *  - names are unique (cJSON keeps duplicate keys; we detect them).
  * Numbers are read through cJSON's doubles, so offsets and dimensions must
- * be integers below 2^53 (9 PB); "1e3" is accepted as 1000.
+ * be integers below 2^53 (9 PB); a lexical pre-check rejects, like Python's
+ * usize fields, every number with a sign, fraction, exponent or leading zero
+ * ("1e3", "1.0", "-0", "01"), which doubles would otherwise blur.
  *
  * Invariant: after a successful open every view satisfies
  * data + nbytes <= mapping end, and find() is O(1) (open addressing over
@@ -166,6 +168,37 @@ static int check_bytes(const char *label, const uint8_t *s, size_t len)
             return dsv4_error(DSV4_EFORMAT, "%s: header is not valid UTF-8 at offset %zu", label,
                               i);
         i += k;
+    }
+    return 0;
+}
+
+/* The only numbers of a header are shapes and offsets, which must be plain
+ * non-negative integers: outside strings, reject '-', '.', an exponent and
+ * a leading zero followed by a digit (cJSON would accept them all). */
+static int check_numbers(const char *label, const char *s, size_t len)
+{
+    bool in_str = false;
+
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        bool digit_before = i > 0 && s[i - 1] >= '0' && s[i - 1] <= '9';
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+            continue;
+        }
+        if (c == '"') {
+            in_str = true;
+        } else if (c == '-' || c == '.' || ((c == 'e' || c == 'E') && digit_before) ||
+                   (c == '0' && !digit_before && i + 1 < len && s[i + 1] >= '0' &&
+                    s[i + 1] <= '9')) {
+            return dsv4_error(DSV4_EFORMAT,
+                              "%s: header has a number that is not a plain non-negative integer "
+                              "at offset %zu",
+                              label, i);
+        }
     }
     return 0;
 }
@@ -362,6 +395,8 @@ static int st_parse(const char *label, const char *json, size_t len, uint64_t da
         return dsv4_error(DSV4_EFORMAT, "%s: header does not start with '{' (not JSON object)",
                           label);
     rc = check_bytes(label, (const uint8_t *)json, len);
+    if (!rc)
+        rc = check_numbers(label, json, len);
     if (rc)
         return rc;
     root = cJSON_ParseWithLengthOpts(json, len, &end, 0);

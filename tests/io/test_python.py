@@ -138,18 +138,36 @@ def main():
     with open(a, "rb") as fa, open(b, "rb") as fb:
         check(fa.read() == fb.read(), "C file == Python file byte for byte")
 
-    # a hole Python rejects, we reject too
-    hole = b'{"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}   '
-    with open(a, "wb") as fp:
-        fp.write(len(hole).to_bytes(8, "little") + hole + b"\0" * 4)
-    rc, _, err = tool("dump", a)
-    check(rc == 1 and "hole of 2 bytes" in err, "hole rejected: " + err)
-    try:
-        with open(a, "rb") as fp:
-            deserialize(fp.read())
-        check(False, "Python accepted a hole")
-    except Exception:
-        pass
+    # edge cases: we accept exactly what Python accepts
+    u8 = '"dtype":"U8","shape":[%s],"data_offsets":[%s]'
+    edges = {
+        "hole": ('{"a":{%s}}' % (u8 % ("2", "2,4")), 4, "hole of 2 bytes"),
+        "exponent": ('{"a":{%s}}' % (u8 % ("1", "0,1e0")), 1, "plain non-negative integer"),
+        "fraction": ('{"a":{%s}}' % (u8 % ("1.0", "0,1")), 1, "plain non-negative integer"),
+        "trailing": ('{"a":{%s}}' % (u8 % ("1", "0,1")), 2, "trailing bytes"),
+        "dup-name": ('{"a":{%s},"a":{%s}}' % (u8 % ("1", "0,1"), u8 % ("1", "1,2")), 2,
+                     "duplicate tensor name"),
+        "overlap": ('{"a":{%s},"b":{%s}}' % (u8 % ("2", "0,2"), u8 % ("2", "1,3")), 3, "overlap"),
+        "extra-key": ('{"a":{%s,"x":[1]}}' % (u8 % ("1", "0,1")), 1, None),
+        "null-meta": ('{"__metadata__":null,"a":{%s}}' % (u8 % ("1", "0,1")), 1, None),
+        "zero-size": ('{"a":{%s},"b":{%s}}' % (u8 % ("0", "0,0"), u8 % ("0", "0,0")), 0, None),
+    }
+    for name, (h, dlen, phrase) in edges.items():
+        hb = h.encode() + b" " * (-len(h) % 8)
+        blob = len(hb).to_bytes(8, "little") + hb + b"\0" * dlen
+        with open(a, "wb") as fp:
+            fp.write(blob)
+        rc, _, err = tool("dump", a)
+        try:
+            deserialize(blob)
+            py_ok = True
+        except Exception:
+            py_ok = False
+        check(py_ok == (phrase is None), "%s: Python %s" % (name, py_ok))
+        if phrase is None:
+            check(rc == 0, "%s: C rejects what Python accepts: %s" % (name, err))
+        else:
+            check(rc == 1 and phrase in err, "%s: C: %s" % (name, err))
 
     # index writer vs json.dumps, and the checkpoint reader
     d = os.path.join(TMP, "ckpt")

@@ -127,11 +127,30 @@ static void test_bad_files(void)
     BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [], \"data_offsets\": [\"0\", 1]}}", 1,
         DSV4_EFORMAT, "are not non-negative integers");
     BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [], \"data_offsets\": [0.5, 1]}}", 1, DSV4_EFORMAT,
-        "are not non-negative integers");
+        "not a plain non-negative integer at offset 53");
     BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [], \"data_offsets\": [-1, 0]}}", 1, DSV4_EFORMAT,
-        "are not non-negative integers");
+        "not a plain non-negative integer at offset 52");
     BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [], \"data_offsets\": [0, 1e300]}}", 1,
-        DSV4_EFORMAT, "are not non-negative integers");
+        DSV4_EFORMAT, "not a plain non-negative integer at offset 56");
+    BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [], \"data_offsets\": [0, 1e0]}}", 1, DSV4_EFORMAT,
+        "not a plain non-negative integer at offset 56");
+    BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [1E0], \"data_offsets\": [0, 1]}}", 1, DSV4_EFORMAT,
+        "not a plain non-negative integer at offset 33");
+    BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [-0], \"data_offsets\": [0, 0]}}", 1, DSV4_EFORMAT,
+        "not a plain non-negative integer at offset 32");
+    BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [01], \"data_offsets\": [0, 1]}}", 1, DSV4_EFORMAT,
+        "not a plain non-negative integer at offset 32");
+    {
+        static const char h[] = "{\"x-1.5e3 \\\" -0.1\": {\"dtype\": \"U8\", \"shape\": [10], "
+                                "\"data_offsets\": [0, 10]}, \"__metadata__\": {\"v\": \"-1e5\"}}";
+        struct dsv4_st_file *g = NULL;
+        CHECKF(dsv4_st_parse_header(h, strlen(h), 10, &g) == 0, "%s", dsv4_errmsg());
+        if (g) {
+            CHECK(dsv4_st_find(g, "x-1.5e3 \" -0.1") != NULL);
+            CHECK_STR(dsv4_st_metadata(g, "v"), "-1e5");
+            dsv4_st_close(g);
+        }
+    }
     BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [4], \"data_offsets\": [4, 0]}}", 4, DSV4_EFORMAT,
         "data_offsets reversed [4, 0]");
     /* dtype, shape and size */
@@ -140,9 +159,9 @@ static void test_bad_files(void)
     BAD("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 4]}}", 4,
         DSV4_EMISMATCH, "F32 [2] needs 8 bytes but data_offsets [0, 4] span 4");
     BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [-1], \"data_offsets\": [0, 1]}}", 1, DSV4_EFORMAT,
-        "shape[0] is not a non-negative integer");
+        "not a plain non-negative integer at offset 32");
     BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [1.5], \"data_offsets\": [0, 1]}}", 1, DSV4_EFORMAT,
-        "shape[0] is not a non-negative integer");
+        "not a plain non-negative integer at offset 33");
     BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [\"1\"], \"data_offsets\": [0, 1]}}", 1,
         DSV4_EFORMAT, "shape[0] is not a non-negative integer");
     BAD("{\"a\": {\"dtype\": \"U8\", \"shape\": [4294967296, 4294967296], \"data_offsets\": [0, "
