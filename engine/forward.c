@@ -150,9 +150,20 @@ int dsv4_fwd_init(const struct dsv4_model *m, struct dsv4_state *st, struct dsv4
     int64_t I = c->moe_intermediate_size, k = c->num_experts_per_tok;
     int64_t nh = m->nh, hpg = c->num_attention_heads / G;
     int nmix = (int)((2 + hc) * hc);
-    int64_t ncomp = DSV4_MAX((int64_t)c->index_topk, max_ctx / 4 + 1);
+    /* keys of one query: the window plus, per layer kind, the top-k (ratio 4, indexer over up
+     * to max_ctx/4 candidates) or every visible entry (other ratios) */
+    int64_t ncomp = 1, nidx = 1;
+    for (int l = 0; l < m->n_layers; l++) {
+        int r = m->layers[l].ratio;
+        if (r == 4) {
+            ncomp = DSV4_MAX(ncomp, (int64_t)c->index_topk);
+            nidx = DSV4_MAX(nidx, max_ctx / 4 + 1);
+        } else if (r > 0) {
+            ncomp = DSV4_MAX(ncomp, max_ctx / r + 1);
+        }
+    }
     f->maxkeys = c->sliding_window + ncomp;
-    f->ws_bytes = sizeof(float) * (f->maxkeys + 16) + (sizeof(float) + sizeof(void *)) * ncomp + 64;
+    f->ws_bytes = sizeof(float) * (f->maxkeys + 16) + (sizeof(float) + sizeof(void *)) * nidx + 64;
     if (E > (k + 1) * D) {
         free(f);
         return dsv4_error(DSV4_ENOTSUP, "forward: %lld experts exceed the router scratch",
