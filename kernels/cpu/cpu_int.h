@@ -16,6 +16,10 @@
 #define LIN_KC      1024
 #define LIN_SCRATCH (LIN_RT * LIN_KC * sizeof(float)) /* per thread, allocated by dsv4_pool_init */
 
+/* Batch-1 kernels prefetch weights this many bytes ahead of their loads:
+ * hardware prefetchers stop at 4 KiB page ends, a software hint does not. */
+#define LIN_PF 1024
+
 /* Per-thread scratch reserved for the kernels of this folder (pool.c). */
 struct dsv4_pool;
 void *dsv4_pool_kscratch(struct dsv4_pool *p, int thread, size_t bytes);

@@ -325,6 +325,8 @@ AVX2 static void gemv_fp8_avx2(const struct dsv4_qweight *w, const float *x, int
             const float *xb = x + b * 128;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int j = 0; j < 128; j += 32) {
+                if (!(j & 32))
+                    _mm_prefetch((const char *)(wb + j) + LIN_PF, _MM_HINT_T0);
                 __m256i t0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(wb + j)));
                 __m256i t1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(wb + j + 16)));
                 t0 = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(t0, 8), 1), keep);
@@ -386,6 +388,8 @@ AVX2 static void gemv_w4a4_avx2(const struct dsv4_qweight *w, const int8_t *qe, 
         const uint8_t *sc = w->scale + o * nsc;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
         for (int64_t c = 0; c < nbytes; c += 32) {
+            if (!(c & 32))
+                _mm_prefetch((const char *)(row + c) + LIN_PF, _MM_HINT_T0);
             __m256i b = _mm256_loadu_si256((const __m256i *)(row + c));
             __m256i wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
             __m256i wh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));

@@ -34,6 +34,7 @@ AVX512 void dsv4_cpu_gemv_fp8_avx512(const struct dsv4_qweight *w, const float *
             const float *xb = x + b * 128;
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int j = 0; j < 128; j += 64) {
+                _mm_prefetch((const char *)(wb + j) + LIN_PF, _MM_HINT_T0);
                 /* E4M3 -> FP16 bits: (code << 8) >> 1 arithmetic, clear bit 14 */
                 __m512i t0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(wb + j)));
                 __m512i t1 =
@@ -144,6 +145,8 @@ AVX512BF16 void dsv4_cpu_gemv_mxfp4_bf16(const struct dsv4_qweight *w, const uin
                 }
                 continue;
             }
+            if (!(c & 32))
+                _mm_prefetch((const char *)(row + c) + LIN_PF, _MM_HINT_T0);
             __m512i wz = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(row + c)));
             __m512i il = _mm512_and_si512(wz, m4), ih = _mm512_srli_epi16(wz, 4);
             __m512i wl = _mm512_permutexvar_epi16(il, lut);
@@ -191,6 +194,7 @@ AVX512VNNI void dsv4_cpu_gemv_w4a4_avx512(const struct dsv4_qweight *w, const in
         const uint8_t *sc = w->scale + o * nsc;
         __m512 acc = _mm512_setzero_ps();
         for (int64_t c = 0; c < nbytes; c += 64) {
+            _mm_prefetch((const char *)(row + c) + LIN_PF, _MM_HINT_T0);
             __m512i b = _mm512_loadu_si512((const void *)(row + c));
             __m512i wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, m4));
             __m512i wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4));
