@@ -68,7 +68,8 @@ Choices the spec leaves open (written down here, the C engine should make the sa
 11. NVFP4 experts (W4A4, formats.md §2.1/§8): the activation global scale of a layer is shared by
     all its experts: a13 = max over experts of input_scale(w1), input_scale(w3); a2 = max over
     experts of input_scale(w2) (1.0 when a checkpoint has none). x and the BF16 intermediate h are
-    quantised with nvfp4_act_quant_dequant; each weight tensor uses its own weight_scale_2. The
+    quantised per 16 (E4M3 SF, E2M1 RNE); each GEMM accumulates (q_a SF_a)(q_w SF_w) and then
+    multiplies by alpha = fl32(input_scale_global * weight_scale_2) of its own weight tensor. The
     routing weight multiplies h before requantisation (model.md §3.5 step 4).
 12. MTP: e = RMSNorm_enorm(embed[y]), h_j = RMSNorm_hnorm(X_j); X0_j = bf16(Lin(h_j; h_proj) +
     Lin(e; e_proj)) (two BF16 GEMM outputs added in FP32). The MTP layer is forced window-only
@@ -314,7 +315,9 @@ class Checkpoint:
 
     def expert_proj(self, name):
         """Routed/shared expert projection `name` (e.g. layers.3.ffn.experts.5.w1) ->
-        (format, dequantised W [out, in] as float64, input_scale or None)."""
+        (format, W [out, in] as float64, weight_scale_2 or None). For NVFP4, W = e2m1 * E4M3 block
+        scale (exact) and weight_scale_2 is applied after the accumulation, as the GEMM alpha
+        (formats.md §2.1); otherwise W is the complete dequantised weight."""
         key = ("exp", name)
         if key not in self.cache:
             dt, w = self.raw(name + ".weight")
@@ -323,11 +326,11 @@ class Checkpoint:
                 sdt, s = self.raw(sname)
                 if sdt not in ("F8_E4M3", "U8") or dt not in ("U8", "I8"):
                     raise ValueError("%s: NVFP4 expects U8/I8 weight + F8_E4M3 scale, got %s + %s" % (name, dt, sdt))
-                W = nx.dequant_nvfp4(w, s, self.scalar(name + ".weight_scale_2"))
-                if not np.all(np.isfinite(W)):
-                    raise ValueError("%s: NaN E4M3 block scale" % name)
-                ins = self.scalar(name + ".input_scale") if self.has(name + ".input_scale") else F32(1.0)
-                self.cache[key] = ("nvfp4", W.astype(F64), ins)
+                ws2 = self.scalar(name + ".weight_scale_2")
+                W = nx.dequant_nvfp4(w, s, 1.0)
+                if not np.all(np.isfinite(W)) or not (np.isfinite(ws2) and ws2 > 0):
+                    raise ValueError("%s: NaN E4M3 block scale or bad weight_scale_2" % name)
+                self.cache[key] = ("nvfp4", W.astype(F64), ws2)
             elif dt in ("I8", "U8"):
                 sdt, s = self.raw(name + ".scale")
                 if sdt not in ("F8_E8M0", "U8"):
@@ -340,6 +343,12 @@ class Checkpoint:
                 W, _ = self.linear(name)
                 self.cache[key] = ("fp8" if dt == "F8_E4M3" else "bf16", W, None)
         return self.cache[key]
+
+    def expert_dequant(self, name):
+        """(format, complete dequantised weight [out, in] float32) of an expert projection."""
+        fmt, W, ws2 = self.expert_proj(name)
+        W = W.astype(F32)
+        return fmt, (W * ws2).astype(F32) if ws2 is not None else W
 
 
 class Model:
@@ -536,22 +545,26 @@ class Model:
 
     def expert(self, x, p, weight, act):
         lim = F32(self.cfg.swiglu_limit)
-        f1, W1, _ = self.ck.expert_proj(p + "w1")
-        f3, W3, _ = self.ck.expert_proj(p + "w3")
-        f2, W2, _ = self.ck.expert_proj(p + "w2")
+        f1, W1, s1 = self.ck.expert_proj(p + "w1")
+        f3, W3, s3 = self.ck.expert_proj(p + "w3")
+        f2, W2, s2 = self.ck.expert_proj(p + "w2")
 
         def quant(v, a, fmt):
-            if fmt == "nvfp4":
-                return nx.nvfp4_act_quant_dequant(v, a, 16)
+            if fmt == "nvfp4":  # q * SF; the global 1/gs = input_scale goes into alpha
+                return nx.nvfp4_act_quant_dequant(v, a, 16, with_global=False)
             if fmt == "bf16":
                 return v
             return nx.fp8_quant_dequant(v, 128)
 
+        def gemm(va, W, ws2, a):
+            acc = mm(va, W)
+            return acc if ws2 is None else acc * (F32(a) * F32(ws2))
+
         if f1 != f3:
             raise ValueError("%s: w1 is %s but w3 is %s" % (p, f1, f3))
         xa = quant(x, act[0], f1)
-        g = bf16(mm(xa, W1))
-        u = bf16(mm(xa, W3))
+        g = bf16(gemm(xa, W1, s1, act[0]))
+        u = bf16(gemm(xa, W3, s3, act[0]))
         if lim > 0:
             g = np.minimum(g, lim)
             u = np.clip(u, -lim, lim)
@@ -560,7 +573,7 @@ class Model:
         if weight is not None:
             h = h * weight[:, None]
         h = bf16(h)
-        return bf16(mm(quant(h, act[1], f2), W2))
+        return bf16(gemm(quant(h, act[1], f2), W2, s2, act[1]))
 
     def moe(self, x, ids, p, is_hash, trace=None):
         c = self.cfg

@@ -105,12 +105,12 @@ def fp4_quant_dequant(x, group=32):
     return (q * s).reshape(g.shape[:-2] + (-1,))[..., :k]
 
 
-def nvfp4_act_quant_dequant(x, input_scale, group=16):
+def nvfp4_act_quant_dequant(x, input_scale, group=16, with_global=True):
     """NVFP4 (W4A4) activation quantisation of formats.md §2.1, returned dequantised.
 
     gs = 1/input_scale (activation global scale); per 16 channels SF = e4m3_sat((amax * fl32(1/6)) * gs);
-    out = gs / SF (0 when SF == 0); q = e2m1_rne_sat(x * out); dequantised value q * SF * input_scale
-    (the GEMM alpha carries input_scale)."""
+    out = gs / SF (0 when SF == 0); q = e2m1_rne_sat(x * out); dequantised value q * SF * input_scale,
+    or q * SF (exact) with with_global=False, when the GEMM alpha carries input_scale."""
     x = np.asarray(x, dtype=F32)
     a = F32(input_scale)
     gs = F32(1.0) / a
@@ -120,7 +120,8 @@ def nvfp4_act_quant_dequant(x, input_scale, group=16):
     with np.errstate(divide="ignore"):
         out = np.where(sf > 0, gs / np.where(sf > 0, sf, F32(1.0)), F32(0.0)).astype(F32)
     q = e2m1(g * out)
-    return ((q * sf) * a).reshape(g.shape[:-2] + (-1,))[..., :k]
+    v = (q * sf) * a if with_global else q * sf
+    return v.reshape(g.shape[:-2] + (-1,))[..., :k]
 
 
 # ---------------------------------------------------------------------------------------------

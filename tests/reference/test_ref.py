@@ -308,7 +308,7 @@ def expert_dequants(m):
         for e in range(m.cfg.n_experts):
             for w in ("w1", "w2", "w3"):
                 name = "layers.%d.ffn.experts.%d.%s" % (li, e, w)
-                out[name] = m.ck.expert_proj(name)
+                out[name] = m.ck.expert_dequant(name)
     return out
 
 
