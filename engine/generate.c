@@ -42,6 +42,7 @@ struct rank_ctx {
     int64_t D;
     float *logits, *hidden, *mhid, *mlog, *p, *q, *mtplog;
     int32_t *out;
+    float *lp; /* logprob of each emitted token */
     int n;
     const char *layers_dir;
     int64_t chunk_start; /* first position of the prefill chunk in flight (layer hook) */
@@ -63,7 +64,9 @@ void dsv4_gen_opts_default(struct dsv4_gen_opts *o)
 void dsv4_gen_result_free(struct dsv4_gen_result *r)
 {
     free(r->tokens);
+    free(r->logprobs);
     r->tokens = NULL;
+    r->logprobs = NULL;
 }
 
 static void layer_hook(void *ctx, int layer, float *X, int T, int hc, int64_t D)
@@ -114,9 +117,10 @@ static bool greedy(const struct dsv4_sample_params *s)
 }
 
 /* Emits a token on rank 0's record; returns true when generation must stop. */
-static bool emit(struct rank_ctx *r, int32_t tok)
+static bool emit(struct rank_ctx *r, int32_t tok, float logprob)
 {
     const struct dsv4_gen_opts *o = r->job->o;
+    r->lp[r->n] = logprob;
     r->out[r->n++] = tok;
     if (r->rank == 0 && o->on_token)
         o->on_token(o->ctx, tok);
@@ -167,6 +171,7 @@ static int run_rank(struct rank_ctx *r)
     int P = job->np, rc, chunk = o->chunk, k = r->k;
     bool dump = o->dump_logits != NULL;
     int32_t drafts[DSV4_GEN_MAX_MTP + 1], vt[DSV4_GEN_MAX_MTP + 1], emitted[DSV4_GEN_MAX_MTP + 1];
+    float elp[DSV4_GEN_MAX_MTP + 1];
     double t1 = dsv4_now(), t2 = 0;
     /* prefill in chunks; the MTP block follows each chunk over the positions whose
      * successor token is known */
@@ -207,7 +212,7 @@ static int run_rank(struct rank_ctx *r)
     if ((rc = dsv4_sample(r->smp, &o->sample, lrow, &h, 0, DSV4_SAMPLE_STREAM_TOKEN, &sr)))
         return rc;
     t2 = dsv4_now();
-    bool stop = emit(r, sr.token);
+    bool stop = emit(r, sr.token, sr.logprob);
     if (k && !stop) {
         if ((rc = draft(r, P - 1, 1, &r->out[0], r->hidden, drafts)))
             return rc;
@@ -225,7 +230,7 @@ static int run_rank(struct rank_ctx *r)
             if ((rc = dsv4_sample(r->smp, &o->sample, r->logits, &h, (uint64_t)r->n,
                                   DSV4_SAMPLE_STREAM_TOKEN, &sr)))
                 return rc;
-            stop = emit(r, sr.token);
+            stop = emit(r, sr.token, sr.logprob);
             continue;
         }
         /* verify [last, d_0..d_{k-1}] at pos..pos+k */
@@ -241,6 +246,7 @@ static int run_rank(struct rank_ctx *r)
                 if ((rc = dsv4_sample(r->smp, &o->sample, r->logits + (int64_t)i * r->V, &h,
                                       (uint64_t)(r->n + i), DSV4_SAMPLE_STREAM_TOKEN, &sr)))
                     return rc;
+                elp[nout] = sr.logprob;
                 emitted[nout++] = sr.token;
                 if (i == k || sr.token != drafts[i])
                     break;
@@ -253,7 +259,7 @@ static int run_rank(struct rank_ctx *r)
                     return rc;
             }
             if ((rc = dsv4_sample_speculative(r->smp, &o->sample, k, r->p, drafts, r->q,
-                                              (uint64_t)r->n, emitted, NULL, &nout)))
+                                              (uint64_t)r->n, emitted, elp, &nout)))
                 return rc;
         }
         int acc = nout - 1;
@@ -265,8 +271,10 @@ static int run_rank(struct rank_ctx *r)
         }
         /* emit (possibly fewer when max_tokens / EOS cut the step short) */
         int used = 0;
-        while (used < nout && !stop)
-            stop = emit(r, emitted[used++]);
+        while (used < nout && !stop) {
+            stop = emit(r, emitted[used], elp[used]);
+            used++;
+        }
         if ((rc = dump_rows(r, r->logits, used)))
             return rc;
         /* positions pos..pos+used-1 hold accepted tokens; the rest rolls back */
@@ -302,9 +310,11 @@ done:
         memcpy(out->accepted_at, res->accepted_at, sizeof res->accepted_at);
         res = out;
         res->tokens = malloc(sizeof(int32_t) * (r->n ? r->n : 1));
-        if (!res->tokens)
+        res->logprobs = malloc(sizeof(float) * (r->n ? r->n : 1));
+        if (!res->tokens || !res->logprobs)
             return dsv4_error(DSV4_ENOMEM, "generate: out of memory");
         memcpy(res->tokens, r->out, sizeof(int32_t) * r->n);
+        memcpy(res->logprobs, r->lp, sizeof(float) * r->n);
         res->n = r->n;
     }
     return 0;
@@ -350,6 +360,7 @@ static int rank_fn(struct dsv4_comm *comm, void *arg)
     r.p = malloc(sizeof(float) * (r.k + 1) * r.V);
     r.q = malloc(sizeof(float) * (r.k + 1) * r.V);
     r.out = malloc(sizeof(int32_t) * (o->max_tokens + 1));
+    r.lp = malloc(sizeof(float) * (o->max_tokens + 1));
     if (o->dump_mtp_logits && r.k == 0) {
         rc = dsv4_error(DSV4_EINVAL, "generate: MTP logits need --mtp >= 1");
         goto out;
@@ -358,7 +369,7 @@ static int rank_fn(struct dsv4_comm *comm, void *arg)
         rc = dsv4_error(DSV4_ENOMEM, "generate: out of memory");
         goto out;
     }
-    if (!r.logits || !r.hidden || !r.mhid || !r.mlog || !r.p || !r.q || !r.out) {
+    if (!r.logits || !r.hidden || !r.mhid || !r.mlog || !r.p || !r.q || !r.out || !r.lp) {
         rc = dsv4_error(DSV4_ENOMEM, "generate: out of memory");
         goto out;
     }
@@ -373,6 +384,7 @@ out:
     free(r.p);
     free(r.q);
     free(r.out);
+    free(r.lp);
     free(r.mtplog);
     dsv4_sampler_free(r.smp);
     dsv4_fwd_free(r.f);

@@ -43,6 +43,9 @@ struct dsv4_gen_opts {
 
 struct dsv4_gen_result {
     int32_t *tokens; /* malloc'ed [n] */
+    /* malloc'ed [n]: log-probability of each token in params.logprobs_mode (raw log_softmax
+     * by default); under speculative sampling, of the target's processed distribution */
+    float *logprobs;
     int n;
     int n_prompt;
     double t_load, t_prefill, t_decode; /* seconds */

@@ -22,7 +22,9 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: dsv4 generate --model DIR (--prompt-ids 0,15,27 | --prompt TEXT [--chat])\n"
                "         [--max-tokens N] [--mtp K] [--temperature T] [--top-p P] [--top-k K]\n"
-               "         [--min-p P] [--seed S] [--threads N] [--ranks N] [--chunk N] [--no-stop]\n"
+               "         [--min-p P] [--repetition-penalty R] [--presence-penalty P]\n"
+               "         [--frequency-penalty F] [--seed S] [--threads N] [--ranks N] [--chunk N]\n"
+               "         [--no-stop] [--logprobs]\n"
                "         [--json] [--dump-logits FILE] [--dump-layers DIR]\n"
                "diagnostics: --force-layers DIR (replace each layer's prompt output by\n"
                "  DIR/layer_%%02d.f32 after dumping it), --dump-mtp-logits FILE (MTP logits of\n"
@@ -103,7 +105,7 @@ int dsv4_cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *ids_s = NULL, *text = NULL, *dump_l = NULL, *dump_f = NULL;
     const char *dump_m = NULL;
-    bool chat = false, json = false;
+    bool chat = false, json = false, logprobs = false;
     struct dsv4_gen_opts o;
     dsv4_gen_opts_default(&o);
     o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -136,6 +138,14 @@ int dsv4_cmd_generate(int argc, char **argv)
             o.sample.top_k = atoi(v);
         else if (ARG("--min-p"))
             o.sample.min_p = (float)atof(v);
+        else if (ARG("--repetition-penalty"))
+            o.sample.repetition_penalty = (float)atof(v);
+        else if (ARG("--presence-penalty"))
+            o.sample.presence_penalty = (float)atof(v);
+        else if (ARG("--frequency-penalty"))
+            o.sample.frequency_penalty = (float)atof(v);
+        else if (!strcmp(a, "--logprobs"))
+            logprobs = o.sample.logprobs = true;
         else if (ARG("--seed"))
             o.sample.seed = strtoull(v, NULL, 10);
         else if (ARG("--threads"))
@@ -259,7 +269,14 @@ int dsv4_cmd_generate(int argc, char **argv)
         printf("{\"tokens\": [");
         for (int i = 0; i < res.n; i++)
             printf("%s%d", i ? ", " : "", res.tokens[i]);
-        printf("], \"n_prompt\": %d, \"acceptance\": {\"drafted\": %llu, \"accepted\": %llu, "
+        printf("]");
+        if (logprobs) {
+            printf(", \"logprobs\": [");
+            for (int i = 0; i < res.n; i++)
+                printf("%s%.6g", i ? ", " : "", res.logprobs[i]);
+            printf("]");
+        }
+        printf(", \"n_prompt\": %d, \"acceptance\": {\"drafted\": %llu, \"accepted\": %llu, "
                "\"rate\": %.4f, \"per_position\": [",
                res.n_prompt, (unsigned long long)res.drafted, (unsigned long long)res.accepted,
                rate);
