@@ -218,6 +218,12 @@ def test_model(d, ids):
     if m.ck.has("mtp.0.e_proj.weight"):
         ml, _ = m.mtp_prefill(XL, ids)
         check(ml.shape == (T - 1, c.vocab) and np.all(np.isfinite(ml)), "finite MTP logits")
+        tr = {}
+        m.mtp_block(XL[:8], ids[1:9], np.arange(8), tr)
+        v = tr["scores"] + m.ck.f32("mtp.0.ffn.gate.bias")
+        got = np.sort(np.take_along_axis(v, tr["experts"], axis=1), axis=1)
+        check(np.array_equal(np.sort(v, axis=1)[:, -c.topk :], got), "MTP layer routes by score + bias (never hash)")
+        check(tr["comp"].shape[0] == 0 and tr["sel"].shape[1] == 0, "MTP layer is window-only")
         n = min(T, 140)
         y = np.array([int(np.argmax(lg[n - 1])), 17], np.int64)
         dl = m.mtp_draft(XL[:n], ids[:n], y)
