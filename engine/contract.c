@@ -487,6 +487,20 @@ int dsv4_contract_build(const struct dsv4_config *cfg, int mtp_expert_fmt,
             snprintf(prefix, sizeof(prefix), "layers.%d.", l);
         }
         c->layer_fmt[l] = efmt;
+        /* the packed FP4 shapes ([out, in/2], scales [out, in/g]) need whole
+         * blocks; checked per layer since MTP experts may be MXFP4 (g = 32)
+         * under an NVFP4 trunk (g = 16) */
+        if (efmt != DSV4_EXPERT_FP8) {
+            int g = efmt == DSV4_EXPERT_MXFP4 ? 32 : 16;
+            if (cfg->hidden_size % g || cfg->moe_intermediate_size % g) {
+                rc = dsv4_error(DSV4_EINVAL,
+                                "contract: %s experts of %s need hidden_size (%d) and "
+                                "moe_intermediate_size (%d) multiples of %d",
+                                dsv4_expert_fmt_name(efmt), prefix, cfg->hidden_size,
+                                cfg->moe_intermediate_size, g);
+                goto fail;
+            }
+        }
         for (size_t i = 0; i < DSV4_ARRAY_LEN(layer_rows); i++)
             if (cond_holds(layer_rows[i].cond, ratio, hash) &&
                 (rc = add_row(c, &layer_rows[i], prefix, l, ratio, mtp, efmt)))
@@ -784,16 +798,19 @@ static bool shape_ok(const struct dsv4_tspec *s, const struct dsv4_tensor *t)
 static void expected_str(const struct dsv4_tspec *s, char *buf, size_t len)
 {
     char shape[64];
-    int k = 0;
+    size_t k = 0;
 
     dsv4_shape_str(s->shape, s->ndim, shape, sizeof(shape));
     buf[0] = 0;
-    for (int d = 1; d < DSV4_DTYPE_COUNT; d++)
-        if (s->dtypes & (1u << d))
-            k += snprintf(buf + k, len > (size_t)k ? len - (size_t)k : 0, "%s%s", k ? "|" : "",
-                          dsv4_dtype_name((enum dsv4_dtype)d));
-    snprintf(buf + k, len > (size_t)k ? len - (size_t)k : 0, " %s%s", shape,
-             s->scalar_any ? " or []" : "");
+    /* k stays below len: a truncated list never moves buf + k past the end */
+    for (int d = 1; d < DSV4_DTYPE_COUNT && k + 1 < len; d++)
+        if (s->dtypes & (1u << d)) {
+            int w = snprintf(buf + k, len - k, "%s%s", k ? "|" : "",
+                             dsv4_dtype_name((enum dsv4_dtype)d));
+            k = w < 0 ? k : DSV4_MIN(len - 1, k + (size_t)w);
+        }
+    if (k + 1 < len)
+        snprintf(buf + k, len - k, " %s%s", shape, s->scalar_any ? " or []" : "");
 }
 
 /* MTP experts of an NVFP4 checkpoint: NVFP4 when the names say so (NVIDIA's exports). */

@@ -111,6 +111,9 @@ struct dsv4_contract;
  * Builds the contract of `cfg`.  mtp_expert_fmt: format of the MTP blocks'
  * routed experts, or -1 for the default (MXFP4 when the trunk is NVFP4, else
  * the trunk's format).  The config must have passed dsv4_config_validate().
+ * DSV4_EINVAL when a layer's FP4 experts (MTP ones included) would not hold
+ * whole blocks: hidden_size and moe_intermediate_size multiples of 32
+ * (MXFP4) or 16 (NVFP4).
  */
 int dsv4_contract_build(const struct dsv4_config *cfg, int mtp_expert_fmt,
                         struct dsv4_contract **out);

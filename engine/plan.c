@@ -170,12 +170,15 @@ void dsv4_plan_fit(struct dsv4_plan *p, uint64_t device_mem, uint64_t reserve)
     p->kv_tokens = -1;
     for (int r = 0; r < p->nranks; r++) {
         struct dsv4_plan_rank *k = &p->ranks[r];
-        uint64_t used = k->total + reserve + fixed;
+        uint64_t used = k->total, add[2] = {reserve, fixed};
 
-        k->kv_tokens =
-                used >= device_mem || p->kv_bytes_per_token <= 0
-                        ? 0
-                        : (int64_t)floor((double)(device_mem - used) / p->kv_bytes_per_token);
+        for (int i = 0; i < 2; i++) /* saturating: a huge --reserve must not wrap */
+            used = used > UINT64_MAX - add[i] ? UINT64_MAX : used + add[i];
+        double t = used >= device_mem ? 0.0
+                   : p->kv_bytes_per_token <= 0
+                           ? INFINITY /* window-only model: nothing grows per token */
+                           : floor((double)(device_mem - used) / p->kv_bytes_per_token);
+        k->kv_tokens = t >= 0x1p63 ? INT64_MAX : (int64_t)t; /* the cast of a larger t is UB */
         if (p->kv_tokens < 0 || k->kv_tokens < p->kv_tokens)
             p->kv_tokens = k->kv_tokens;
     }

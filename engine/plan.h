@@ -72,7 +72,8 @@ void dsv4_plan_free(struct dsv4_plan *p);
 
 /*
  * Tokens of KV that fit on each rank of `device_mem` bytes after its weights,
- * `reserve` bytes of workspace and one sequence's fixed state.
+ * `reserve` bytes of workspace and one sequence's fixed state (sums
+ * saturate; INT64_MAX when nothing grows per token, e.g. a window-only model).
  */
 void dsv4_plan_fit(struct dsv4_plan *p, uint64_t device_mem, uint64_t reserve);
 

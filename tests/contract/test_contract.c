@@ -1,7 +1,8 @@
 /*
  * test_contract.c - the model contract against the real inventories, the
  * NVFP4/FP8 layouts, binding with every kind of mismatch and every NVFP4
- * naming variant, TP splits that partition each tensor, and the plan's
+ * naming variant, TP splits that partition each tensor (and which rows each
+ * rank holds), FP4 block divisibility per layer format, and the plan's
  * V4-Pro/Flash numbers (../shared/spec/model.md §2, §7; formats.md §1.4).
  */
 #include "engine/config.h"
@@ -444,6 +445,126 @@ static void check_plan(void)
     CHECK(dsv4_parse_size("-3G", &sz) != 0);
 }
 
+/*
+ * Which rows each rank holds, not only that the parts add up: V4-Pro on 8
+ * ranks (model.md §7.3: 48 experts and 16,160 vocab rows per GPU, 2 of 16
+ * output groups), an uneven vocab on 3 ranks, and the per-GPU GiB of §7.3.
+ */
+static void check_rank_layout(void)
+{
+    struct dsv4_config cfg;
+    struct dsv4_contract *c = NULL;
+    struct dsv4_plan *p = NULL;
+    const struct dsv4_tspec *s;
+    int64_t b, e;
+    uint64_t bytes, params;
+
+    if (load_cfg("v4-pro-config.json", &cfg) || dsv4_contract_build(&cfg, -1, &c)) {
+        CHECK(0);
+        return;
+    }
+    for (int r = 0; r < 8; r++) {
+        dsv4_split_range(384, r, 8, &b, &e);
+        CHECK(b == 48 * r && e == 48 * (r + 1));
+        dsv4_split_range_vocab(129280, r, 8, &b, &e);
+        CHECK(b == 16160 * r && e == 16160 * (r + 1));
+    }
+    /* 3 ranks: chunks of ceil(129280/3) = 43094, the last one 43092 rows */
+    dsv4_split_range_vocab(129280, 2, 3, &b, &e);
+    CHECK(b == 86188 && e == 129280);
+    s = spec_named(c, "embed.weight");
+    CHECK(s != NULL);
+    if (s) {
+        dsv4_tspec_rank_share(s, 2, 3, &bytes, &params);
+        CHECK_INT(bytes, 43092ull * 7168 * 2);
+        CHECK_INT(params, 43092ull * 7168);
+        dsv4_tspec_rank_share(s, 0, 3, &bytes, &params);
+        CHECK_INT(bytes, 43094ull * 7168 * 2);
+    }
+    /* wq_b [65536, 1536]: 2 of 16 groups = 8192 rows; its scale 64 of 512 rows */
+    s = spec_named(c, "layers.5.attn.wq_b.weight");
+    CHECK(s != NULL);
+    if (s) {
+        dsv4_tspec_rank_share(s, 7, 8, &bytes, &params);
+        CHECK_INT(bytes, 8192ull * 1536);
+    }
+    s = spec_named(c, "layers.5.attn.wq_b.scale");
+    CHECK(s != NULL);
+    if (s) {
+        dsv4_tspec_rank_share(s, 7, 8, &bytes, &params);
+        CHECK_INT(bytes, 64ull * 12);
+        CHECK_INT(params, 0);
+    }
+    /* wo_b [7168, 16384] split by columns: 2048 of them */
+    s = spec_named(c, "layers.5.attn.wo_b.weight");
+    CHECK(s != NULL);
+    if (s) {
+        dsv4_tspec_rank_share(s, 1, 8, &bytes, &params);
+        CHECK_INT(bytes, 7168ull * 2048);
+    }
+    /* one routed expert tensor kind: 48 whole experts of [3072, 3584] I8 */
+    s = spec_named(c, "layers.5.ffn.experts.0.w1.weight");
+    CHECK(s != NULL);
+    if (s) {
+        dsv4_tspec_rank_share(s, 4, 8, &bytes, &params);
+        CHECK_INT(bytes, 48ull * 3072 * 3584);
+        CHECK_INT(params, 48ull * 3072 * 7168);
+    }
+    s = spec_named(c, "layers.5.attn.wkv.weight");
+    CHECK(s != NULL);
+    if (s) {
+        dsv4_tspec_rank_share(s, 4, 8, &bytes, &params);
+        CHECK_INT(bytes, 512ull * 7168);
+    }
+
+    /* §7.3 per GPU: routed 95.70, attention split 2.07 + replicated 2.29,
+     * embed+head 0.43, shared 3.75, total ~106.7 GiB; experts 48r..48r+47 */
+    CHECK_INT(dsv4_plan_from_contract(c, 8, &p), 0);
+    if (p) {
+        const double G = 1073741824.0;
+        for (int r = 0; r < 8; r++) {
+            const struct dsv4_plan_rank *k = &p->ranks[r];
+            CHECK(k->experts_begin == 48 * r && k->experts_end == 48 * (r + 1));
+            CHECKF(fabs((k->bytes[DSV4_CAT_ATTN] - k->replicated[DSV4_CAT_ATTN]) / G - 2.07) <
+                           0.005,
+                   "rank %d attention split %.3f GiB", r,
+                   (k->bytes[DSV4_CAT_ATTN] - k->replicated[DSV4_CAT_ATTN]) / G);
+            CHECKF(fabs(k->replicated[DSV4_CAT_ATTN] / G - 2.29) < 0.005, "%.3f",
+                   k->replicated[DSV4_CAT_ATTN] / G);
+            CHECKF(fabs(k->bytes[DSV4_CAT_EMBED] / G - 0.43) < 0.005, "%.3f",
+                   k->bytes[DSV4_CAT_EMBED] / G);
+            CHECK_INT(k->replicated[DSV4_CAT_EMBED], 0);
+            CHECKF(fabs(k->bytes[DSV4_CAT_SHARED] / G - 3.75) < 0.005, "%.3f",
+                   k->bytes[DSV4_CAT_SHARED] / G);
+            CHECKF(fabs(k->total / G - 106.7) < 0.05, "%.3f", k->total / G);
+        }
+        /* KV fit: sums saturate instead of wrapping around */
+        dsv4_plan_fit(p, UINT64_MAX, UINT64_MAX);
+        CHECK_INT(p->kv_tokens, 0);
+        dsv4_plan_fit(p, 17000000000000000000ull, 17000000000000000000ull);
+        CHECK_INT(p->kv_tokens, 0);
+        dsv4_plan_fit(p, UINT64_MAX, 0);
+        CHECK(p->kv_tokens > 1000000000000000ll);
+        dsv4_plan_free(p);
+    }
+    dsv4_contract_free(c);
+
+    /* NVFP4 trunk (blocks of 16) with MXFP4 MTP experts (blocks of 32): a
+     * hidden size of 48 fits the trunk only, and is refused with a message */
+    cfg.hidden_size = 48;
+    cfg.expert_fmt = DSV4_EXPERT_NVFP4;
+    c = NULL;
+    CHECK_INT(dsv4_contract_build(&cfg, -1, &c), DSV4_EINVAL);
+    CHECK(c == NULL && strstr(dsv4_errmsg(), "multiples of 32"));
+    CHECK_INT(dsv4_contract_build(&cfg, DSV4_EXPERT_NVFP4, &c), 0);
+    dsv4_contract_free(c);
+    cfg.expert_fmt = DSV4_EXPERT_MXFP4;
+    CHECK_INT(dsv4_contract_build(&cfg, -1, &c), DSV4_EINVAL);
+    cfg.expert_fmt = DSV4_EXPERT_FP8;
+    CHECK_INT(dsv4_contract_build(&cfg, -1, &c), 0);
+    dsv4_contract_free(c);
+}
+
 int main(void)
 {
     check_inventory("v4-pro-config.json", "v4-pro-tensor-inventory.tsv", 145116, 864704792696ull);
@@ -454,5 +575,6 @@ int main(void)
     check_splits("v4-flash-config.json");
     check_binding();
     check_plan();
+    check_rank_layout();
     TEST_DONE();
 }
