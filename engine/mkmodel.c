@@ -696,6 +696,14 @@ int dsv4_mkmodel_write(const struct dsv4_mkmodel_opts *o)
 
     if (nshards < 1 || nshards > 99999)
         return dsv4_error(DSV4_EINVAL, "mkmodel: bad shard count %d", nshards);
+    if ((rc = dsv4_config_validate(o->cfg)))
+        return rc;
+    /* every expert format is generated through MXFP4 blocks of 32 inputs */
+    if (o->cfg->hidden_size % 32 || o->cfg->moe_intermediate_size % 32)
+        return dsv4_error(DSV4_EINVAL,
+                          "mkmodel: hidden_size (%d) and moe_intermediate_size (%d) must be "
+                          "multiples of 32 (the MXFP4 block the experts are drawn in)",
+                          o->cfg->hidden_size, o->cfg->moe_intermediate_size);
     if (mkdir(o->out_dir, 0777) && errno != EEXIST)
         return dsv4_error(DSV4_EIO, "mkmodel: cannot create %s: %s", o->out_dir, strerror(errno));
     if ((rc = dsv4_contract_build(o->cfg, -1, &con)))

@@ -51,7 +51,12 @@ int dsv4_cmd_mkmodel(int argc, char **argv)
             mkmodel_usage(stdout);
             return 0;
         }
-        if (!v || a[0] != '-') {
+        if (a[0] == '-' && !v) {
+            fprintf(stderr, "dsv4 mkmodel: option '%s' needs a value\n", a);
+            mkmodel_usage(stderr);
+            return 2;
+        }
+        if (a[0] != '-') {
             fprintf(stderr, "dsv4 mkmodel: unexpected argument '%s'\n", a);
             mkmodel_usage(stderr);
             return 2;
@@ -113,8 +118,11 @@ int dsv4_cmd_mkmodel(int argc, char **argv)
         int ids, vocab;
         if (dsv4_config_load(config, &cfg))
             goto fail;
-        if (format)
+        if (format) {
             dsv4_mkmodel_set_format(&cfg, fmt);
+            if (dsv4_config_validate(&cfg)) /* the block sizes differ per format */
+                goto fail;
+        }
         if (tok && dsv4_mkmodel_tokenizer_vocab(tok, &ids, &vocab))
             goto fail;
         if (tok && ids > cfg.vocab_size) {

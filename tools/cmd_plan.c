@@ -1,6 +1,6 @@
 /*
  * cmd_plan.c - `dsv4 plan DIR | --config FILE [--ranks N] [--device-mem SIZE]
- * [--reserve SIZE] [--json] [--tensors]`: the parallel layout and memory plan
+ * [--reserve SIZE] [--json] [--tensors] [--verbose]`: the parallel layout and memory plan
  * of a checkpoint (engine/plan.h).  With DIR the checkpoint is bound to the
  * contract first (every mismatch listed, exit 1) and bytes come from its
  * tensors; with --config from the contract alone.
@@ -28,7 +28,8 @@ static void plan_usage(FILE *f)
             "  --device-mem SIZE    memory per rank, e.g. 288GiB: prints the KV tokens that fit\n"
             "  --reserve SIZE       workspace kept free per rank (default " DEFAULT_RESERVE ")\n"
             "  --json               one JSON object instead of the report\n"
-            "  --tensors            also list every tensor kind with its split\n");
+            "  --tensors            also list every tensor kind with its split\n"
+            "  --verbose, -v        list every contract mismatch (default: the first 50)\n");
 }
 
 /* One line per tensor kind (layer index and expert index folded), first occurrence. */
@@ -108,6 +109,11 @@ int dsv4_cmd_plan(int argc, char **argv)
             reserve = argv[++i];
         } else if (a[0] != '-' && !dir) {
             dir = a;
+        } else if (i + 1 == argc && (!strcmp(a, "--ranks") || !strcmp(a, "--config") ||
+                                     !strcmp(a, "--device-mem") || !strcmp(a, "--reserve"))) {
+            fprintf(stderr, "dsv4 plan: option '%s' needs a value\n", a);
+            plan_usage(stderr);
+            return 2;
         } else {
             fprintf(stderr, "dsv4 plan: unexpected argument '%s'\n", a);
             plan_usage(stderr);
@@ -130,7 +136,10 @@ int dsv4_cmd_plan(int argc, char **argv)
             goto fail;
     } else {
         char path[4096];
-        snprintf(path, sizeof(path), "%s/config.json", dir);
+        if ((size_t)snprintf(path, sizeof(path), "%s/config.json", dir) >= sizeof(path)) {
+            dsv4_error(DSV4_ERANGE, "%.64s...: path too long", dir);
+            goto fail;
+        }
         if (dsv4_config_load(path, &cfg) || dsv4_ckpt_open(dir, &ck))
             goto fail;
         size_t n = dsv4_ckpt_count(ck);

@@ -9,7 +9,8 @@ the NVFP4 and FP8 experts dequantise to exactly the MXFP4 values of the same
 seed, w1/w3 share weight_scale_2, input_scale 1.0; values finite and in
 range, tid2eid rows distinct; a checkpoint edited by header surgery reports
 every mismatch at once; `dsv4 plan --json` parses and its per-rank bytes
-add up for V4-Pro (1.6 T params, ~49.8 B active).
+add up for V4-Pro (1.6 T params, ~49.8 B active); bad arguments and configs
+get a message and exit 1 or 2, never a crash.
 """
 import hashlib
 import json
@@ -365,6 +366,51 @@ def check_plan_json(n):
     check(sum(p["bytes"].values()) == 864704792696, "V4-Pro total_size")
 
 
+def test_bad_input(one):
+    """Every bad argument: a message naming the problem and exit 1 or 2, never a signal."""
+    pro = os.path.join(DATA, "v4-pro-config.json")
+    cfg = json.load(open(os.path.join(one, "config.json")))
+    # NVFP4 trunk (blocks of 16) whose MTP experts stay MXFP4 (blocks of 32)
+    cfg["hidden_size"] = 48
+    cfg["quantization_config"]["moe_quant_algo"] = "NVFP4"
+    h48 = os.path.join(TMP, "h48-nvfp4.json")
+    json.dump(cfg, open(h48, "w"))
+    cfg["quantization_config"].pop("moe_quant_algo")
+    cfg["expert_dtype"] = "fp8"
+    h48fp8 = os.path.join(TMP, "h48-fp8.json")
+    json.dump(cfg, open(h48fp8, "w"))
+    out = os.path.join(TMP, "bad-out")
+    cases = [
+        (("plan", "--config", pro, "--ranks"), 2, "'--ranks' needs a value"),
+        (("plan", "--config"), 2, "'--config' needs a value"),
+        (("plan", "--config", pro, "--device-mem", "12 parsecs"), 2, "bad size"),
+        (("plan", "--config", pro, "--reserve", "-1G"), 2, "bad size"),
+        (("plan", "--config", pro, "--ranks", "4097"), 2, "bad --ranks"),
+        (("plan", "--config", os.path.join(TMP, "no-such.json")), 1, "no-such.json"),
+        (("plan", os.path.join(TMP, "no-such-dir")), 1, "no-such-dir"),
+        (("plan", "--config", h48), 1, "multiples of 32"),
+        (("mkmodel", "--preset"), 2, "'--preset' needs a value"),
+        (("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--out"), 2, "'--out' needs a value"),
+        (("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--seed", "x", "--out", out), 2,
+         "bad --seed"),
+        (("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--shards", "0", "--out", out), 2,
+         "bad --shards"),
+        (("mkmodel", "--preset", "nope", "--tokenizer", TOK, "--out", out), 1, "unknown preset"),
+        (("mkmodel", "--preset", "tiny", "--tokenizer", pro, "--out", out), 1, "model.vocab"),
+        (("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--out",
+          os.path.join(TMP, "no-such-dir", "x")), 1, "cannot create"),
+        (("mkmodel", "--config", h48, "--out", out), 1, "multiples of 32"),
+        (("mkmodel", "--config", h48fp8, "--out", out), 1, "multiples of 32"),
+        (("mkmodel", "--config", h48fp8, "--format", "mxfp4", "--out", out), 1,
+         "multiples of the mxfp4 block"),
+    ]
+    for args, code, needle in cases:
+        r = run(*args, ok=False)
+        check(r.returncode == code and needle in r.stderr,
+              "dsv4 %s: exit %d (want %d), stderr %r" % (" ".join(args), r.returncode, code,
+                                                         r.stderr[-300:]))
+
+
 def main():
     if not os.path.exists(TOK):
         print("no tokenizer at " + TOK)
@@ -376,6 +422,7 @@ def main():
     test_nvfp4_variants(dirs["nvfp4"])
     test_convert_agrees(dirs["mxfp4"], dirs["nvfp4"])
     test_plan_json()
+    test_bad_input(dirs["mxfp4"])
     print("%d checks, %d failed" % (checks, failures), file=sys.stderr)
     return 1 if failures else 0
 
