@@ -291,6 +291,20 @@ static const char *str_field(const cJSON *o, const char *k)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* Python truthiness of a JSON value (the official encoder tests `if x:`). */
+static bool truthy(const cJSON *v)
+{
+    if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v))
+        return false;
+    if (cJSON_IsObject(v) || cJSON_IsArray(v))
+        return v->child != NULL;
+    if (cJSON_IsString(v))
+        return v->valuestring[0] != 0;
+    if (cJSON_IsNumber(v))
+        return v->valuedouble != 0;
+    return true;
+}
+
 static bool truthy_list(const cJSON *v)
 {
     return cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0;
@@ -510,8 +524,7 @@ static void render_extras(struct sb *b, const struct msg *m, size_t mi, int *rc)
         if ((*rc = render_tools(b, tools, mi)))
             return;
     }
-    if (rf && !cJSON_IsNull(rf) && !(cJSON_IsObject(rf) && !rf->child) &&
-        !(cJSON_IsString(rf) && !rf->valuestring[0]) && !cJSON_IsFalse(rf)) {
+    if (truthy(rf)) {
         sb_str(b, "\n\n");
         sb_str(b, response_format_head);
         to_json(b, rf);

@@ -12,7 +12,11 @@
  * tool calls, quick-instruction `task` tokens, `wo_eos`.  JSON values are
  * rendered as Python's json.dumps(ensure_ascii=False) does, with one
  * documented difference: cJSON keeps numbers as doubles, so an integral
- * number written "2.0" renders as "2" (Python would keep "2.0").
+ * number written "2.0" renders as "2" (Python would keep "2.0"), and
+ * integers beyond 2^53 lose precision.  Message content may also be a list
+ * of OpenAI content parts: their text is joined with "\n" ("\n\n" for
+ * tool results).  The prompt is text with special tokens spelled out:
+ * tokenize it with special tokens parsed (dsv4_tokenizer_encode flags 0).
  *
  * Parsing is incremental: feed completion text in any pieces (down to one
  * byte); reasoning and content only ever grow, text that might be the start

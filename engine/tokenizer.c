@@ -589,7 +589,7 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
 
     /* Sizes: ids must be dense enough to index arrays. */
     int64_t max_id = -1;
-    size_t n_vocab = 0, bytes = 0;
+    size_t n_vocab = 0, bytes = 0, longest = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, vocab)
     {
@@ -598,6 +598,7 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
             return dsv4_error(DSV4_EFORMAT, "tokenizer: vocab entry '%s' has a bad id", e->string);
         max_id = DSV4_MAX(max_id, (int64_t)e->valuedouble);
         bytes += strlen(e->string);
+        longest = DSV4_MAX(longest, strlen(e->string));
         n_vocab++;
     }
     cJSON_ArrayForEach(e, added)
@@ -609,6 +610,7 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
             return dsv4_error(DSV4_EFORMAT, "tokenizer: added token without id or content");
         max_id = DSV4_MAX(max_id, (int64_t)id->valuedouble);
         bytes += strlen(c->valuestring);
+        longest = DSV4_MAX(longest, strlen(c->valuestring));
         tok->n_added++;
     }
     if (max_id < 0)
@@ -617,7 +619,9 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
     tok->tok_off = malloc((size_t)tok->vocab_size * sizeof(uint32_t));
     tok->tok_len = malloc((size_t)tok->vocab_size * sizeof(uint32_t));
     tok->is_special = calloc((size_t)tok->vocab_size, 1);
-    tok->tok_data = malloc(bytes + 1);
+    /* + longest: conversions are tried in place at the end of the used part
+     * before it is known whether they are kept */
+    tok->tok_data = malloc(bytes + longest + 1);
     tok->added = calloc(tok->n_added + 1, sizeof(*tok->added));
     if (!tok->tok_off || !tok->tok_len || !tok->is_special || !tok->tok_data || !tok->added)
         return dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory for %d tokens", tok->vocab_size);
@@ -764,8 +768,8 @@ int dsv4_tokenizer_load_json(const char *json, size_t len, struct dsv4_tokenizer
         goto fail;
     }
     pthread_mutex_init(&tok->cache_lock, NULL);
-    int16_t char_byte[324];
-    memset(char_byte, 0xff, sizeof(char_byte));
+    int16_t *char_byte = tok->char_byte;
+    memset(tok->char_byte, 0xff, sizeof(tok->char_byte));
     for (int b = 0; b < 256; b++)
         char_byte[dsv4_tokenizer_byte_char((uint8_t)b)] = (int16_t)b;
 
@@ -899,17 +903,13 @@ int32_t dsv4_tokenizer_token_id(const struct dsv4_tokenizer *tok, const char *to
     for (size_t i = 0; i < tok->n_added; i++)
         if (tok->added[i].len == n && !memcmp(tok->added[i].content, token, n))
             return tok->added[i].id;
-    int16_t char_byte[324];
-    memset(char_byte, 0xff, sizeof(char_byte));
-    for (int b = 0; b < 256; b++)
-        char_byte[dsv4_tokenizer_byte_char((uint8_t)b)] = (int16_t)b;
     char small[256];
     char *buf = n <= sizeof(small) ? small : malloc(n);
     if (!buf)
         return -1;
     size_t blen;
     int32_t id = -1;
-    if (spelling_to_bytes(char_byte, token, n, buf, &blen))
+    if (spelling_to_bytes(tok->char_byte, token, n, buf, &blen))
         id = dsv4_tokenizer_vmap_get(tok, buf, blen);
     else
         id = dsv4_tokenizer_vmap_get(tok, token, n);

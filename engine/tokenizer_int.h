@@ -103,7 +103,8 @@ struct dsv4_tokenizer {
     struct tok_vmap vmap;
     struct tok_mmap mmap;
     int32_t byte_id[256];
-    int32_t unk_id; /* -1 if none */
+    int16_t char_byte[324]; /* ByteLevel character -> byte, -1 outside the alphabet */
+    int32_t unk_id;         /* -1 if none */
     bool byte_fallback, fuse_unk, ignore_merges;
 
     struct tok_added *added;
