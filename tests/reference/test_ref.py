@@ -389,6 +389,9 @@ def main():
             check(same == len(a), "mkmodel fp8 experts are a lossless cast of the mxfp4 experts")
         lg8, _ = m8.forward(ids[:64])
         check(np.all(np.isfinite(lg8)), "finite logits on the FP8-expert checkpoint")
+        if same == len(a):
+            # same weights, same FP8 activation path: the logits must be identical
+            check(np.array_equal(lg8, lg[:64]), "FP8-expert logits == MXFP4 logits (lossless cast)")
     for sub in ("converted-nvfp4",):
         shutil.rmtree(os.path.join(tmpdir(), sub), ignore_errors=True)
     print("%d checks, %d failures, %.1fs" % (checks, len(failures), time.time() - t0))
