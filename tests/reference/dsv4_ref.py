@@ -60,15 +60,18 @@ Choices the spec leaves open (written down here, the C engine should make the sa
  8. Indexer: w = bf16(x . weights_proj^T) * (d_idx^-0.5 * H_idx^-0.5) in FP32; score_b =
     sum_h w_h * relu(q_h . k_b) in FP32. Top-k = min(index_topk, #visible) highest scores; TIES
     are broken by the LOWER entry index (stable sort on -score).
- 9. Router: logits x . W_gate^T in FP32, sigma = sqrt(softplus(l)); top-k of sigma + bias with ties
-    to the LOWER expert index; weights sigma / sum(sigma) * routed_scaling_factor in FP32.
+ 9. Router: logits x . W_gate^T in FP32, sigma = sqrt(softplus(l)) with softplus = logaddexp(0, l)
+    in FP32; top-k of sigma + bias with ties to the LOWER expert index; weights sigma / sum(sigma)
+    * routed_scaling_factor in FP32.
 10. Expert: g = bf16(GEMM), u = bf16(GEMM); g = min(g, limit), u = clamp(u, +-limit);
-    h = bf16(silu(g) * u * weight) (weight 1 for the shared expert); y = bf16(GEMM(h)).
+    h = bf16(((g * (1 / (1 + exp(-g)))) * u) * weight) in FP32 (no weight for the shared expert);
+    y = bf16(GEMM(h)).
     F = bf16(sum_i y_i + y_shared), routed sum in FP32 in ascending expert order.
 11. NVFP4 experts (W4A4, formats.md §2.1/§8): the activation global scale of a layer is shared by
     all its experts: a13 = max over experts of input_scale(w1), input_scale(w3); a2 = max over
     experts of input_scale(w2) (1.0 when a checkpoint has none). x and the BF16 intermediate h are
-    quantised per 16 (E4M3 SF, E2M1 RNE); each GEMM accumulates (q_a SF_a)(q_w SF_w) and then
+    quantised per 16: SF = e4m3_rne_sat((amax * fl32(1/6)) * (1/a)), q = e2m1_rne_sat(x * ((1/a) / SF))
+    (q = 0 when SF = 0); each GEMM accumulates (q_a SF_a)(q_w SF_w) and then
     multiplies by alpha = fl32(input_scale_global * weight_scale_2) of its own weight tensor. The
     routing weight multiplies h before requantisation (model.md §3.5 step 4).
 12. MTP: e = RMSNorm_enorm(embed[y]), h_j = RMSNorm_hnorm(X_j); X0_j = bf16(Lin(h_j; h_proj) +
