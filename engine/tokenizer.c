@@ -942,7 +942,9 @@ static size_t put_fffd(char *o)
 /* Lossy UTF-8 conversion, one byte at a time (Rust from_utf8_lossy
  * semantics): a valid prefix waits in d->pending; a byte that cannot
  * continue it turns the prefix into one U+FFFD and is then re-examined.
- * Writes at most 4 bytes... per byte plus one U+FFFD, into o. */
+ * Writes at most 6 bytes into o: a U+FFFD for an abandoned prefix, then
+ * the byte's own output (a U+FFFD, itself, or a completed sequence).  A
+ * token of n bytes thus never needs more than 3 * n + 8 bytes. */
 static size_t detok_byte(struct dsv4_detok *d, uint8_t b, char *o)
 {
     size_t w = 0;

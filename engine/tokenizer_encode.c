@@ -634,6 +634,10 @@ int dsv4_tokenizer_encode(const struct dsv4_tokenizer *tok, const char *text, si
     e.out = out;
     if (len == 0)
         return 0;
+    /* symbol positions are int32 (and byte_fallback may double them) */
+    if (len > (size_t)INT32_MAX / 2)
+        return dsv4_error(DSV4_ERANGE, "encode: %zu bytes is more than one call accepts (%d)", len,
+                          INT32_MAX / 2);
     e.md = pcre2_match_data_create(1, NULL);
     if (!e.md)
         return dsv4_error(DSV4_ENOMEM, "encode: out of memory");
