@@ -25,7 +25,9 @@ static int io_error(const char *what, const char *path, int e)
 
 int dsv4_file_read(const char *path, size_t max, char **out, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO without a writer must not block the open (it is
+     * refused below); regular files ignore the flag */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     struct stat sb;
     char *buf;
     size_t got = 0;
@@ -129,10 +131,16 @@ int dsv4_file_copy(const char *from, const char *to)
     char tmp[4096], *buf = NULL;
     int in, out = -1, rc;
 
-    in = open(from, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+
+    in = open(from, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* as in dsv4_file_read */
     if (in < 0)
         return dsv4_error(errno == ENOENT ? DSV4_ENOENT : DSV4_EIO, "%s: %s", from,
                           strerror(errno));
+    if (fstat(in, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        close(in);
+        return dsv4_error(DSV4_EIO, "%s: not a regular file", from);
+    }
     if ((rc = open_tmp(to, tmp, sizeof(tmp), &out)))
         goto fail;
     if (!(buf = malloc(COPY_CHUNK))) {

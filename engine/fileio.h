@@ -5,7 +5,8 @@
  *
  * Errors: DSV4_ENOENT (missing), DSV4_ERANGE (larger than the bound),
  * DSV4_ENOSPC (disk full), DSV4_EIO, DSV4_ENOMEM; the message names the
- * path.  A final name never holds a half-written file.
+ * path.  A final name never holds a half-written file.  Sources must be
+ * regular files (a directory, FIFO or device is refused, never waited on).
  */
 #ifndef DSV4_FILEIO_H
 #define DSV4_FILEIO_H
