@@ -51,6 +51,24 @@ int dsv4_convert_mode_parse(const char *s, enum dsv4_convert_mode *out)
     return dsv4_error(DSV4_EINVAL, "unknown conversion mode '%s' (lossless or amax)", s);
 }
 
+const char *dsv4_convert_naming_name(enum dsv4_convert_naming n)
+{
+    return n == DSV4_CONVERT_NAMING_NVIDIA ? "nvidia" : "canada";
+}
+
+int dsv4_convert_naming_parse(const char *s, enum dsv4_convert_naming *out)
+{
+    if (!strcmp(s, "canada")) {
+        *out = DSV4_CONVERT_NAMING_CANADA;
+        return 0;
+    }
+    if (!strcmp(s, "nvidia")) {
+        *out = DSV4_CONVERT_NAMING_NVIDIA;
+        return 0;
+    }
+    return dsv4_error(DSV4_EINVAL, "unknown naming '%s' (canada or nvidia)", s);
+}
+
 void dsv4_convert_stats_add(struct dsv4_convert_stats *acc, const struct dsv4_convert_stats *s)
 {
     acc->blocks += s->blocks;

@@ -156,8 +156,23 @@ struct dsv4_convert_progress {
 
 typedef void (*dsv4_convert_progress_fn)(void *arg, const struct dsv4_convert_progress *p);
 
+/*
+ * Names and scalar shapes of the converted experts' new tensors:
+ *   CANADA (default)  <p>.scale (E4M3) and F32 [1] sidecars: the published
+ *                     artifact's spelling, every source key kept
+ *   NVIDIA            <p>.weight_scale (E4M3) and F32 [] (0-d) sidecars, as
+ *                     NVIDIA's ModelOpt exports; <p>.scale is dropped
+ * The bytes are the same; the loader accepts both.
+ */
+enum dsv4_convert_naming { DSV4_CONVERT_NAMING_CANADA = 0, DSV4_CONVERT_NAMING_NVIDIA = 1 };
+
+/* "canada" / "nvidia"; parse gives DSV4_EINVAL with a message if unknown. */
+const char *dsv4_convert_naming_name(enum dsv4_convert_naming n);
+int dsv4_convert_naming_parse(const char *s, enum dsv4_convert_naming *out);
+
 struct dsv4_convert_opts {
     enum dsv4_convert_mode mode;
+    enum dsv4_convert_naming naming;
     int threads;                       /* worker threads; <= 0: all online cores */
     bool verify;                       /* dequantize and compare after writing */
     int64_t sample;                    /* verify only this many converted tensors (0 = all) */
@@ -190,7 +205,8 @@ struct dsv4_convert_report {
  * (mtp.* included) is copied byte for byte; each shard keeps its file name
  * and key set plus `<p>.weight_scale_2` and `<p>.input_scale` (F32 [1],
  * 1.0) per converted `<p>`; `<p>.scale` becomes E4M3 [rows, cols/16] and
- * `<p>.weight` U8.  Tensors of a shard are laid out in safetensors' own
+ * `<p>.weight` U8 (opts.naming NVIDIA: `<p>.weight_scale` instead of
+ * `<p>.scale`, F32 [] sidecars).  Tensors of a shard are laid out in safetensors' own
  * order (dtype rank descending, then name).  Writes config.json
  * (quantization_config replaced, moe_quant_algo NVFP4), a new
  * model.safetensors.index.json and copies every other file.

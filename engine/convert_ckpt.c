@@ -131,6 +131,7 @@ static int dtype_rank(enum dsv4_dtype dt)
 /* One converted expert matrix <p> (layers.L.ffn.experts.E.wZ). */
 struct unit {
     char prefix[80];
+    char nv_scale[96]; /* <prefix>.weight_scale */
     int layer, expert, z;
     int64_t rows, cols;                /* logical [out, in] */
     const struct dsv4_tensor *w, *s;   /* source */
@@ -154,6 +155,7 @@ struct conv {
     struct dsv4_config cfg;
     struct dsv4_pool *pool;
     int nthreads;
+    bool nv; /* NVIDIA naming */
     struct unit *units;
     size_t nunits;
     int32_t *unit_of; /* [L][E][3] -> unit index or -1 */
@@ -253,6 +255,7 @@ static int scan_source(struct conv *c)
             u->cols = z == 2 ? I : D;
             snprintf(u->prefix, sizeof(u->prefix), "layers.%d.ffn.experts.%d.w%d", layer, expert,
                      z);
+            snprintf(u->nv_scale, sizeof(u->nv_scale), "%s.weight_scale", u->prefix);
         }
         struct unit *u = &c->units[c->unit_of[idx]];
         if (is_w) {
@@ -328,6 +331,7 @@ static int cmp_ent(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
+/* ndim 0 (a scalar) and 1 use d0 = 1 and d0 only. */
 static void set_ent(struct ent *e, const char *name, enum dsv4_dtype dt, int ndim, int64_t d0,
                     int64_t d1)
 {
@@ -367,7 +371,8 @@ static int plan_shard(struct conv *c, const struct dsv4_st_file *f, struct ent *
             continue;
         }
         if (!is_w) {
-            set_ent(&ents[k++], t->name, DSV4_DTYPE_F8_E4M3, 2, u->rows, u->cols / 16);
+            set_ent(&ents[k++], c->nv ? u->nv_scale : t->name, DSV4_DTYPE_F8_E4M3, 2, u->rows,
+                    u->cols / 16);
             continue;
         }
         set_ent(&ents[k++], t->name, DSV4_DTYPE_U8, 2, u->rows, u->cols / 2);
@@ -383,7 +388,7 @@ static int plan_shard(struct conv *c, const struct dsv4_st_file *f, struct ent *
                 return dsv4_error(DSV4_ENOMEM, "sidecar name");
             }
             snprintf(names[kn], len, "%s%s", u->prefix, side[j]);
-            set_ent(&ents[k++], names[kn++], DSV4_DTYPE_F32, 1, 1, 1);
+            set_ent(&ents[k++], names[kn++], DSV4_DTYPE_F32, c->nv ? 0 : 1, 1, 1);
         }
     }
     qsort(ents, k, sizeof(*ents), cmp_ent);
@@ -574,7 +579,8 @@ static int write_shard(struct conv *c, const struct dsv4_st_file *f, const char 
             c->rep->converted++;
         }
         if (!rc && !strcmp(u->sshard, name)) {
-            rc = dsv4_st_writer_write(w, u->s->name, c->os, (size_t)(u->rows * (u->cols / 16)));
+            rc = dsv4_st_writer_write(w, c->nv ? u->nv_scale : u->s->name, c->os,
+                                      (size_t)(u->rows * (u->cols / 16)));
             done += (uint64_t)(u->rows * (u->cols / 16));
         }
         if (rc)
@@ -1054,7 +1060,8 @@ static int need(const struct dsv4_ckpt *o, const char *name, enum dsv4_dtype dt,
     const struct dsv4_tensor *t = dsv4_ckpt_find(o, name);
     if (!t)
         return dsv4_error(DSV4_ENOENT, "output lacks tensor %s", name);
-    if (t->dtype != dt || t->ndim != ndim || t->shape[0] != d0 || (ndim > 1 && t->shape[1] != d1))
+    if (t->dtype != dt || t->ndim != ndim || (ndim > 0 && t->shape[0] != d0) ||
+        (ndim > 1 && t->shape[1] != d1))
         return dsv4_error(DSV4_EMISMATCH, "output tensor %s is %s, expected %s", name,
                           dsv4_dtype_name(t->dtype), dsv4_dtype_name(dt));
     *out = t;
@@ -1070,14 +1077,15 @@ static int verify_unit(struct conv *c, const struct dsv4_ckpt *o, const struct u
     snprintf(nm, sizeof(nm), "%s.weight", u->prefix);
     if ((rc = need(o, nm, DSV4_DTYPE_U8, 2, u->rows, u->cols / 2, &ow)))
         return rc;
-    snprintf(nm, sizeof(nm), "%s.scale", u->prefix);
+    snprintf(nm, sizeof(nm), "%s.%s", u->prefix, c->nv ? "weight_scale" : "scale");
     if ((rc = need(o, nm, DSV4_DTYPE_F8_E4M3, 2, u->rows, u->cols / 16, &os)))
         return rc;
+    int sd = c->nv ? 0 : 1;
     snprintf(nm, sizeof(nm), "%s.weight_scale_2", u->prefix);
-    if ((rc = need(o, nm, DSV4_DTYPE_F32, 1, 1, 1, &s2)))
+    if ((rc = need(o, nm, DSV4_DTYPE_F32, sd, 1, 1, &s2)))
         return rc;
     snprintf(nm, sizeof(nm), "%s.input_scale", u->prefix);
-    if ((rc = need(o, nm, DSV4_DTYPE_F32, 1, 1, 1, &is)))
+    if ((rc = need(o, nm, DSV4_DTYPE_F32, sd, 1, 1, &is)))
         return rc;
     float scale2, in_scale;
     memcpy(&scale2, s2->data, 4);
@@ -1295,6 +1303,7 @@ int dsv4_convert_ckpt(const char *src, const char *dst, const struct dsv4_conver
     c.opts = opts;
     c.rep = rep;
     c.t0 = dsv4_now();
+    c.nv = opts->naming == DSV4_CONVERT_NAMING_NVIDIA;
 
     if ((rc = path_cat(path, sizeof(path), src, "/", "config.json")))
         goto out;

@@ -16,36 +16,39 @@
 
 static void help(FILE *f)
 {
-    fprintf(f,
-            "usage: dsv4 convert [OPTIONS] SRC DST\n"
-            "\n"
-            "Converts an upstream MXFP4 DeepSeek-V4 checkpoint (Pro or Flash) into the NVFP4\n"
-            "artifact layout: trunk routed experts layers.N.ffn.experts.E.w{1,2,3} become NVFP4;\n"
-            "every mtp.* tensor and every non-expert tensor is copied byte for byte.  Shards\n"
-            "keep their file names and keys; per converted matrix <p>:\n"
-            "  <p>.weight          U8 [rows, cols/2]   packed E2M1 (low nibble = even column)\n"
-            "  <p>.scale           F8_E4M3 [rows, cols/16]  one scale per 16 (canada-quant "
-            "naming,\n"
-            "                      not NVIDIA's .weight_scale; vLLM maps it)\n"
-            "  <p>.weight_scale_2  F32 [1]  global scale (w1 and w3 of an expert share it)\n"
-            "  <p>.input_scale     F32 [1]  1.0\n"
-            "Also writes config.json (expert_dtype fp4, quantization_config with\n"
-            "moe_quant_algo NVFP4), a new model.safetensors.index.json, and copies every\n"
-            "other file.  Shards already complete in DST are skipped (resumable); each shard\n"
-            "is written to a temporary name and renamed when complete.\n"
-            "\n"
-            "options:\n"
-            "  --mode lossless  (default) closed-form power-of-two cast: every block within\n"
-            "                   the E4M3 exponent range is bit-exact; other blocks are\n"
-            "                   requantized from their amax and counted\n"
-            "  --mode amax      the published recipe (amax / 2688 global scale, ties to lower),\n"
-            "                   reproducing its artifact byte for byte\n"
-            "  --verify         dequantize both sides of every converted tensor and compare;\n"
-            "                   compare every other tensor byte for byte; exits 1 on any\n"
-            "                   non-finite value or passthrough difference\n"
-            "  --sample N       verify only N converted tensors, spread over the checkpoint\n"
-            "  --threads N      worker threads (default: all cores)\n"
-            "  --quiet          no progress line\n");
+    fputs("usage: dsv4 convert [OPTIONS] SRC DST\n"
+          "\n"
+          "Converts an upstream MXFP4 DeepSeek-V4 checkpoint (Pro or Flash) into the\n"
+          "NVFP4 artifact layout: trunk routed experts layers.N.ffn.experts.E.w{1,2,3}\n"
+          "become NVFP4; every mtp.* tensor and every non-expert tensor is copied byte\n"
+          "for byte.  Shards keep their file names and keys; per converted matrix <p>:\n"
+          "  <p>.weight          U8 [rows, cols/2]  packed E2M1, low nibble = even column\n"
+          "  <p>.scale           F8_E4M3 [rows, cols/16]  one scale per 16 elements\n"
+          "                      (canada-quant naming, the published artifact's)\n"
+          "  <p>.weight_scale_2  F32 [1]  global scale (shared by w1 and w3 of an expert)\n"
+          "  <p>.input_scale     F32 [1]  1.0\n"
+          "With --naming nvidia: <p>.weight_scale instead of <p>.scale and F32 []\n"
+          "scalars, as NVIDIA's exports (same bytes).  Also writes config.json\n"
+          "(expert_dtype fp4, quantization_config with moe_quant_algo NVFP4), a new\n"
+          "model.safetensors.index.json, and copies every other file.  Shards already\n"
+          "complete in DST are skipped (resumable); each shard is written to a\n"
+          "temporary name and renamed when complete.\n"
+          "\n"
+          "options:\n"
+          "  --mode lossless  (default) closed-form power-of-two cast: every block in\n"
+          "                   the E4M3 exponent range is bit-exact; other blocks are\n"
+          "                   requantized from their amax and counted\n"
+          "  --mode amax      the published recipe (amax / 2688 global scale, ties to\n"
+          "                   lower), reproducing its artifact byte for byte\n"
+          "  --naming canada|nvidia  spelling of block scales and scalars (default canada)\n"
+          "  --verify         dequantize both sides of every converted tensor and\n"
+          "                   compare; compare every other tensor byte for byte; check\n"
+          "                   the model contract; exit 1 on any non-finite value or\n"
+          "                   difference in a copied tensor\n"
+          "  --sample N       verify only N converted tensors, spread over the checkpoint\n"
+          "  --threads N      worker threads (default: all cores)\n"
+          "  --quiet          no progress line\n",
+          f);
 }
 
 struct prog_state {
@@ -77,13 +80,11 @@ static void on_progress(void *arg, const struct dsv4_convert_progress *p)
 
 int dsv4_cmd_convert(int argc, char **argv)
 {
-    static const struct option lopts[] = {{"mode", required_argument, NULL, 'm'},
-                                          {"verify", no_argument, NULL, 'v'},
-                                          {"sample", required_argument, NULL, 's'},
-                                          {"threads", required_argument, NULL, 't'},
-                                          {"quiet", no_argument, NULL, 'q'},
-                                          {"help", no_argument, NULL, 'h'},
-                                          {NULL, 0, NULL, 0}};
+    static const struct option lopts[] = {
+            {"mode", required_argument, NULL, 'm'},   {"verify", no_argument, NULL, 'v'},
+            {"sample", required_argument, NULL, 's'}, {"threads", required_argument, NULL, 't'},
+            {"quiet", no_argument, NULL, 'q'},        {"naming", required_argument, NULL, 'n'},
+            {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     struct dsv4_convert_opts o = {0};
     struct prog_state ps = {isatty(2), -1.0};
     int c;
@@ -93,6 +94,12 @@ int dsv4_cmd_convert(int argc, char **argv)
         switch (c) {
         case 'm':
             if (dsv4_convert_mode_parse(optarg, &o.mode)) {
+                fprintf(stderr, "dsv4 convert: %s\n", dsv4_errmsg());
+                return 2;
+            }
+            break;
+        case 'n':
+            if (dsv4_convert_naming_parse(optarg, &o.naming)) {
                 fprintf(stderr, "dsv4 convert: %s\n", dsv4_errmsg());
                 return 2;
             }
@@ -144,7 +151,8 @@ int dsv4_cmd_convert(int argc, char **argv)
         fprintf(stderr, "dsv4 convert: %s\n", dsv4_errmsg());
         return 1;
     }
-    printf("mode: %s\n", dsv4_convert_mode_name(o.mode));
+    printf("mode: %s, naming: %s\n", dsv4_convert_mode_name(o.mode),
+           dsv4_convert_naming_name(o.naming));
     printf("shards: %d (%d written, %d already complete)\n", r.shards, r.shards_written,
            r.shards_skipped);
     printf("tensors: %lld converted, %lld passed through; %.3f GB written in %.1f s\n",

@@ -7,7 +7,7 @@ independent numpy dequantization here), passes the model contract (part of
 and every other tensor byte-identical, writes config/index/other files;
 amax mode equals tests/convert/nvfp4_recipe.py byte for byte (on the mkmodel
 checkpoint and on adversarial expert bytes); resume, mode mismatch, leftover
-temporary files, SIGKILL mid-run, --sample; errors: already NVFP4, missing shard, config vs tensors,
+temporary files, SIGKILL mid-run, --sample, --naming nvidia; errors: already NVFP4, missing shard, config vs tensors,
 NaN scale, full disk (tmpfs when mountable, else a file-size limit); --verify
 fails on corrupted output.
 """
@@ -218,6 +218,27 @@ def test_kill(src, dst, work):
         check(not [f for f in os.listdir(out) if f.endswith(".tmp")], "no .tmp after rerun")
 
 
+def test_naming(src, dst, work):
+    """--naming nvidia: .weight_scale and 0-d scalars, the same bytes, the
+    contract accepts it (part of --verify); mixing namings in one DST fails."""
+    nv = os.path.join(work, "nvidia")
+    rc, so, se = run("convert", "--quiet", "--naming", "nvidia", "--verify", src, nv)
+    check(rc == 0 and "naming: nvidia" in so, "nvidia naming rc %d: %s" % (rc, se))
+    A, B = load_all(dst), load_all(nv)
+    for s in A:
+        ta, tb = A[s][1], B[s][1]
+        check(len(ta) == len(tb), s + " same tensor count")
+        for k, (dt, shape, b) in ta.items():
+            m = ref.EXPERT.match(k)
+            kb = k[: -len(".scale")] + ".weight_scale" if m and m[4] == "scale" else k
+            if k.endswith((".weight_scale_2", ".input_scale")):
+                check(tb[k][1] == [] and tb[k][2] == b, k + " 0-d, same value")
+            else:
+                check(kb in tb and tb[kb][2] == b, k + " same bytes as " + kb)
+    rc, so, se = run("convert", "--quiet", "--naming", "nvidia", src, dst)
+    check(rc == 1 and "remove it" in se, "mixed naming refused: " + se)
+
+
 def test_errors(src, work):
     nv = os.path.join(work, "nvfp4")
     mkmodel(nv, "nvfp4", 2)
@@ -341,6 +362,7 @@ def main():
     test_amax(src, work, "mkmodel")
     test_resume(src, dst)
     test_kill(src, dst, work)
+    test_naming(src, dst, work)
     rc, so, se = run("convert", "--quiet", "--sample", "5", src, dst)
     check(rc == 0 and "verify: 5 converted tensors, 5 bit-exact" in so, "--sample 5: " + so + se)
     test_errors(src, work)
