@@ -237,6 +237,16 @@ def test_naming(src, dst, work):
                 check(kb in tb and tb[kb][2] == b, k + " same bytes as " + kb)
     rc, so, se = run("convert", "--quiet", "--naming", "nvidia", src, dst)
     check(rc == 1 and "remove it" in se, "mixed naming refused: " + se)
+    # the engine loads both spellings and computes the same greedy tokens
+    if run("generate", "--help")[0] == 0:
+        toks = []
+        for d in (dst, nv):
+            rc, so, se = run("generate", "--model", d, "--prompt-ids", "0,15,27", "--max-tokens",
+                             "4", "--no-stop", "--threads", "1")
+            m = re.search(r"^tokens: ([0-9 ]+)$", so + se, re.M)
+            check(rc == 0 and m, "generate on %s: %s" % (d, se[-300:]))
+            toks.append(m[1] if m else None)
+        check(toks[0] == toks[1], "same tokens with both namings: %s" % toks)
 
 
 def test_errors(src, work):
