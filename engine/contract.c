@@ -663,14 +663,15 @@ int dsv4_contract_write_inventory(const struct dsv4_contract *c, FILE *f)
     return 0;
 }
 
-void dsv4_split_range(int64_t units, int rank, int nranks, int64_t *begin, int64_t *end)
+void dsv4_contract_split_range(int64_t units, int rank, int nranks, int64_t *begin, int64_t *end)
 {
     DSV4_ASSERT(nranks > 0 && rank >= 0 && rank < nranks && units >= 0);
     *begin = units * rank / nranks;
     *end = units * (rank + 1) / nranks;
 }
 
-void dsv4_split_range_vocab(int64_t rows, int rank, int nranks, int64_t *begin, int64_t *end)
+void dsv4_contract_split_range_vocab(int64_t rows, int rank, int nranks, int64_t *begin,
+                                     int64_t *end)
 {
     DSV4_ASSERT(nranks > 0 && rank >= 0 && rank < nranks && rows >= 0);
     int64_t chunk = (rows + nranks - 1) / nranks;
@@ -693,9 +694,9 @@ uint64_t dsv4_tspec_split_part(const struct dsv4_tspec *s, uint64_t whole, int r
         s->split_units <= 0)
         return whole;
     if (s->split == DSV4_SPLIT_VOCAB)
-        dsv4_split_range_vocab(s->split_units, rank, nranks, &b, &e);
+        dsv4_contract_split_range_vocab(s->split_units, rank, nranks, &b, &e);
     else
-        dsv4_split_range(s->split_units, rank, nranks, &b, &e);
+        dsv4_contract_split_range(s->split_units, rank, nranks, &b, &e);
     return mul_div(whole, (uint64_t)e, (uint64_t)s->split_units) -
            mul_div(whole, (uint64_t)b, (uint64_t)s->split_units);
 }
@@ -707,21 +708,21 @@ void dsv4_tspec_rank_share(const struct dsv4_tspec *s, int rank, int nranks, uin
 
     if (s->split == DSV4_SPLIT_EXPERT) {
         int64_t b, e;
-        dsv4_split_range((int64_t)inst, rank, nranks, &b, &e);
+        dsv4_contract_split_range((int64_t)inst, rank, nranks, &b, &e);
         inst = (uint64_t)(e - b);
     }
     *bytes = inst * dsv4_tspec_split_part(s, s->nbytes, rank, nranks);
     *params = inst * dsv4_tspec_split_part(s, s->params, rank, nranks);
 }
 
-const char *dsv4_cat_name(enum dsv4_cat c)
+const char *dsv4_contract_cat_name(enum dsv4_cat c)
 {
     static const char *const names[DSV4_CAT_COUNT] = {
             "attention", "shared_experts", "routed_experts", "embed_head", "mtp", "other"};
     return (int)c >= 0 && c < DSV4_CAT_COUNT ? names[c] : "?";
 }
 
-const char *dsv4_split_name(enum dsv4_split s)
+const char *dsv4_contract_split_name(enum dsv4_split s)
 {
     switch (s) {
     case DSV4_SPLIT_REPLICATED:

@@ -32,8 +32,8 @@
  *   vocab      embed/head rows
  *   replicated everything else (wq_a, wkv, norms, compressors, router,
  *              hc_*, shared expert, MTP e_proj/h_proj)
- * Rank r of N owns units [r*U/N, (r+1)*U/N) (dsv4_split_range), except the
- * vocabulary: chunks of ceil(V/N) rows (dsv4_split_range_vocab).
+ * Rank r of N owns units [r*U/N, (r+1)*U/N) (dsv4_contract_split_range), except the
+ * vocabulary: chunks of ceil(V/N) rows (dsv4_contract_split_range_vocab).
  *
  * Binding checks a checkpoint's tensors against the contract and reports all
  * mismatches at once (missing, unexpected, wrong dtype, wrong shape).
@@ -163,12 +163,13 @@ uint64_t dsv4_tspec_split_part(const struct dsv4_tspec *s, uint64_t whole, int r
 void dsv4_tspec_rank_share(const struct dsv4_tspec *s, int rank, int nranks, uint64_t *bytes,
                            uint64_t *params);
 /* Units [*begin, *end) of split_units (experts for EXPERT) that rank holds. */
-void dsv4_split_range(int64_t units, int rank, int nranks, int64_t *begin, int64_t *end);
+void dsv4_contract_split_range(int64_t units, int rank, int nranks, int64_t *begin, int64_t *end);
 /* Vocabulary rows of a rank: [min(V, r*c), min(V, r*c + c)), c = ceil(V/N). */
-void dsv4_split_range_vocab(int64_t rows, int rank, int nranks, int64_t *begin, int64_t *end);
+void dsv4_contract_split_range_vocab(int64_t rows, int rank, int nranks, int64_t *begin,
+                                     int64_t *end);
 
-const char *dsv4_cat_name(enum dsv4_cat c);
-const char *dsv4_split_name(enum dsv4_split s);
+const char *dsv4_contract_cat_name(enum dsv4_cat c);
+const char *dsv4_contract_split_name(enum dsv4_split s);
 
 /* ---------------------------------------------------------------- binding */
 

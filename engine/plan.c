@@ -67,8 +67,8 @@ static int plan_init(const struct dsv4_contract *c, int nranks, struct dsv4_plan
     p->nranks = nranks;
     p->kv_tokens = -1;
     for (int r = 0; r < nranks; r++) {
-        dsv4_split_range(cfg->n_routed_experts, r, nranks, &p->ranks[r].experts_begin,
-                         &p->ranks[r].experts_end);
+        dsv4_contract_split_range(cfg->n_routed_experts, r, nranks, &p->ranks[r].experts_begin,
+                                  &p->ranks[r].experts_end);
         p->ranks[r].kv_tokens = -1;
     }
     /* parameters: the contract's, whatever the byte source */
@@ -107,7 +107,7 @@ static void account(struct dsv4_plan *p, const struct dsv4_tspec *s, int expert,
 
         if (s->split == DSV4_SPLIT_EXPERT) {
             int64_t e0, e1;
-            dsv4_split_range(s->n_experts, r, p->nranks, &e0, &e1);
+            dsv4_contract_split_range(s->n_experts, r, p->nranks, &e0, &e1);
             b = expert >= e0 && expert < e1 ? nbytes : 0;
         } else {
             b = dsv4_tspec_split_part(s, nbytes, r, p->nranks);
@@ -193,8 +193,8 @@ static void print_range(FILE *f, const char *what, int64_t units, int n)
 {
     int64_t b0, e0, b1, e1;
 
-    dsv4_split_range(units, 0, n, &b0, &e0);
-    dsv4_split_range(units, n - 1, n, &b1, &e1);
+    dsv4_contract_split_range(units, 0, n, &b0, &e0);
+    dsv4_contract_split_range(units, n - 1, n, &b1, &e1);
     if (e0 - b0 == e1 - b1 && units % n == 0)
         fprintf(f, "%" PRId64 " %s -> %" PRId64 " per rank", units, what, e0 - b0);
     else
@@ -239,7 +239,7 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
     print_range(f, "experts", c->n_routed_experts, n);
     fprintf(f, ", contiguous ranges; routing on every rank\n");
     int64_t vb, ve;
-    dsv4_split_range_vocab(c->vocab_size, 0, n, &vb, &ve);
+    dsv4_contract_split_range_vocab(c->vocab_size, 0, n, &vb, &ve);
     fprintf(f,
             "  embedding, head: %d vocab rows in chunks of %" PRId64
             " per rank; logits gathered on rank 0\n",
@@ -299,22 +299,22 @@ void dsv4_plan_print_json(const struct dsv4_plan *p, FILE *f)
             p->active_params, p->active_routed, p->active_embed);
     fprintf(f, " \"bytes\": {");
     for (int i = 0; i < DSV4_CAT_COUNT; i++)
-        fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", dsv4_cat_name((enum dsv4_cat)i),
+        fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", dsv4_contract_cat_name((enum dsv4_cat)i),
                 p->bytes[i]);
     fprintf(f, "},\n \"params\": {");
     for (int i = 0; i < DSV4_CAT_COUNT; i++)
-        fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", dsv4_cat_name((enum dsv4_cat)i),
+        fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", dsv4_contract_cat_name((enum dsv4_cat)i),
                 p->params[i]);
     fprintf(f, "},\n \"ranks\": [\n");
     for (int r = 0; r < p->nranks; r++) {
         const struct dsv4_plan_rank *k = &p->ranks[r];
         fprintf(f, "  {\"rank\": %d", r);
         for (int i = 0; i < DSV4_CAT_COUNT; i++)
-            fprintf(f, ", \"%s\": %" PRIu64, dsv4_cat_name((enum dsv4_cat)i), k->bytes[i]);
+            fprintf(f, ", \"%s\": %" PRIu64, dsv4_contract_cat_name((enum dsv4_cat)i), k->bytes[i]);
         fprintf(f, ", \"replicated\": {");
         for (int i = 0; i < DSV4_CAT_COUNT; i++)
-            fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", dsv4_cat_name((enum dsv4_cat)i),
-                    k->replicated[i]);
+            fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "",
+                    dsv4_contract_cat_name((enum dsv4_cat)i), k->replicated[i]);
         fprintf(f, "}, \"total\": %" PRIu64 ", \"experts\": [%" PRId64 ", %" PRId64 "]", k->total,
                 k->experts_begin, k->experts_end);
         if (k->kv_tokens >= 0)
@@ -339,7 +339,7 @@ void dsv4_plan_print_json(const struct dsv4_plan *p, FILE *f)
     fprintf(f, "}\n");
 }
 
-int dsv4_parse_size(const char *s, uint64_t *out)
+int dsv4_plan_parse_size(const char *s, uint64_t *out)
 {
     static const struct {
         const char *suffix;

@@ -83,6 +83,6 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f);
 void dsv4_plan_print_json(const struct dsv4_plan *p, FILE *f);
 
 /* Parses "288GiB", "141GB", "4096MiB", "1e9" into bytes; DSV4_EINVAL on junk. */
-int dsv4_parse_size(const char *s, uint64_t *out);
+int dsv4_plan_parse_size(const char *s, uint64_t *out);
 
 #endif

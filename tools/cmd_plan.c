@@ -65,7 +65,8 @@ static void print_tensor_kinds(const struct dsv4_contract *c, int nranks, FILE *
             snprintf(units, sizeof(units), "%lld units / %d",
                      (long long)(s->n_experts ? s->n_experts : s->split_units), nranks);
         fprintf(f, "  %-44s %-8s %-16s %-14s %s%s%s\n", kind, dsv4_dtype_name(s->dtype), shape,
-                dsv4_cat_name(s->part), dsv4_split_name(s->split), units[0] ? ", " : "", units);
+                dsv4_contract_cat_name(s->part), dsv4_contract_split_name(s->split),
+                units[0] ? ", " : "", units);
     }
     free(seen);
 }
@@ -125,7 +126,7 @@ int dsv4_cmd_plan(int argc, char **argv)
         plan_usage(stderr);
         return 2;
     }
-    if ((mem && dsv4_parse_size(mem, &mem_b)) || dsv4_parse_size(reserve, &res_b)) {
+    if ((mem && dsv4_plan_parse_size(mem, &mem_b)) || dsv4_plan_parse_size(reserve, &res_b)) {
         fprintf(stderr, "dsv4 plan: %s\n", dsv4_errmsg());
         return 2;
     }

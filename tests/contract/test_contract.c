@@ -437,12 +437,12 @@ static void check_plan(void)
     dsv4_contract_free(c);
 
     uint64_t sz = 0;
-    CHECK_INT(dsv4_parse_size("288GiB", &sz), 0);
+    CHECK_INT(dsv4_plan_parse_size("288GiB", &sz), 0);
     CHECK_INT(sz, 288ull << 30);
-    CHECK_INT(dsv4_parse_size("141GB", &sz), 0);
+    CHECK_INT(dsv4_plan_parse_size("141GB", &sz), 0);
     CHECK_INT(sz, 141000000000ull);
-    CHECK(dsv4_parse_size("12 parsecs", &sz) != 0);
-    CHECK(dsv4_parse_size("-3G", &sz) != 0);
+    CHECK(dsv4_plan_parse_size("12 parsecs", &sz) != 0);
+    CHECK(dsv4_plan_parse_size("-3G", &sz) != 0);
 }
 
 /*
@@ -464,13 +464,13 @@ static void check_rank_layout(void)
         return;
     }
     for (int r = 0; r < 8; r++) {
-        dsv4_split_range(384, r, 8, &b, &e);
+        dsv4_contract_split_range(384, r, 8, &b, &e);
         CHECK(b == 48 * r && e == 48 * (r + 1));
-        dsv4_split_range_vocab(129280, r, 8, &b, &e);
+        dsv4_contract_split_range_vocab(129280, r, 8, &b, &e);
         CHECK(b == 16160 * r && e == 16160 * (r + 1));
     }
     /* 3 ranks: chunks of ceil(129280/3) = 43094, the last one 43092 rows */
-    dsv4_split_range_vocab(129280, 2, 3, &b, &e);
+    dsv4_contract_split_range_vocab(129280, 2, 3, &b, &e);
     CHECK(b == 86188 && e == 129280);
     s = spec_named(c, "embed.weight");
     CHECK(s != NULL);
