@@ -74,8 +74,6 @@ static void philox4x32_10(const uint32_t ctr_in[4], const uint32_t key_in[2], ui
     out[3] = c3;
 }
 
-/* Exposed for the known-answer test of the generator (not in sample.h). */
-void dsv4_sample_philox_kat(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 void dsv4_sample_philox_kat(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
 {
     philox4x32_10(ctr, key, out);

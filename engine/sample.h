@@ -182,6 +182,11 @@ int dsv4_sample_speculative(struct dsv4_sampler *s, const struct dsv4_sample_par
 /* The uniform in [0, 1) (a multiple of 2^-53, never 1) of draw (seed, pos, stream). */
 double dsv4_sample_uniform(uint64_t seed, uint64_t pos, uint32_t stream);
 
+/* One Philox-4x32-10 block: out = the 10-round bijection of counter ctr under
+ * key (the generator behind dsv4_sample_uniform; exposed for its
+ * known-answer test against the published Random123 vectors). */
+void dsv4_sample_philox_kat(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+
 #ifdef __cplusplus
 }
 #endif

@@ -15,8 +15,6 @@
 
 #include <stdint.h>
 
-void dsv4_sample_philox_kat(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
-
 /* ---- helpers ---- */
 
 static uint64_t rng_state = 0x243F6A8885A308D3ull;
