@@ -20,11 +20,12 @@
  *    wherever it lives, so shards stay independent and resumable.
  *  - Crash safety comes from the writer (temporary name + fsync + rename); a
  *    shard under its final name is complete, and its __metadata__ records the
- *    mode so a resumed run never mixes modes.
+ *    mode (and its key set the naming) so a resumed run never mixes them.
  *  - Verification re-opens DST as a checkpoint and compares it with SRC:
  *    dequantized values of converted tensors (through the reference
  *    dequantizers of kernels/formats.h, not the conversion code), bytes of
- *    every other tensor, the key set and the sidecars.
+ *    every other tensor, the key count, the sidecars, and binds DST to the
+ *    model contract (engine/contract.h) of its own config.json.
  */
 #include "engine/convert.h"
 
