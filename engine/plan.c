@@ -254,8 +254,11 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
         fprintf(f, "  %-5d", r);
         for (int i = 0; i < DSV4_CAT_COUNT; i++)
             fprintf(f, " %10.3f", gib(k->bytes[i]));
-        fprintf(f, " %10.3f  %" PRId64 "..%" PRId64 "\n", gib(k->total), k->experts_begin,
-                k->experts_end - 1);
+        if (k->experts_end > k->experts_begin)
+            fprintf(f, " %10.3f  %" PRId64 "..%" PRId64 "\n", gib(k->total), k->experts_begin,
+                    k->experts_end - 1);
+        else /* more ranks than experts */
+            fprintf(f, " %10.3f  none\n", gib(k->total));
     }
     fprintf(f, "  %-5s", "model");
     for (int i = 0; i < DSV4_CAT_COUNT; i++)
