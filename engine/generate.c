@@ -353,7 +353,9 @@ static int rank_fn(struct dsv4_comm *comm, void *arg)
         goto out;
     if ((rc = dsv4_state_seq_new(r.st, &r.seq)))
         goto out;
-    r.logits = malloc(sizeof(float) * T * r.V);
+    /* logits rows: every prompt position only when dumping them, else one per chunk and
+     * k + 1 per verification */
+    r.logits = malloc(sizeof(float) * (o->dump_logits ? T : r.k + 1) * r.V);
     r.hidden = malloc(sizeof(float) * T * r.hc * r.D);
     r.mhid = malloc(sizeof(float) * T * r.hc * r.D);
     r.mlog = malloc(sizeof(float) * r.V);

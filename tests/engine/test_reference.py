@@ -60,6 +60,42 @@ def ne(a, b):
     return float(np.linalg.norm(a - b) / (d if d > 0 else 1.0))
 
 
+def write_variant(src, dst):
+    """The NVFP4 checkpoint in its other accepted spelling: block scales under .weight_scale,
+    global scales as shape [] and packed weights as I8 (same bytes)."""
+    import struct
+
+    os.makedirs(dst, exist_ok=True)
+    for fn in os.listdir(src):
+        data = open(os.path.join(src, fn), "rb").read()
+        if fn.endswith(".safetensors"):
+            n = struct.unpack("<Q", data[:8])[0]
+            hdr = json.loads(data[8:8 + n])
+            out = {}
+            for k, v in hdr.items():
+                if ".ffn.experts." in k and k.startswith("layers.") and "dtype" in v:
+                    if k.endswith(".scale") and v["dtype"] == "F8_E4M3":
+                        k = k[: -len(".scale")] + ".weight_scale"
+                    elif k.endswith(("weight_scale_2", "input_scale")) and v["shape"] == [1]:
+                        v = dict(v, shape=[])
+                    elif k.endswith(".weight") and v["dtype"] == "U8":
+                        v = dict(v, dtype="I8")
+                out[k] = v
+            h = json.dumps(out).encode()
+            h += b" " * ((8 - len(h) % 8) % 8)
+            data = struct.pack("<Q", len(h)) + h + data[8 + n:]
+        elif fn == "model.safetensors.index.json":
+            idx = json.loads(data)
+            wm = {}
+            for k, v in idx["weight_map"].items():
+                if ".ffn.experts." in k and k.startswith("layers.") and k.endswith(".scale"):
+                    k = k[: -len(".scale")] + ".weight_scale"
+                wm[k] = v
+            idx["weight_map"] = wm
+            data = json.dumps(idx).encode()
+        open(os.path.join(dst, fn), "wb").write(data)
+
+
 def main():
     if not os.path.exists(BIN) or not os.path.exists(TOK):
         print("dsv4 binary or tokenizer missing")
@@ -108,6 +144,13 @@ def main():
         results[fmt + "-ref"] = lr
         print("info: %s free-running logits error %.3e, argmax agreement %.3f"
               % (fmt, ne(lu, lr), float(np.mean(lu.argmax(1) == lr.argmax(1)))))
+    # the other NVFP4 spelling (.weight_scale, [] scalars, I8) binds to the same weights
+    var = os.path.join(TMP, "tiny-nvfp4-variant")
+    write_variant(os.path.join(TMP, "tiny-nvfp4"), var)
+    run([BIN, "generate", "--model", var, "--prompt-ids", results["ids"], "--max-tokens", "0", "--threads", "2",
+         "--dump-logits", var + "/logits.f32"])
+    lv = np.fromfile(var + "/logits.f32", np.float32).reshape(results["nvfp4"].shape)
+    check(np.array_equal(lv, results["nvfp4"]), "NVFP4 with .weight_scale / [] scalars / I8 gives the same logits")
     # the NVFP4 checkpoint holds the MXFP4 values losslessly; it differs only by W4A4 activations
     print("info: nvfp4 vs mxfp4 logits (C): %.3e; (reference): %.3e"
           % (ne(results["nvfp4"], results["mxfp4"]), ne(results["nvfp4-ref"], results["mxfp4-ref"])))
