@@ -148,6 +148,10 @@ static const struct row mtp_rows[] = {
         {"hc_head_scale", K_PLAIN, C_ALL, DSV4_DTYPE_F32, S_ONE, S_NONE, DSV4_CAT_OTHER, REP},
 };
 
+/* Refused above this total (2^60 = 1 EiB; V4-Pro is 2^39.7): keeps every
+ * byte and parameter sum of the contract and the plan far from wrapping. */
+#define MAX_TOTAL_BYTES (UINT64_C(1) << 60)
+
 struct hslot {
     const char *key; /* points into a spec's name or alt; NULL = empty */
     uint32_t spec;
@@ -527,6 +531,15 @@ int dsv4_contract_build(const struct dsv4_config *cfg, int mtp_expert_fmt,
             goto fail;
         if (s->alt[0] && (rc = hash_put(c, s->alt, (uint32_t)i)))
             goto fail;
+        /* a per-instance size fits easily (every dimension is bounded by
+         * the config parser), but the sum over 256 layers of 2^16 large
+         * experts would wrap: refuse what no machine could hold */
+        if (inst * s->nbytes > MAX_TOTAL_BYTES - c->total_bytes) {
+            rc = dsv4_error(DSV4_ERANGE,
+                            "contract: the model holds more than 2^60 bytes (1 EiB) (at %s)",
+                            s->name);
+            goto fail;
+        }
         c->tensor_count += inst;
         c->total_bytes += inst * s->nbytes;
     }

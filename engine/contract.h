@@ -113,7 +113,7 @@ struct dsv4_contract;
  * the trunk's format).  The config must have passed dsv4_config_validate().
  * DSV4_EINVAL when a layer's FP4 experts (MTP ones included) would not hold
  * whole blocks: hidden_size and moe_intermediate_size multiples of 32
- * (MXFP4) or 16 (NVFP4).
+ * (MXFP4) or 16 (NVFP4).  DSV4_ERANGE above 2^60 bytes in all.
  */
 int dsv4_contract_build(const struct dsv4_config *cfg, int mtp_expert_fmt,
                         struct dsv4_contract **out);

@@ -563,6 +563,20 @@ static void check_rank_layout(void)
     cfg.expert_fmt = DSV4_EXPERT_FP8;
     CHECK_INT(dsv4_contract_build(&cfg, -1, &c), 0);
     dsv4_contract_free(c);
+
+    /* the parser's largest dimensions over 256 layers: more than 2^64 bytes,
+     * refused instead of wrapping the sums */
+    cfg.hidden_size = 1 << 20;
+    cfg.moe_intermediate_size = 1 << 20;
+    cfg.n_routed_experts = 1 << 16;
+    cfg.num_hidden_layers = DSV4_MAX_LAYERS - 1;
+    cfg.num_nextn_predict_layers = 1;
+    cfg.n_compress_ratios = DSV4_MAX_LAYERS;
+    for (int l = 0; l < DSV4_MAX_LAYERS; l++)
+        cfg.compress_ratios[l] = 0;
+    c = NULL;
+    CHECK_INT(dsv4_contract_build(&cfg, -1, &c), DSV4_ERANGE);
+    CHECK(c == NULL && strstr(dsv4_errmsg(), "2^60 bytes"));
 }
 
 int main(void)
