@@ -1,6 +1,7 @@
 /*
  * test_tokenizer.c - tokenizer behaviour that the HF corpus test cannot
- * cover: known ids of the DeepSeek vocabulary, invalid UTF-8 (our defined
+ * cover: known ids of the DeepSeek vocabulary (and the spec's V4 example
+ * with <think>/</think> added at their V4 ids), invalid UTF-8 (our defined
  * behaviour: the ids carry every input byte, stray bytes are byte tokens,
  * decode is lossy with one U+FFFD per maximal subpart), streaming decode equal to
  * whole decode on random ids and bytes, special tokens as text, linear time
@@ -10,6 +11,8 @@
 #include "engine/dsv4.h"
 #include "engine/tokenizer.h"
 #include "tests/test.h"
+
+#include <cjson/cJSON.h>
 
 #include <pthread.h>
 #include <stdint.h>
@@ -140,6 +143,58 @@ static void test_known_ids(void)
     CHECK_STR(out, "<｜begin▁of▁sentence｜>usal<｜end▁of▁sentence｜>");
     free(out);
     dsv4_tokens_free(&t);
+}
+
+/* The V4 tokenizer is the V3 one plus more added tokens (spec section
+ * 6.1).  Adding <think>/</think> at their V4 ids to the V3 file must give
+ * the spec's example ids exactly. */
+static void test_v4_example(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n);
+    CHECK(buf && fread(buf, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    cJSON *root = cJSON_ParseWithLength(buf, (size_t)n);
+    free(buf);
+    cJSON *added = cJSON_GetObjectItem(root, "added_tokens");
+    static const struct {
+        int id;
+        const char *content;
+    } v4[] = {{128821, "<think>"}, {128822, "</think>"}};
+    for (size_t i = 0; i < DSV4_ARRAY_LEN(v4); i++) {
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddNumberToObject(a, "id", v4[i].id);
+        cJSON_AddStringToObject(a, "content", v4[i].content);
+        cJSON_AddBoolToObject(a, "single_word", 0);
+        cJSON_AddBoolToObject(a, "lstrip", 0);
+        cJSON_AddBoolToObject(a, "rstrip", 0);
+        cJSON_AddBoolToObject(a, "normalized", 1);
+        cJSON_AddBoolToObject(a, "special", 0);
+        cJSON_AddItemToArray(added, a);
+    }
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    struct dsv4_tokenizer *v4tok = NULL;
+    CHECKF(json && dsv4_tokenizer_load_json(json, strlen(json), &v4tok) == 0, "%s", dsv4_errmsg());
+    free(json);
+    if (!v4tok)
+        return;
+    const char *s = "<｜User｜>你好<｜Assistant｜><think>推理</think>答案<｜end▁of▁sentence｜>";
+    static const int32_t want[] = {128803, 30594, 128804, 128821, 36101, 128822, 7624, 1};
+    struct dsv4_tokens t = {0};
+    CHECK(dsv4_tokenizer_encode(v4tok, s, strlen(s), 0, &t) == 0);
+    CHECK_INT(t.len, DSV4_ARRAY_LEN(want));
+    for (size_t i = 0; i < t.len && i < DSV4_ARRAY_LEN(want); i++)
+        CHECKF(t.ids[i] == want[i], "id %zu: %d, spec says %d", i, t.ids[i], want[i]);
+    CHECK_INT(dsv4_tokenizer_token_id(v4tok, "</think>"), 128822);
+    dsv4_tokens_free(&t);
+    dsv4_tokenizer_free(v4tok);
 }
 
 static void test_invalid_utf8(void)
@@ -405,6 +460,7 @@ int main(void)
     }
     fprintf(stderr, "loaded in %.3f s\n", dsv4_now() - t0);
     test_known_ids();
+    test_v4_example(path);
     test_invalid_utf8();
     test_random_ids_stream();
     test_linear_time();
