@@ -783,6 +783,7 @@ struct call {
 struct dsv4_chat_parser {
     int mode, phase;
     struct sb reasoning, content, pend;
+    size_t scanned; /* bytes of pend known to hold no invoke end tag */
     struct call *calls;
     size_t n_calls, cap_calls;
 };
@@ -889,9 +890,15 @@ static int parse_invoke(struct dsv4_chat_parser *p, const char *s, size_t n, siz
         return memcmp(s + i, open, n - i) ? parse_fail(p, "expected an invoke element") : 0;
     if (memcmp(s + i, open, sizeof(open) - 1))
         return parse_fail(p, "expected an invoke element");
-    const char *end = memmem(s + i, n - i, close, sizeof(close) - 1);
-    if (!end)
+    /* Resume the search where the last feed stopped: a long parameter
+     * streamed in small pieces stays linear. */
+    size_t from = DSV4_MAX(i, p->scanned > sizeof(close) ? p->scanned - sizeof(close) : 0);
+    const char *end = memmem(s + from, n - from, close, sizeof(close) - 1);
+    if (!end) {
+        p->scanned = n;
         return 0;
+    }
+    p->scanned = 0;
     size_t stop = (size_t)(end - s);
     i += sizeof(open) - 1;
     const char *q = memchr(s + i, '"', stop - i);

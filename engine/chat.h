@@ -22,7 +22,10 @@
  * byte); reasoning and content only ever grow, text that might be the start
  * of a marker ("</thi", "\n\n<｜DSML｜tool_c") is held back until resolved,
  * a tool call appears once its invoke element is closed.  The result of
- * feeding a text in pieces equals feeding it whole.
+ * feeding a text in pieces equals feeding it whole, and the work is linear
+ * in the text however small the pieces.  A streaming server remembers the
+ * lengths it has sent and, after each feed, sends the new tails of
+ * reasoning and content and any new tool calls.
  */
 #ifndef DSV4_CHAT_H
 #define DSV4_CHAT_H

@@ -4,7 +4,8 @@
  * parsing (byte-by-byte feeding equals whole; reasoning/content only grow),
  * encode -> parse round trip of tool calls with every JSON type, Python
  * json.dumps number/escape rendering, reasoning effort, task tokens,
- * tool-result ordering, and precise errors for bad messages and bad DSML.
+ * tool-result ordering, precise errors for bad messages and bad DSML, and
+ * linear time when a long tool call arrives in small pieces.
  */
 #include "engine/chat.h"
 #include "engine/dsv4.h"
@@ -380,6 +381,45 @@ static void test_errors(void)
     dsv4_chat_parser_free(p);
 }
 
+/* A long tool-call parameter streamed in small pieces parses in linear
+ * time: 10x the text may take about 10x the time, not 100x. */
+static double stream_tool_call(size_t len)
+{
+    const char *head = "x\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"w\">\n<｜DSML｜parameter "
+                       "name=\"text\" string=\"true\">";
+    const char *tail = "</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>";
+    struct dsv4_chat_parser *p;
+    CHECK(dsv4_chat_parser_new(DSV4_CHAT_MODE_CHAT, &p) == 0);
+    double t0 = dsv4_now();
+    CHECK(dsv4_chat_parser_feed(p, head, strlen(head)) == 0);
+    char chunk[16];
+    memset(chunk, 'a', sizeof(chunk));
+    int bad = 0;
+    for (size_t i = 0; i < len; i += sizeof(chunk))
+        bad += dsv4_chat_parser_feed(p, chunk, sizeof(chunk)) != 0;
+    CHECK_INT(bad, 0);
+    CHECK(dsv4_chat_parser_feed(p, tail, strlen(tail)) == 0);
+    CHECK(dsv4_chat_parser_finish(p) == 0);
+    double dt = dsv4_now() - t0;
+    CHECK_INT(dsv4_chat_parser_n_calls(p), 1);
+    if (dsv4_chat_parser_n_calls(p) == 1) {
+        const char *name, *args;
+        dsv4_chat_parser_call(p, 0, &name, &args);
+        CHECK_INT(strlen(args), len + strlen("{\"text\": \"\"}"));
+    }
+    dsv4_chat_parser_free(p);
+    return dt;
+}
+
+static void test_linear_stream(void)
+{
+    double small = stream_tool_call(1 << 20), big = stream_tool_call(1 << 23);
+    double ratio = big / DSV4_MAX(small, 1e-6);
+    fprintf(stderr, "tool call streamed: 1 MB %.4f s, 8 MB %.4f s, ratio %.1f\n", small, big,
+            ratio);
+    CHECKF(ratio < 30, "8x the text took %.1fx the time", ratio);
+}
+
 int main(void)
 {
     test_golden();
@@ -387,5 +427,6 @@ int main(void)
     test_roundtrip_tool_calls();
     test_options();
     test_errors();
+    test_linear_stream();
     TEST_DONE();
 }
