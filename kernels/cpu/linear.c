@@ -32,6 +32,7 @@
 #include "kernels/cpu/cpu_int.h"
 #include "kernels/formats.h"
 
+#include <cpuid.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -44,10 +45,16 @@ static const struct dsv4_cpu_kern *kern;
 static struct dsv4_cpu_kern kern_avx512; /* the AVX2 set with AVX-512 overrides */
 static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
 
+/* F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does not know "f16c". */
+static bool have_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+
 static bool have_avx2(void)
 {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && have_f16c();
 }
 
 static bool have_avx512(void)
