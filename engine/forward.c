@@ -190,14 +190,16 @@ int dsv4_fwd_init(const struct dsv4_model *m, struct dsv4_state *st, struct dsv4
     ALLOC(f->iw, T * IH);
     f->ngmax = (G + N - 1) / N;
     f->inhmax = (IH + N - 1) / N;
-    ALLOC(f->isend, T * f->inhmax * (id + 1));
-    ALLOC(f->irecv, N * T * f->inhmax * (id + 1));
+    /* exchange buffers only for N > 1 (single rank: 1-element placeholders) */
+    int64_t X1 = N > 1 ? 1 : 0;
+    ALLOC(f->isend, X1 * T * f->inhmax * (id + 1));
+    ALLOC(f->irecv, X1 * N * T * f->inhmax * (id + 1));
     ALLOC(f->o, T * nh * dh);
     ALLOC(f->ob, T * hpg * dh);
     ALLOC(f->zo, T * f->ngmax * Ro);
     ALLOC(f->z, T * f->ngmax * Ro);
-    ALLOC(f->zrecv, N * T * f->ngmax * Ro);
-    ALLOC(f->zfull, T * G * Ro);
+    ALLOC(f->zrecv, X1 * N * T * f->ngmax * Ro);
+    ALLOC(f->zfull, X1 * T * G * Ro);
     ALLOC(f->A, T * D);
     ALLOC(f->keys, T * f->maxkeys);
     ALLOC(f->nkeys, T);
@@ -214,8 +216,8 @@ int dsv4_fwd_init(const struct dsv4_model *m, struct dsv4_state *st, struct dsv4
     ALLOC(f->ecnt, E + 1);
     ALLOC(f->elist, T * k);
     ALLOC(f->hz, T * D);
-    ALLOC(f->lg, T * m->vchunk);
-    ALLOC(f->lrecv, N * T * m->vchunk);
+    ALLOC(f->lg, X1 * T * m->vchunk);
+    ALLOC(f->lrecv, X1 * N * T * m->vchunk);
     ALLOC(f->hn, T * hc * D);
     ALLOC(f->hp, T * hc * D);
     ALLOC(f->ep, T * D);
@@ -663,34 +665,58 @@ static int moe(struct dsv4_fwd *f, int layer, int T)
 /* ------------------------------------------------------------------ layer / head */
 
 /* (Y, post, comb) = HC_PRE(X); xn = bf16(RMSNorm_w(bf16(Y))). */
+struct hc_job {
+    struct dsv4_fwd *f;
+    const struct dsv4_hc_w *hw;
+    const float *nw, *A;
+};
+
+static void hc_pre_task(void *arg, int64_t t, int thread)
+{
+    struct hc_job *j = arg;
+    struct dsv4_fwd *f = j->f;
+    const struct dsv4_config *c = &f->m->cfg;
+    int hc = c->hc_mult, nmix = (2 + hc) * hc;
+    int64_t D = c->hidden_size;
+    float *y = f->Y + t * D;
+    (void)thread;
+    dsv4_ref_hc_pre(f->X + t * hc * D, hc, D, j->hw->fn, j->hw->scale, j->hw->base,
+                    f->mix + t * nmix, (float)c->rms_norm_eps, (float)c->hc_eps,
+                    c->hc_sinkhorn_iters, y, f->post + t * hc, f->comb + t * hc * hc);
+    bf16(y, D);
+    dsv4_ref_rmsnorm(y, j->nw, D, (float)c->rms_norm_eps, f->xn + t * D);
+    bf16(f->xn + t * D, D);
+}
+
+/* (Y, post, comb) = HC_PRE(X); xn = bf16(RMSNorm_w(bf16(Y))), tokens in parallel. */
 static void hc_pre_norm(struct dsv4_fwd *f, const struct dsv4_hc_w *hw, const float *nw, int T)
 {
     const struct dsv4_config *c = &f->m->cfg;
     int hc = c->hc_mult, nmix = (2 + hc) * hc;
-    int64_t D = c->hidden_size;
     hc_mix(f, hw->fn, nmix, f->X, T, f->mix);
-    for (int64_t t = 0; t < T; t++) {
-        float *y = f->Y + t * D;
-        dsv4_ref_hc_pre(f->X + t * hc * D, hc, D, hw->fn, hw->scale, hw->base, f->mix + t * nmix,
-                        (float)c->rms_norm_eps, (float)c->hc_eps, c->hc_sinkhorn_iters, y,
-                        f->post + t * hc, f->comb + t * hc * hc);
-        bf16(y, D);
-        dsv4_ref_rmsnorm(y, nw, D, (float)c->rms_norm_eps, f->xn + t * D);
-        bf16(f->xn + t * D, D);
-    }
+    struct hc_job j = {f, hw, nw, NULL};
+    dsv4_pool_run(f->pool, hc_pre_task, &j, T);
 }
 
-static void hc_post_all(struct dsv4_fwd *f, const float *A, int T)
+static void hc_post_task(void *arg, int64_t t, int thread)
 {
+    struct hc_job *j = arg;
+    struct dsv4_fwd *f = j->f;
     const struct dsv4_config *c = &f->m->cfg;
     int hc = c->hc_mult;
     int64_t D = c->hidden_size;
-    for (int64_t t = 0; t < T; t++) {
-        float *xo = f->X2 + t * hc * D;
-        dsv4_ref_hc_post(A + t * D, f->X + t * hc * D, f->post + t * hc, f->comb + t * hc * hc, hc,
-                         D, xo);
-    }
-    bf16(f->X2, T * hc * D);
+    (void)thread;
+    float *xo = f->X2 + t * hc * D;
+    dsv4_ref_hc_post(j->A + t * D, f->X + t * hc * D, f->post + t * hc, f->comb + t * hc * hc, hc,
+                     D, xo);
+    bf16(xo, hc * D);
+}
+
+/* X = bf16(HC_POST(A, X, post, comb)), tokens in parallel. */
+static void hc_post_all(struct dsv4_fwd *f, const float *A, int T)
+{
+    struct hc_job j = {f, NULL, NULL, A};
+    dsv4_pool_run(f->pool, hc_post_task, &j, T);
     float *tmp = f->X;
     f->X = f->X2;
     f->X2 = tmp;
