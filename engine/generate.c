@@ -46,6 +46,7 @@ struct rank_ctx {
     int n;
     const char *layers_dir;
     int64_t chunk_start; /* first position of the prefill chunk in flight (layer hook) */
+    bool drafted;        /* the first drafting step is done (--dump-draft-logits) */
     int hook_rc;
 };
 
@@ -140,7 +141,11 @@ static int draft(struct rank_ctx *r, int64_t start, int n, const int32_t *tokens
     if ((rc = dsv4_fwd_mtp(r->f, &s, 1, hid, r->mlog, false, r->mhid)))
         return rc;
     const float *last = r->mhid + (int64_t)(n - 1) * r->hc * r->D;
+    FILE *dl = !r->drafted && r->rank == 0 ? o->dump_draft_logits : NULL;
+    r->drafted = true;
     for (int i = 0; i < r->k; i++) {
+        if (dl && fwrite(r->mlog, sizeof(float), (size_t)r->V, dl) != (size_t)r->V)
+            return dsv4_error(DSV4_EIO, "generate: writing draft logits failed");
         struct dsv4_sample_result sr;
         struct dsv4_sample_history h = hist(r, drafts, i);
         if ((rc = dsv4_sample(r->smp, &o->sample, r->mlog, &h, (uint64_t)(r->n + i),

@@ -35,7 +35,8 @@ struct dsv4_gen_opts {
     /* diagnostics: replace each trunk layer's output for the prompt with DIR/layer_%02d.f32
      * (after dumping the computed one), so each layer is compared on the reference's input */
     const char *force_layers;
-    FILE *dump_mtp_logits; /* FP32 [P-1, V]: MTP logits of the prompt positions 0..P-2 */
+    FILE *dump_mtp_logits;   /* FP32 [P-1, V]: MTP logits of the prompt positions 0..P-2 */
+    FILE *dump_draft_logits; /* FP32 [k, V]: logits of the first k drafts (after the prompt) */
     /* token callback on rank 0 (may be NULL): called as tokens are emitted */
     void (*on_token)(void *ctx, int32_t token);
     void *ctx;

@@ -28,7 +28,8 @@ static void usage(FILE *f)
                "         [--json] [--dump-logits FILE] [--dump-layers DIR]\n"
                "diagnostics: --force-layers DIR (replace each layer's prompt output by\n"
                "  DIR/layer_%%02d.f32 after dumping it), --dump-mtp-logits FILE (MTP logits of\n"
-               "  prompt positions 0..P-2; needs --mtp >= 1)\n");
+               "  prompt positions 0..P-2; needs --mtp >= 1), --dump-draft-logits FILE (logits of\n"
+               "  the k drafts made right after the prompt)\n");
 }
 
 static int parse_ids(const char *s, int32_t **ids, int *n)
@@ -104,7 +105,7 @@ static void on_token(void *ctx, int32_t tok)
 int dsv4_cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *ids_s = NULL, *text = NULL, *dump_l = NULL, *dump_f = NULL;
-    const char *dump_m = NULL;
+    const char *dump_m = NULL, *dump_d = NULL;
     bool chat = false, json = false, logprobs = false;
     struct dsv4_gen_opts o;
     dsv4_gen_opts_default(&o);
@@ -162,6 +163,8 @@ int dsv4_cmd_generate(int argc, char **argv)
             o.force_layers = v;
         else if (ARG("--dump-mtp-logits"))
             dump_m = v;
+        else if (ARG("--dump-draft-logits"))
+            dump_d = v;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
@@ -238,8 +241,18 @@ int dsv4_cmd_generate(int argc, char **argv)
             fclose(lf);
         goto out;
     }
+    FILE *df = NULL;
+    if (dump_d && !(df = fopen(dump_d, "wb"))) {
+        fprintf(stderr, "dsv4 generate: cannot create %s\n", dump_d);
+        if (lf)
+            fclose(lf);
+        if (mf)
+            fclose(mf);
+        goto out;
+    }
     o.dump_logits = lf;
     o.dump_mtp_logits = mf;
+    o.dump_draft_logits = df;
     o.dump_layers = dump_l;
     struct printer pr = {.on = tok && !json};
     if (tok)
@@ -251,6 +264,8 @@ int dsv4_cmd_generate(int argc, char **argv)
         grc = dsv4_error(DSV4_EIO, "closing %s failed", dump_f);
     if (mf && fclose(mf) != 0 && !grc)
         grc = dsv4_error(DSV4_EIO, "closing %s failed", dump_m);
+    if (df && fclose(df) != 0 && !grc)
+        grc = dsv4_error(DSV4_EIO, "closing %s failed", dump_d);
     if (grc) {
         fprintf(stderr, "dsv4 generate: %s\n", dsv4_errmsg());
         goto out;

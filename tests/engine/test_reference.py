@@ -14,6 +14,7 @@ computed one, so layer l's error is that layer's alone.  Tolerances (normalised 
   per layer, bitwise equal rows:   >= 85% of the positions (measured 92-98%)
   logits from the forced streams:  < 1e-5   (hc_head, norm, FP32 head)
   MTP logits (forced trunk):       < 1e-3
+  recursive MTP draft logits:      < 1e-3, same argmax (3 drafting steps after the prompt)
 The free-running error is printed for information.
 """
 
@@ -139,6 +140,18 @@ def main():
         mc = np.fromfile(cl + "/mtp.f32", np.float32).reshape(T - 1, V)
         mr = np.fromfile(rl + "/mtp.f32", np.float32).reshape(T - 1, V)
         check(ne(mc, mr) < 1e-3, "%s MTP logits: error %.2e" % (fmt, ne(mc, mr)))
+        if fmt == "mxfp4":
+            # recursive MTP drafting (3 drafts after the prompt) on the reference's trunk streams
+            out = json.loads(run([BIN, "generate", "--model", d, "--prompt-ids", ids, "--max-tokens", "2",
+                                  "--mtp", "3", "--threads", "2", "--json", "--force-layers", rl,
+                                  "--dump-draft-logits", cl + "/draft.f32"]))
+            dc = np.fromfile(cl + "/draft.f32", np.float32).reshape(3, V)
+            nxt = [out["tokens"][0]] + [int(np.argmax(dc[i])) for i in range(2)]
+            run([sys.executable, REF, "--model", d, "--ids", ids, "--next-ids", ",".join(map(str, nxt)),
+                 "--draft-logits", rl + "/draft.f32"])
+            dr = np.fromfile(rl + "/draft.f32", np.float32).reshape(3, V)
+            check(ne(dc, dr) < 1e-3 and all(np.argmax(dc[i]) == np.argmax(dr[i]) for i in range(3)),
+                  "%s recursive MTP draft logits (3 steps): error %.2e" % (fmt, ne(dc, dr)))
         lu = np.fromfile(cu + "/logits.f32", np.float32).reshape(T, V)
         results[fmt] = lu
         results[fmt + "-ref"] = lr
