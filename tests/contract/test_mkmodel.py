@@ -5,6 +5,7 @@ Checks: determinism (same seed -> identical bytes, another seed -> other
 bytes); every format binds to the contract (`dsv4 plan DIR` succeeds) with
 index totals equal to the plan's; shards (names, embedding first, MTP last,
 same tensors as one shard); tokenizer files copied; config keys per format;
+FP8 linears use the E4M3 range per 128x128 block; embed/head/linear spreads;
 the NVFP4 and FP8 experts dequantise to exactly the MXFP4 values of the same
 seed, w1/w3 share weight_scale_2, input_scale 1.0; values finite and in
 range, tid2eid rows distinct; a checkpoint edited by header surgery reports
@@ -190,6 +191,28 @@ def test_formats():
             check(np.isfinite(v).all(), name + " finite")
             if name.endswith("norm.weight"):
                 check(abs(v.mean() - 1) < 0.05, name + " near 1")
+    # FP8 linears: E8M0 scale per 128x128 block = 2^ceil(log2(amax/448)), so
+    # every block's amax / scale lies in (224, 448] and rounds to [224, 448]
+    # in E4M3; values ~ N(0, 1/fan_in)
+    for name in ("layers.0.attn.wq_a", "layers.2.attn.wo_b", "layers.1.ffn.shared_experts.w2",
+                 "mtp.0.e_proj"):
+        w, dt = mx.get(name + ".weight")
+        sc, sdt = mx.get(name + ".scale")
+        check(dt == "F8_E4M3" and sdt == "F8_E8M0", name + " FP8 dtypes")
+        q = np.abs(w.astype(np.float64))
+        rows, cols = q.shape
+        check(sc.shape == ((rows + 127) // 128, (cols + 127) // 128), name + " scale shape")
+        bmax = np.array([[q[i:i + 128, j:j + 128].max() for j in range(0, cols, 128)]
+                         for i in range(0, rows, 128)])
+        check(((bmax >= 224) & (bmax <= 448)).all(), name + " blocks use the E4M3 range: %s" %
+              bmax.min())
+        sd = deq_fp8(w, np.exp2(sc.astype(np.float64) - 127)).std()
+        check(abs(sd * np.sqrt(cols) - 1) < 0.1, name + " sd %g ~ 1/sqrt(fan_in)" % sd)
+    emb = mx.get("embed.weight")[0].astype(np.float64)
+    head = mx.get("head.weight")[0].astype(np.float64)
+    check(abs(emb.std() - 1) < 0.05, "embed ~ N(0, 1): sd %g" % emb.std())
+    check(abs(head.std() * np.sqrt(cfg["hidden_size"]) - 1) < 0.05,
+          "head ~ N(0, 1/D): sd %g" % head.std())
     t, dt = mx.get("layers.1.ffn.gate.tid2eid")
     check(dt == "I64" and t.shape == (129280, 6), "tid2eid shape")
     srt = np.sort(t, axis=1)
