@@ -190,6 +190,8 @@ int main(void)
         CHECK(fread(lg[i], 1, len[i], fp) == len[i]);
         fclose(fp);
         tk[i] = r.tokens;
+        r.tokens = NULL;
+        dsv4_gen_result_free(&r);
         CHECK_INT(r.n, NSHORT);
     }
     CHECK_INT(len[0], (size_t)(lens[1] + NSHORT) * VOCAB * sizeof(float));
