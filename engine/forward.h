@@ -22,6 +22,12 @@
  * each output element is computed by one rank exactly as a single rank
  * would: outputs are bitwise identical for any N.
  *
+ * Data-parallel attention (DESIGN.md §2, later): nothing here assumes that a
+ * rank serves every sequence of the batch.  Attention reads only the state of
+ * the chunk's own sequence, and the MoE exchange is per token, so a rank that
+ * owns a subset of the sequences needs only a different exchange (all-to-all
+ * of tokens to expert owners) in place of the head-split gathers.
+ *
  * Ownership: a dsv4_fwd borrows the model, state, pool and communicator,
  * and owns scratch sized at init for max_tokens tokens per call and
  * contexts up to max_ctx positions; calls do not allocate except state
