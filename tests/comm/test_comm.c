@@ -271,7 +271,25 @@ static int rank_errors(struct dsv4_comm *c, void *arg)
             rc = dsv4_comm_broadcast(c, buf, 8, 0);
         if (rc != DSV4_EMISMATCH)
             FAILF("barrier vs broadcast gave %d", rc);
+        /* sizes that take different paths: one round (small) on rank 0,
+         * chunked through the 4 KiB arena elsewhere */
+        float *big = calloc(4096, sizeof(float));
+        rc = big ? dsv4_comm_all_reduce_sum_f32(c, big, c->rank == 0 ? 10 : 4096) : DSV4_ENOMEM;
+        if (rc != DSV4_EMISMATCH)
+            FAILF("small vs chunked all_reduce gave %d", rc);
+        /* multi-chunk all_gather sizes that differ */
+        float *all = calloc((size_t)c->size * 4096, sizeof(float));
+        rc = big && all ? dsv4_comm_all_gather(c, big, all, 4096 * sizeof(float) - (size_t)c->rank)
+                        : DSV4_ENOMEM;
+        if (rc != DSV4_EMISMATCH)
+            FAILF("mismatched multi-chunk all_gather gave %d", rc);
+        free(all);
+        free(big);
     }
+    /* one rank without a receive buffer: EINVAL everywhere */
+    rc = dsv4_comm_all_to_all(c, buf, c->rank == 0 ? NULL : buf, 4);
+    if (rc != DSV4_EINVAL)
+        FAILF("all_to_all with a NULL recv on rank 0 gave %d", rc);
     /* one rank with a NULL buffer: EINVAL everywhere */
     rc = dsv4_comm_all_gather(c, c->rank == c->size - 1 ? NULL : buf, buf, 4);
     if (rc != DSV4_EINVAL)
@@ -296,6 +314,14 @@ static int rank_errors(struct dsv4_comm *c, void *arg)
     rc = dsv4_comm_all_to_allv(c, s8, NULL, so, r8, rcn, ro);
     if (rc != DSV4_EINVAL)
         FAILF("all_to_allv without counts gave %d", rc);
+    /* an offset + count that wraps around on the last rank only */
+    rcn[c->size - 1] = 4;
+    if (c->rank == c->size - 1)
+        so[0] = SIZE_MAX - 1;
+    rc = dsv4_comm_all_to_allv(c, s8, sc, so, r8, rcn, ro);
+    if (rc != DSV4_EINVAL)
+        FAILF("all_to_allv with a wrapping offset gave %d", rc);
+    so[0] = 0;
     /* and the group still works afterwards */
     for (int i = 0; i < 64; i++)
         buf[i] = (float)(c->rank + i);
