@@ -2,8 +2,9 @@
  * test_sample.c - engine/sample: the generator's known answers, parameter
  * checks, greedy and its edge cases, bad logits, penalty arithmetic,
  * logprobs, reproducibility, the filters against a sort-based reference,
- * and chi-square tests that the draws follow the processed distribution and
- * that speculative rejection sampling reproduces the target distribution.
+ * MTP draft proposals, and chi-square tests that the draws follow the
+ * processed distribution and that speculative rejection sampling
+ * reproduces the target distribution.
  *
  * Statistical checks use fixed seeds (deterministic) and a critical value at
  * about p = 1e-6 (Wilson-Hilferty), and each one is shown to reject a wrong
@@ -618,6 +619,80 @@ static void test_distribution(void)
     dsv4_sampler_free(s);
 }
 
+/*
+ * dsv4_sample_draft: its row is dsv4_sample_probs' bit for bit, its token is
+ * the DRAFT-stream draw at pos (the plain draw on the same uniform, up to
+ * float rounding at a boundary), reproducible, distributed as its row, and
+ * greedy params give the argmax with a one-hot row.
+ */
+static void test_draft(void)
+{
+    enum { V = 24, DRAWS = 100000 };
+    struct dsv4_sampler *s;
+    CHECK_INT(dsv4_sampler_init(V, &s), 0);
+    float l[V], probs[V], ref[V];
+    for (int t = 0; t < V; t++)
+        l[t] = (float)(rng_unit() * 5.0);
+    struct dsv4_sample_params p = dsv4_sample_params_default();
+    p.temperature = 0.9f;
+    p.top_k = 12;
+    p.top_p = 0.95f;
+    p.seed = 77;
+    CHECK_INT(dsv4_sample_probs(s, &p, l, NULL, ref), 0);
+    long counts[V] = {0}, differ = 0, outside = 0;
+    int32_t tok = -1, again = -1;
+    struct dsv4_sample_result r;
+    for (long i = 0; i < DRAWS; i++) {
+        if (dsv4_sample_draft(s, &p, l, NULL, (uint64_t)i, probs, &tok) ||
+            dsv4_sample(s, &p, l, NULL, (uint64_t)i, DSV4_SAMPLE_STREAM_DRAFT, &r))
+            break;
+        if (i == 0) {
+            CHECK(!memcmp(probs, ref, sizeof(probs)));
+            CHECK_INT(dsv4_sample_draft(s, &p, l, NULL, 0, probs, &again), 0);
+            CHECK_INT(again, tok);
+        }
+        outside += !(tok >= 0 && tok < V && probs[tok] > 0.0f);
+        differ += tok != r.token;
+        counts[tok]++;
+    }
+    CHECK_INT(outside, 0);
+    CHECKF(differ <= DRAWS / 1000, "draft and plain draws on one uniform differ %ld times", differ);
+    double e[V];
+    for (int t = 0; t < V; t++)
+        e[t] = ref[t];
+    int df;
+    double x = chi2(counts, e, V, DRAWS, &df);
+    CHECKF(df > 0 && x < chi2_crit(df), "draft chi2 %g df %d crit %g", x, df, chi2_crit(df));
+    /* power: the unfiltered softmax is rejected (top_k 12 of 24 cuts) */
+    struct dsv4_sample_params q = p;
+    q.top_k = 0;
+    q.top_p = 1.0f;
+    float wrong[V];
+    CHECK_INT(dsv4_sample_probs(s, &q, l, NULL, wrong), 0);
+    for (int t = 0; t < V; t++)
+        e[t] = wrong[t];
+    int df2;
+    double y = chi2(counts, e, V, DRAWS, &df2);
+    CHECKF(y > chi2_crit(df2), "draft: unfiltered distribution accepted (%g)", y);
+    /* the stream matters: TOKEN-stream draws at the same positions are other tokens */
+    long same = 0;
+    for (long i = 0; i < 1000; i++) {
+        CHECK_INT(dsv4_sample_draft(s, &p, l, NULL, (uint64_t)i, probs, &tok), 0);
+        CHECK_INT(dsv4_sample(s, &p, l, NULL, (uint64_t)i, DSV4_SAMPLE_STREAM_TOKEN, &r), 0);
+        same += tok == r.token;
+    }
+    CHECKF(same < 900, "draft stream equals the token stream %ld of 1000 times", same);
+    /* greedy: the argmax (ties to the lower id) and a one-hot row */
+    l[3] = l[17] = 100.0f;
+    p.temperature = 0.0f;
+    CHECK_INT(dsv4_sample_draft(s, &p, l, NULL, 5, probs, &tok), 0);
+    CHECK_INT(tok, 3);
+    for (int t = 0; t < V; t++)
+        CHECK(probs[t] == (t == 3 ? 1.0f : 0.0f));
+    CHECK_INT(dsv4_sample_draft(s, &p, l, NULL, 5, probs, NULL), DSV4_EINVAL);
+    dsv4_sampler_free(s);
+}
+
 /* Draws a token from w[V] (sum 1) with the test's own generator. */
 static int32_t test_draw(const float *w, int V)
 {
@@ -851,6 +926,7 @@ int main(void)
     test_reproducible();
     test_filters_vs_reference();
     test_distribution();
+    test_draft();
     test_speculative();
     test_full_vocab();
     TEST_DONE();
