@@ -143,7 +143,10 @@ int dsv4_cmd_mkmodel(int argc, char **argv)
             dsv4_expert_fmt_name(cfg.expert_fmt), cfg.vocab_size, (int)shards,
             shards > 1 ? "s" : "", dsv4_now() - t0);
     return 0;
-fail:
-    fprintf(stderr, "dsv4 mkmodel: %s\n", dsv4_errmsg());
+fail:;
+    const char *msg = dsv4_errmsg();
+    if (!strncmp(msg, "mkmodel: ", 9)) /* the engine's prefix repeats ours */
+        msg += 9;
+    fprintf(stderr, "dsv4 mkmodel: %s\n", msg);
     return 1;
 }
