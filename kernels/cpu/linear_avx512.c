@@ -153,8 +153,8 @@ AVX512BF16 void dsv4_cpu_gemv_mxfp4_bf16(const struct dsv4_qweight *w, const uin
             __m512i wh = _mm512_permutexvar_epi16(ih, lut);
             /* words 0..15 hold block c/16, words 16..31 block c/16 + 1 */
             __m512i add = _mm512_mask_blend_epi16(0xffff0000u,
-                                                  _mm512_set1_epi16((short)((s0 - 127) << 7)),
-                                                  _mm512_set1_epi16((short)((s1 - 127) << 7)));
+                                                  _mm512_set1_epi16((short)((s0 - 127) * 128)),
+                                                  _mm512_set1_epi16((short)((s1 - 127) * 128)));
             wl = _mm512_mask_add_epi16(wl, _mm512_test_epi16_mask(il, m3), wl, add);
             wh = _mm512_mask_add_epi16(wh, _mm512_test_epi16_mask(ih, m3), wh, add);
             acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)wl,
