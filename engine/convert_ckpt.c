@@ -32,6 +32,7 @@
 #include "engine/config.h"
 #include "engine/contract.h"
 #include "engine/dsv4.h"
+#include "engine/fileio.h"
 #include "engine/safetensors.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/formats.h"
@@ -675,138 +676,6 @@ out:
 
 /* ---------------------------------------------------------------- other files */
 
-static int write_atomic(const char *path, const void *data, size_t len)
-{
-    char tmp[PATH_MAX];
-    if (path_cat(tmp, sizeof(tmp), path, "", ".tmp"))
-        return DSV4_ERANGE;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return dsv4_error(DSV4_EIO, "%s: %s", tmp, strerror(errno));
-    const char *p = data;
-    while (len) {
-        ssize_t k = write(fd, p, len);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            int e = k < 0 ? errno : ENOSPC;
-            close(fd);
-            unlink(tmp);
-            return dsv4_error(e == ENOSPC || e == EDQUOT || e == EFBIG ? DSV4_ENOSPC : DSV4_EIO,
-                              "%s: %s", tmp, strerror(e));
-        }
-        p += k;
-        len -= (size_t)k;
-    }
-    if (fsync(fd) < 0 || close(fd) < 0) {
-        int e = errno;
-        unlink(tmp);
-        return dsv4_error(e == ENOSPC ? DSV4_ENOSPC : DSV4_EIO, "%s: %s", tmp, strerror(e));
-    }
-    if (rename(tmp, path) < 0) {
-        int e = errno;
-        unlink(tmp);
-        return dsv4_error(DSV4_EIO, "rename %s: %s", tmp, strerror(e));
-    }
-    return 0;
-}
-
-static int slurp(const char *path, size_t max, char **out, size_t *len)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0)
-        return dsv4_error(errno == ENOENT ? DSV4_ENOENT : DSV4_EIO, "%s: %s", path,
-                          strerror(errno));
-    if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size > max) {
-        close(fd);
-        return dsv4_error(DSV4_ERANGE, "%s: larger than %zu bytes", path, max);
-    }
-    char *buf = malloc((size_t)sb.st_size + 1);
-    size_t got = 0;
-    if (!buf) {
-        close(fd);
-        return dsv4_error(DSV4_ENOMEM, "%s", path);
-    }
-    while (got < (size_t)sb.st_size) {
-        ssize_t k = read(fd, buf + got, (size_t)sb.st_size - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            free(buf);
-            close(fd);
-            return dsv4_error(DSV4_EIO, "%s: short read", path);
-        }
-        got += (size_t)k;
-    }
-    close(fd);
-    buf[got] = '\0';
-    *out = buf;
-    *len = got;
-    return 0;
-}
-
-/* Copies one regular file through a temporary name. */
-static int copy_file(const char *from, const char *to)
-{
-    char tmp[PATH_MAX], *buf = NULL;
-    int in = -1, out = -1, rc = 0;
-    if (path_cat(tmp, sizeof(tmp), to, "", ".tmp"))
-        return DSV4_ERANGE;
-    in = open(from, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return dsv4_error(DSV4_EIO, "%s: %s", from, strerror(errno));
-    out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    buf = malloc(1u << 20);
-    if (out < 0 || !buf) {
-        rc = dsv4_error(out < 0 ? DSV4_EIO : DSV4_ENOMEM, "%s: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    for (;;) {
-        ssize_t k = read(in, buf, 1u << 20);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0) {
-            rc = dsv4_error(DSV4_EIO, "%s: %s", from, strerror(errno));
-            goto fail;
-        }
-        if (k == 0)
-            break;
-        for (ssize_t o = 0; o < k;) {
-            ssize_t m = write(out, buf + o, (size_t)(k - o));
-            if (m < 0 && errno == EINTR)
-                continue;
-            if (m <= 0) {
-                int e = m < 0 ? errno : ENOSPC;
-                rc = dsv4_error(e == ENOSPC || e == EDQUOT || e == EFBIG ? DSV4_ENOSPC : DSV4_EIO,
-                                "%s: %s", tmp, strerror(e));
-                goto fail;
-            }
-            o += m;
-        }
-    }
-    if (fsync(out) < 0) {
-        rc = dsv4_error(DSV4_EIO, "%s: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    close(out);
-    out = -1;
-    if (rename(tmp, to) < 0) {
-        rc = dsv4_error(DSV4_EIO, "rename %s: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    close(in);
-    free(buf);
-    return 0;
-fail:
-    if (out >= 0)
-        close(out);
-    unlink(tmp);
-    close(in);
-    free(buf);
-    return rc;
-}
-
 /* Copies every file of src/rel (recursively) but shards, config, index and
  * the directory `skip` (DST itself when it lies inside SRC). */
 static int copy_tree(const char *src, const char *dst, const char *rel, int depth,
@@ -844,7 +713,7 @@ static int copy_tree(const char *src, const char *dst, const char *rel, int dept
             else
                 rc = copy_tree(src, dst, r2, depth + 1, skip);
         } else if (S_ISREG(sb.st_mode)) {
-            rc = copy_file(sp, dp);
+            rc = dsv4_file_copy(sp, dp);
         }
     }
     closedir(d);
@@ -981,7 +850,7 @@ static int write_config(struct conv *c)
     size_t len = 0;
     int rc = path_cat(path, sizeof(path), c->src, "/", "config.json");
     if (!rc)
-        rc = slurp(path, MAX_CONFIG, &text, &len);
+        rc = dsv4_file_read(path, MAX_CONFIG, &text, &len);
     if (rc)
         return rc;
     cJSON *root = cJSON_ParseWithLength(text, len);
@@ -1028,7 +897,7 @@ static int write_config(struct conv *c)
     if (!rc) {
         rc = path_cat(path, sizeof(path), c->dst, "/", "config.json");
         if (!rc)
-            rc = write_atomic(path, b.p, b.len);
+            rc = dsv4_file_write(path, b.p, b.len);
     }
     free(b.p);
     return rc;

@@ -1,7 +1,9 @@
 /*
  * fileio.c - whole-file read, crash-safe write and copy (see fileio.h).
  * Invariant: every write goes to "<path>.tmp" and is renamed only after a
- * successful fsync; any failure unlinks the temporary file.
+ * successful fsync; any failure unlinks the temporary file.  After the
+ * rename the parent directory is fsynced (best effort) so that the new name
+ * itself survives a crash.
  */
 #include "dsv4-build.h"
 #include "engine/fileio.h"
@@ -9,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +22,8 @@
 
 static int io_error(const char *what, const char *path, int e)
 {
-    return dsv4_error(e == ENOSPC || e == EDQUOT ? DSV4_ENOSPC : DSV4_EIO, "%s %s: %s", what, path,
-                      strerror(e));
+    return dsv4_error(e == ENOSPC || e == EDQUOT || e == EFBIG ? DSV4_ENOSPC : DSV4_EIO,
+                      "%s %s: %s", what, path, strerror(e));
 }
 
 int dsv4_file_read(const char *path, size_t max, char **out, size_t *len)
@@ -76,7 +79,7 @@ static int write_all(int fd, const char *p, size_t n)
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0)
-            return k < 0 ? errno : EIO;
+            return k < 0 ? errno : ENOSPC; /* a write of 0 bytes: no room */
         p += k;
         n -= (size_t)k;
     }
@@ -94,7 +97,25 @@ static int open_tmp(const char *path, char *tmp, size_t tlen, int *fd)
     return 0;
 }
 
-/* fsync, close and rename tmp to path; unlinks tmp on failure. */
+/* fsyncs the directory holding path (best effort: some file systems refuse
+ * a directory fsync, and the file itself is already complete). */
+static void sync_parent(const char *path)
+{
+    char *copy = strdup(path);
+    int fd;
+
+    if (!copy)
+        return;
+    fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(copy);
+}
+
+/* fsync, close and rename tmp to path, then fsync the directory; unlinks tmp
+ * on failure. */
 static int finish_tmp(int fd, const char *tmp, const char *path)
 {
     if (fsync(fd) < 0) {
@@ -108,6 +129,7 @@ static int finish_tmp(int fd, const char *tmp, const char *path)
         unlink(tmp);
         return io_error("rename", tmp, e);
     }
+    sync_parent(path);
     return 0;
 }
 

@@ -4,8 +4,10 @@
  * name, fsync, rename), copy a file the same way.
  *
  * Errors: DSV4_ENOENT (missing), DSV4_ERANGE (larger than the bound),
- * DSV4_ENOSPC (disk full), DSV4_EIO, DSV4_ENOMEM; the message names the
- * path.  A final name never holds a half-written file.  Sources must be
+ * DSV4_ENOSPC (disk full, quota, or file-size limit: ENOSPC/EDQUOT/EFBIG),
+ * DSV4_EIO, DSV4_ENOMEM; the message names the path.  Written files get mode
+ * 0644 (less the umask); after the rename the parent directory is fsynced
+ * so that the new name is durable too.  A final name never holds a half-written file.  Sources must be
  * regular files (a directory, FIFO or device is refused, never waited on).
  */
 #ifndef DSV4_FILEIO_H

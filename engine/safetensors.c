@@ -30,6 +30,7 @@
 #include "dsv4-build.h"
 #include "engine/safetensors.h"
 #include "engine/dsv4.h"
+#include "engine/fileio.h"
 #include "engine/st_internal.h"
 
 #include <cjson/cJSON.h>
@@ -714,44 +715,6 @@ static bool file_exists(const char *path)
     return stat(path, &st) == 0;
 }
 
-/* Reads a whole (small) file into a malloc'ed buffer. */
-static int slurp(const char *path, size_t max, char **out, size_t *len)
-{
-    FILE *fp = fopen(path, "rb");
-    char *buf = NULL;
-    long sz;
-    int rc = 0;
-
-    *out = NULL;
-    if (!fp)
-        return dsv4_error(errno == ENOENT ? DSV4_ENOENT : DSV4_EIO, "%s: cannot open: %s", path,
-                          strerror(errno));
-    if (fseek(fp, 0, SEEK_END) < 0 || (sz = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET) < 0) {
-        rc = dsv4_error(DSV4_EIO, "%s: cannot size: %s", path, strerror(errno));
-        goto done;
-    }
-    if ((size_t)sz > max) {
-        rc = dsv4_error(DSV4_ERANGE, "%s: %ld bytes exceeds the %zu-byte limit", path, sz, max);
-        goto done;
-    }
-    buf = malloc((size_t)sz + 1);
-    if (!buf) {
-        rc = dsv4_error(DSV4_ENOMEM, "%s: out of memory", path);
-        goto done;
-    }
-    if (fread(buf, 1, (size_t)sz, fp) != (size_t)sz) {
-        rc = dsv4_error(DSV4_EIO, "%s: read error", path);
-        free(buf);
-        goto done;
-    }
-    buf[sz] = '\0';
-    *out = buf;
-    *len = (size_t)sz;
-done:
-    fclose(fp);
-    return rc;
-}
-
 static int add_shard_name(struct dsv4_ckpt *c, size_t *cap, const char *name)
 {
     if (c->n_shards == *cap) {
@@ -808,7 +771,7 @@ static int read_index(struct dsv4_ckpt *c, const char *path, cJSON **map_out)
     int rc;
 
     *map_out = NULL;
-    rc = slurp(path, MAX_INDEX_BYTES, &text, &len);
+    rc = dsv4_file_read(path, MAX_INDEX_BYTES, &text, &len);
     if (rc)
         return rc;
     root = cJSON_ParseWithLength(text, len);
