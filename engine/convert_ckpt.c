@@ -34,6 +34,7 @@
 #include "engine/dsv4.h"
 #include "engine/fileio.h"
 #include "engine/safetensors.h"
+#include "engine/strbuf.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/formats.h"
 
@@ -722,115 +723,6 @@ static int copy_tree(const char *src, const char *dst, const char *rel, int dept
 
 /* ---------------------------------------------------------------- config.json */
 
-struct sb {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void sb_put(struct sb *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 4096;
-        while (nc < b->len + n + 1)
-            nc *= 2;
-        char *p = realloc(b->p, nc);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_str(struct sb *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
-static void sb_indent(struct sb *b, int n)
-{
-    for (int i = 0; i < n; i++)
-        sb_put(b, "  ", 2);
-}
-
-static void sb_json_str(struct sb *b, const char *s)
-{
-    sb_put(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[8];
-        if (*p == '"' || *p == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)*p;
-            sb_put(b, esc, 2);
-        } else if (*p < 0x20) {
-            snprintf(esc, sizeof(esc), "\\u%04x", *p);
-            sb_str(b, esc);
-        } else {
-            sb_put(b, (const char *)p, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
-}
-
-/* Shortest decimal that reads back as the same double; integers without ".0". */
-static void sb_number(struct sb *b, double v)
-{
-    char buf[40];
-    if (v == floor(v) && fabs(v) < 1e15) {
-        snprintf(buf, sizeof(buf), "%.0f", v);
-    } else {
-        for (int prec = 15; prec <= 17; prec++) {
-            snprintf(buf, sizeof(buf), "%.*g", prec, v);
-            if (strtod(buf, NULL) == v)
-                break;
-        }
-    }
-    sb_str(b, buf);
-}
-
-/* JSON with a 2-space indent, one member or element per line (as Python's
- * json.dump(indent=2) lays it out). */
-static void sb_json(struct sb *b, const cJSON *j, int depth)
-{
-    if (cJSON_IsObject(j) || cJSON_IsArray(j)) {
-        bool obj = cJSON_IsObject(j);
-        const cJSON *e = j->child;
-        if (!e) {
-            sb_str(b, obj ? "{}" : "[]");
-            return;
-        }
-        sb_str(b, obj ? "{\n" : "[\n");
-        for (; e; e = e->next) {
-            sb_indent(b, depth + 1);
-            if (obj) {
-                sb_json_str(b, e->string);
-                sb_str(b, ": ");
-            }
-            sb_json(b, e, depth + 1);
-            sb_str(b, e->next ? ",\n" : "\n");
-        }
-        sb_indent(b, depth);
-        sb_str(b, obj ? "}" : "]");
-    } else if (cJSON_IsString(j)) {
-        sb_json_str(b, j->valuestring);
-    } else if (cJSON_IsNumber(j)) {
-        sb_number(b, j->valuedouble);
-    } else if (cJSON_IsTrue(j)) {
-        sb_str(b, "true");
-    } else if (cJSON_IsFalse(j)) {
-        sb_str(b, "false");
-    } else {
-        sb_str(b, "null");
-    }
-}
-
 static void set_member(cJSON *obj, const char *key, cJSON *v)
 {
     if (cJSON_GetObjectItemCaseSensitive(obj, key))
@@ -879,12 +771,13 @@ static int write_config(struct conv *c)
     set_member(root, "expert_dtype", cJSON_CreateString("fp4"));
     set_member(root, "quantization_config", q);
 
-    struct sb b = {0};
-    sb_json(&b, root, 0);
-    sb_str(&b, "\n");
+    struct dsv4_strbuf b;
+    dsv4_strbuf_init(&b);
+    dsv4_strbuf_json_tree(&b, root, 0);
+    dsv4_strbuf_str(&b, "\n");
     cJSON_Delete(root);
     if (b.oom) {
-        free(b.p);
+        dsv4_strbuf_free(&b);
         return dsv4_error(DSV4_ENOMEM, "config.json text");
     }
     /* what we write must read back as an NVFP4 config of the same model */
@@ -899,7 +792,7 @@ static int write_config(struct conv *c)
         if (!rc)
             rc = dsv4_file_write(path, b.p, b.len);
     }
-    free(b.p);
+    dsv4_strbuf_free(&b);
     return rc;
 }
 
