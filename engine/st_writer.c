@@ -5,7 +5,8 @@
  * Crash safety: bytes go to "<path>.tmp"; only a complete, fsynced file is
  * renamed over <path> (and the directory fsynced), so a reader never sees a
  * half-written file under a final name whatever happens to this process.
- * Every failure removes the temporary file.
+ * Every failure removes the temporary file.  The index goes through
+ * dsv4_file_write (fileio.h), which gives the same guarantees.
  *
  * The header is the compact JSON the Python package writes
  * ({"__metadata__":{..},"name":{"dtype":..,"shape":[..],"data_offsets":[b,e]}})
@@ -16,7 +17,9 @@
 #include "dsv4-build.h"
 #include "engine/safetensors.h"
 #include "engine/dsv4.h"
+#include "engine/fileio.h"
 #include "engine/st_internal.h"
+#include "engine/strbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,92 +32,6 @@
 #include <unistd.h>
 
 #define MAX_OFFSET (1ull << 53) /* readers parse offsets through doubles */
-
-/* ---------------------------------------------------------------- string builder */
-
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void sb_put(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 4096;
-        char *p;
-        while (nc < b->len + n + 1)
-            nc *= 2;
-        p = realloc(b->p, nc);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_str(struct sbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
-static void sb_fmt(struct sbuf *b, const char *fmt, unsigned long long v)
-{
-    char tmp[32];
-    int n = snprintf(tmp, sizeof(tmp), fmt, v);
-
-    sb_put(b, tmp, (size_t)n);
-}
-
-/* Appends s (valid UTF-8) as a JSON string; `ascii` escapes every non-ASCII
- * code point as \uXXXX like Python's json.dump (ensure_ascii). */
-static void sb_json_str(struct sbuf *b, const char *s, bool ascii)
-{
-    const uint8_t *u = (const uint8_t *)s;
-    char esc[16];
-
-    sb_put(b, "\"", 1);
-    while (*u) {
-        uint8_t c = *u;
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\', esc[1] = (char)c;
-            sb_put(b, esc, 2);
-            u++;
-        } else if (c < 0x20) {
-            const char *named = c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : NULL;
-            if (named)
-                sb_str(b, named);
-            else
-                sb_fmt(b, "\\u%04llx", c);
-            u++;
-        } else if (c < 0x80 || !ascii) {
-            sb_put(b, (const char *)u, 1);
-            u++;
-        } else {
-            uint32_t cp;
-            int k = (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : 3;
-            cp = c & (k == 1 ? 0x1f : k == 2 ? 0x0f : 0x07);
-            for (int j = 1; j <= k; j++)
-                cp = (cp << 6) | (u[j] & 0x3f);
-            u += k + 1;
-            if (cp >= 0x10000) {
-                cp -= 0x10000;
-                sb_fmt(b, "\\u%04llx", 0xd800 + (cp >> 10));
-                sb_fmt(b, "\\u%04llx", 0xdc00 + (cp & 0x3ff));
-            } else {
-                sb_fmt(b, "\\u%04llx", cp);
-            }
-        }
-    }
-    sb_put(b, "\"", 1);
-}
 
 /* ---------------------------------------------------------------- file helpers */
 
@@ -355,41 +272,41 @@ uint64_t dsv4_st_writer_data_size(const struct dsv4_st_writer *w)
 
 int dsv4_st_writer_begin(struct dsv4_st_writer *w)
 {
-    struct sbuf b = {0};
+    struct dsv4_strbuf b = {0};
     uint8_t prefix[8];
     uint64_t hlen;
     int rc = 0;
 
     if (w->state != W_DECLARE)
         return dsv4_error(DSV4_EINVAL, "%s: begin called twice or after failure", w->path);
-    sb_str(&b, "{");
+    dsv4_strbuf_str(&b, "{");
     if (w->n_meta) {
-        sb_str(&b, "\"__metadata__\":{");
+        dsv4_strbuf_str(&b, "\"__metadata__\":{");
         for (size_t i = 0; i < w->n_meta; i++) {
             if (i)
-                sb_str(&b, ",");
-            sb_json_str(&b, w->mk[i], false);
-            sb_str(&b, ":");
-            sb_json_str(&b, w->mv[i], false);
+                dsv4_strbuf_str(&b, ",");
+            dsv4_strbuf_json_str(&b, w->mk[i], false);
+            dsv4_strbuf_str(&b, ":");
+            dsv4_strbuf_json_str(&b, w->mv[i], false);
         }
-        sb_str(&b, "}");
+        dsv4_strbuf_str(&b, "}");
     }
     for (size_t i = 0; i < w->n; i++) {
         const struct wdecl *d = &w->t[i];
         if (i || w->n_meta)
-            sb_str(&b, ",");
-        sb_json_str(&b, d->name, false);
-        sb_str(&b, ":{\"dtype\":\"");
-        sb_str(&b, dsv4_dtype_name(d->dtype));
-        sb_str(&b, "\",\"shape\":[");
+            dsv4_strbuf_str(&b, ",");
+        dsv4_strbuf_json_str(&b, d->name, false);
+        dsv4_strbuf_str(&b, ":{\"dtype\":\"");
+        dsv4_strbuf_str(&b, dsv4_dtype_name(d->dtype));
+        dsv4_strbuf_str(&b, "\",\"shape\":[");
         for (int j = 0; j < d->ndim; j++)
-            sb_fmt(&b, j ? ",%llu" : "%llu", (unsigned long long)d->shape[j]);
-        sb_fmt(&b, "],\"data_offsets\":[%llu,", d->begin);
-        sb_fmt(&b, "%llu]}", d->begin + d->nbytes);
+            dsv4_strbuf_fmt(&b, j ? ",%llu" : "%llu", (unsigned long long)d->shape[j]);
+        dsv4_strbuf_fmt(&b, "],\"data_offsets\":[%llu,", (unsigned long long)d->begin);
+        dsv4_strbuf_fmt(&b, "%llu]}", (unsigned long long)(d->begin + d->nbytes));
     }
-    sb_str(&b, "}");
-    while (b.len % 8)
-        sb_str(&b, " ");
+    dsv4_strbuf_str(&b, "}");
+    while (b.len % 8 && !b.oom)
+        dsv4_strbuf_str(&b, " ");
     if (b.oom) {
         free(b.p);
         return dsv4_error(DSV4_ENOMEM, "%s: out of memory for the header", w->path);
@@ -549,14 +466,13 @@ int dsv4_ckpt_write_index(const char *dir, const char *const *shard_files, size_
     struct dsv4_st_file **f = calloc(n + 1, sizeof(*f));
     struct iref *refs = NULL;
     struct name_hash h = {0};
-    struct sbuf b = {0};
-    char *path = NULL, *tmp = NULL;
+    struct dsv4_strbuf b = {0};
+    char *path = NULL;
     size_t total = 0, k = 0, plen = strlen(dir) + 300;
     uint64_t size = 0;
-    int rc = 0, fd = -1;
-    bool created = false;
+    int rc = 0;
 
-    if (!f || !(path = malloc(plen)) || !(tmp = malloc(plen))) {
+    if (!f || !(path = malloc(plen))) {
         rc = dsv4_error(DSV4_ENOMEM, "%s: out of memory", dir);
         goto done;
     }
@@ -592,48 +508,23 @@ int dsv4_ckpt_write_index(const char *dir, const char *const *shard_files, size_
             }
         }
     qsort(refs, total, sizeof(*refs), cmp_iref);
-    sb_str(&b, "{\n  \"metadata\": {\n    \"total_size\": ");
-    sb_fmt(&b, "%llu", (unsigned long long)size);
-    sb_str(&b, "\n  },\n  \"weight_map\": {");
+    dsv4_strbuf_str(&b, "{\n  \"metadata\": {\n    \"total_size\": ");
+    dsv4_strbuf_fmt(&b, "%llu", (unsigned long long)size);
+    dsv4_strbuf_str(&b, "\n  },\n  \"weight_map\": {");
     for (size_t i = 0; i < total; i++) {
-        sb_str(&b, i ? ",\n    " : "\n    ");
-        sb_json_str(&b, refs[i].name, true);
-        sb_str(&b, ": ");
-        sb_json_str(&b, shard_files[refs[i].shard], true);
+        dsv4_strbuf_str(&b, i ? ",\n    " : "\n    ");
+        dsv4_strbuf_json_str(&b, refs[i].name, true);
+        dsv4_strbuf_str(&b, ": ");
+        dsv4_strbuf_json_str(&b, shard_files[refs[i].shard], true);
     }
-    sb_str(&b, total ? "\n  }\n}\n" : "}\n}\n");
+    dsv4_strbuf_str(&b, total ? "\n  }\n}\n" : "}\n}\n");
     if (b.oom) {
         rc = dsv4_error(DSV4_ENOMEM, "%s: out of memory", dir);
         goto done;
     }
     snprintf(path, plen, "%s/model.safetensors.index.json", dir);
-    snprintf(tmp, plen, "%s/model.safetensors.index.json.tmp", dir);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = dsv4_error(status_of_errno(errno), "%s: cannot create: %s", tmp, strerror(errno));
-        goto done;
-    }
-    created = true;
-    if (write_all(fd, b.p, b.len, 0) < 0 || fsync(fd) < 0) {
-        rc = dsv4_error(status_of_errno(errno), "%s: %s; index not written", tmp, strerror(errno));
-        goto done;
-    }
-    if (close(fd) < 0) {
-        fd = -1;
-        rc = dsv4_error(status_of_errno(errno), "%s: close: %s", tmp, strerror(errno));
-        goto done;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        rc = dsv4_error(DSV4_EIO, "%s: rename: %s", tmp, strerror(errno));
-        goto done;
-    }
-    sync_parent(path);
+    rc = dsv4_file_write(path, b.p, b.len);
 done:
-    if (fd >= 0)
-        close(fd);
-    if (rc && created)
-        unlink(tmp);
     for (size_t s = 0; f && s < n; s++)
         dsv4_st_close(f[s]);
     free(f);
@@ -641,6 +532,5 @@ done:
     free(h.slot);
     free(b.p);
     free(path);
-    free(tmp);
     return rc;
 }
