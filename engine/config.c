@@ -26,6 +26,7 @@
 #include "dsv4-build.h"
 #include "engine/config.h"
 #include "engine/dsv4.h"
+#include "engine/strbuf.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -661,178 +662,110 @@ const char *dsv4_expert_fmt_name(enum dsv4_expert_fmt f)
 
 /* ---------------------------------------------------------------- to_json */
 
-struct out {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void put(struct out *o, const char *fmt, ...)
+/* A top-level member "  \"key\": <number>,\n" (numbers as Python prints them). */
+static void put_num(struct dsv4_strbuf *o, const char *key, double v, bool as_int)
 {
-    va_list ap;
-    int n;
-
-    if (o->oom)
-        return;
-    for (;;) {
-        va_start(ap, fmt);
-        n = vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            o->oom = true;
-            return;
-        }
-        if ((size_t)n < o->cap - o->len) {
-            o->len += (size_t)n;
-            return;
-        }
-        {
-            size_t nc = 2 * o->cap + (size_t)n;
-            char *p = realloc(o->p, nc);
-            if (!p) {
-                o->oom = true;
-                return;
-            }
-            o->p = p;
-            o->cap = nc;
-        }
-    }
-}
-
-/* Formats a double as Python's repr() does (shortest round trip, exponent
- * below 1e-4 and from 1e16), so that a float key reads "1e-06" or "10.0";
- * `as_int` prints integral values without ".0" (keys upstream writes as
- * integers: rope_theta 10000, factor 16). */
-static void fmt_num(char *buf, size_t size, double v, bool as_int)
-{
-    char tmp[40];
-    int p, e;
-
-    if (as_int && v == floor(v) && fabs(v) < 1e15) {
-        snprintf(buf, size, "%.0f", v);
-        return;
-    }
-    for (p = 1; p < 17; p++) {
-        snprintf(tmp, sizeof(tmp), "%.*e", p - 1, v);
-        if (strtod(tmp, NULL) == v)
-            break;
-    }
-    snprintf(tmp, sizeof(tmp), "%.*e", p - 1, v);
-    e = atoi(strchr(tmp, 'e') + 1);
-    if (e < -4 || e >= 16) {
-        snprintf(buf, size, "%s", tmp);
-        return;
-    }
-    snprintf(buf, size, "%.*f", p - 1 - e > 0 ? p - 1 - e : 0, v);
-    if (!strchr(buf, '.'))
-        strncat(buf, ".0", size - strlen(buf) - 1);
-}
-
-static void put_num(struct out *o, const char *key, double v, bool as_int)
-{
-    char b[48];
-
-    fmt_num(b, sizeof(b), v, as_int);
-    put(o, "  \"%s\": %s,\n", key, b);
+    dsv4_strbuf_fmt(o, "  \"%s\": ", key);
+    dsv4_strbuf_json_num(o, v, as_int);
+    dsv4_strbuf_str(o, ",\n");
 }
 
 char *dsv4_config_to_json(const struct dsv4_config *c)
 {
-    struct out o = {0};
+    struct dsv4_strbuf o;
     char b[48];
     const int n_ratios = c->n_compress_ratios;
 
     if (dsv4_config_validate(c))
         return NULL;
-    o.cap = 4096;
-    o.p = malloc(o.cap);
-    if (!o.p)
-        return NULL;
-    o.p[0] = '\0';
-    put(&o, "{\n  \"architectures\": [\n    \"DeepseekV4ForCausalLM\"\n  ],\n");
-    put(&o, "  \"attention_bias\": %s,\n", c->attention_bias ? "true" : "false");
-    put(&o, "  \"attention_dropout\": 0.0,\n");
-    put(&o, "  \"bos_token_id\": %d,\n", c->bos_token_id);
-    put(&o, "  \"eos_token_id\": %d,\n", c->eos_token_id);
-    put(&o, "  \"expert_dtype\": \"%s\",\n", c->expert_fmt == DSV4_EXPERT_FP8 ? "fp8" : "fp4");
+    dsv4_strbuf_init(&o);
+    dsv4_strbuf_fmt(&o, "{\n  \"architectures\": [\n    \"DeepseekV4ForCausalLM\"\n  ],\n");
+    dsv4_strbuf_fmt(&o, "  \"attention_bias\": %s,\n", c->attention_bias ? "true" : "false");
+    dsv4_strbuf_fmt(&o, "  \"attention_dropout\": 0.0,\n");
+    dsv4_strbuf_fmt(&o, "  \"bos_token_id\": %d,\n", c->bos_token_id);
+    dsv4_strbuf_fmt(&o, "  \"eos_token_id\": %d,\n", c->eos_token_id);
+    dsv4_strbuf_fmt(&o, "  \"expert_dtype\": \"%s\",\n",
+                    c->expert_fmt == DSV4_EXPERT_FP8 ? "fp8" : "fp4");
     if (c->first_k_dense_replace)
-        put(&o, "  \"first_k_dense_replace\": %d,\n", c->first_k_dense_replace);
+        dsv4_strbuf_fmt(&o, "  \"first_k_dense_replace\": %d,\n", c->first_k_dense_replace);
     put_num(&o, "hc_eps", c->hc_eps, false);
-    put(&o, "  \"hc_mult\": %d,\n", c->hc_mult);
-    put(&o, "  \"hc_sinkhorn_iters\": %d,\n", c->hc_sinkhorn_iters);
-    put(&o, "  \"head_dim\": %d,\n", c->head_dim);
-    put(&o, "  \"hidden_act\": \"%s\",\n", c->hidden_act);
-    put(&o, "  \"hidden_size\": %d,\n", c->hidden_size);
-    put(&o, "  \"index_head_dim\": %d,\n", c->index_head_dim);
-    put(&o, "  \"index_n_heads\": %d,\n", c->index_n_heads);
-    put(&o, "  \"index_topk\": %d,\n", c->index_topk);
-    put(&o, "  \"initializer_range\": 0.02,\n");
-    put(&o, "  \"max_position_embeddings\": %lld,\n", (long long)c->max_position_embeddings);
-    put(&o, "  \"model_type\": \"%s\",\n", c->model_type[0] ? c->model_type : "deepseek_v4");
-    put(&o, "  \"moe_intermediate_size\": %d,\n", c->moe_intermediate_size);
+    dsv4_strbuf_fmt(&o, "  \"hc_mult\": %d,\n", c->hc_mult);
+    dsv4_strbuf_fmt(&o, "  \"hc_sinkhorn_iters\": %d,\n", c->hc_sinkhorn_iters);
+    dsv4_strbuf_fmt(&o, "  \"head_dim\": %d,\n", c->head_dim);
+    dsv4_strbuf_fmt(&o, "  \"hidden_act\": \"%s\",\n", c->hidden_act);
+    dsv4_strbuf_fmt(&o, "  \"hidden_size\": %d,\n", c->hidden_size);
+    dsv4_strbuf_fmt(&o, "  \"index_head_dim\": %d,\n", c->index_head_dim);
+    dsv4_strbuf_fmt(&o, "  \"index_n_heads\": %d,\n", c->index_n_heads);
+    dsv4_strbuf_fmt(&o, "  \"index_topk\": %d,\n", c->index_topk);
+    dsv4_strbuf_fmt(&o, "  \"initializer_range\": 0.02,\n");
+    dsv4_strbuf_fmt(&o, "  \"max_position_embeddings\": %lld,\n",
+                    (long long)c->max_position_embeddings);
+    dsv4_strbuf_fmt(&o, "  \"model_type\": \"%s\",\n",
+                    c->model_type[0] ? c->model_type : "deepseek_v4");
+    dsv4_strbuf_fmt(&o, "  \"moe_intermediate_size\": %d,\n", c->moe_intermediate_size);
     if (c->n_group)
-        put(&o, "  \"n_group\": %d,\n", c->n_group);
-    put(&o, "  \"n_routed_experts\": %d,\n", c->n_routed_experts);
-    put(&o, "  \"n_shared_experts\": %d,\n", c->n_shared_experts);
-    put(&o, "  \"norm_topk_prob\": %s,\n", c->norm_topk_prob ? "true" : "false");
-    put(&o, "  \"num_attention_heads\": %d,\n", c->num_attention_heads);
-    put(&o, "  \"num_experts_per_tok\": %d,\n", c->num_experts_per_tok);
-    put(&o, "  \"num_hidden_layers\": %d,\n", c->num_hidden_layers);
-    put(&o, "  \"num_hash_layers\": %d,\n", c->num_hash_layers);
-    put(&o, "  \"num_key_value_heads\": %d,\n", c->num_key_value_heads);
-    put(&o, "  \"num_nextn_predict_layers\": %d,\n", c->num_nextn_predict_layers);
-    put(&o, "  \"o_groups\": %d,\n", c->o_groups);
-    put(&o, "  \"o_lora_rank\": %d,\n", c->o_lora_rank);
-    put(&o, "  \"q_lora_rank\": %d,\n", c->q_lora_rank);
-    put(&o, "  \"qk_rope_head_dim\": %d,\n", c->qk_rope_head_dim);
+        dsv4_strbuf_fmt(&o, "  \"n_group\": %d,\n", c->n_group);
+    dsv4_strbuf_fmt(&o, "  \"n_routed_experts\": %d,\n", c->n_routed_experts);
+    dsv4_strbuf_fmt(&o, "  \"n_shared_experts\": %d,\n", c->n_shared_experts);
+    dsv4_strbuf_fmt(&o, "  \"norm_topk_prob\": %s,\n", c->norm_topk_prob ? "true" : "false");
+    dsv4_strbuf_fmt(&o, "  \"num_attention_heads\": %d,\n", c->num_attention_heads);
+    dsv4_strbuf_fmt(&o, "  \"num_experts_per_tok\": %d,\n", c->num_experts_per_tok);
+    dsv4_strbuf_fmt(&o, "  \"num_hidden_layers\": %d,\n", c->num_hidden_layers);
+    dsv4_strbuf_fmt(&o, "  \"num_hash_layers\": %d,\n", c->num_hash_layers);
+    dsv4_strbuf_fmt(&o, "  \"num_key_value_heads\": %d,\n", c->num_key_value_heads);
+    dsv4_strbuf_fmt(&o, "  \"num_nextn_predict_layers\": %d,\n", c->num_nextn_predict_layers);
+    dsv4_strbuf_fmt(&o, "  \"o_groups\": %d,\n", c->o_groups);
+    dsv4_strbuf_fmt(&o, "  \"o_lora_rank\": %d,\n", c->o_lora_rank);
+    dsv4_strbuf_fmt(&o, "  \"q_lora_rank\": %d,\n", c->q_lora_rank);
+    dsv4_strbuf_fmt(&o, "  \"qk_rope_head_dim\": %d,\n", c->qk_rope_head_dim);
     if (c->quant_method[0]) {
-        put(&o, "  \"quantization_config\": {\n");
-        put(&o, "    \"activation_scheme\": \"%s\",\n", c->activation_scheme);
-        put(&o, "    \"fmt\": \"%s\",\n", c->fmt);
-        put(&o, "    \"quant_method\": \"%s\",\n", c->quant_method);
+        dsv4_strbuf_fmt(&o, "  \"quantization_config\": {\n");
+        dsv4_strbuf_fmt(&o, "    \"activation_scheme\": \"%s\",\n", c->activation_scheme);
+        dsv4_strbuf_fmt(&o, "    \"fmt\": \"%s\",\n", c->fmt);
+        dsv4_strbuf_fmt(&o, "    \"quant_method\": \"%s\",\n", c->quant_method);
         if (c->scale_fmt[0])
-            put(&o, "    \"scale_fmt\": \"%s\",\n", c->scale_fmt);
-        put(&o, "    \"weight_block_size\": [\n      %d,\n      %d\n    ]%s\n",
-            c->weight_block_size[0], c->weight_block_size[1], c->moe_quant_algo[0] ? "," : "");
+            dsv4_strbuf_fmt(&o, "    \"scale_fmt\": \"%s\",\n", c->scale_fmt);
+        dsv4_strbuf_fmt(&o, "    \"weight_block_size\": [\n      %d,\n      %d\n    ]%s\n",
+                        c->weight_block_size[0], c->weight_block_size[1],
+                        c->moe_quant_algo[0] ? "," : "");
         if (c->moe_quant_algo[0])
-            put(&o, "    \"moe_quant_algo\": \"%s\"\n", c->moe_quant_algo);
-        put(&o, "  },\n");
+            dsv4_strbuf_fmt(&o, "    \"moe_quant_algo\": \"%s\"\n", c->moe_quant_algo);
+        dsv4_strbuf_fmt(&o, "  },\n");
     }
     put_num(&o, "rms_norm_eps", c->rms_norm_eps, false);
     if (c->has_yarn) {
-        put(&o, "  \"rope_scaling\": {\n");
-        fmt_num(b, sizeof(b), c->yarn_beta_fast, true);
-        put(&o, "    \"beta_fast\": %s,\n", b);
-        fmt_num(b, sizeof(b), c->yarn_beta_slow, true);
-        put(&o, "    \"beta_slow\": %s,\n", b);
-        fmt_num(b, sizeof(b), c->yarn_factor, true);
-        put(&o, "    \"factor\": %s,\n", b);
-        put(&o, "    \"original_max_position_embeddings\": %lld,\n",
-            (long long)c->yarn_original_max_position);
-        put(&o, "    \"type\": \"yarn\"\n  },\n");
+        dsv4_strbuf_fmt(&o, "  \"rope_scaling\": {\n");
+        dsv4_strbuf_format_num(b, sizeof(b), c->yarn_beta_fast, true);
+        dsv4_strbuf_fmt(&o, "    \"beta_fast\": %s,\n", b);
+        dsv4_strbuf_format_num(b, sizeof(b), c->yarn_beta_slow, true);
+        dsv4_strbuf_fmt(&o, "    \"beta_slow\": %s,\n", b);
+        dsv4_strbuf_format_num(b, sizeof(b), c->yarn_factor, true);
+        dsv4_strbuf_fmt(&o, "    \"factor\": %s,\n", b);
+        dsv4_strbuf_fmt(&o, "    \"original_max_position_embeddings\": %lld,\n",
+                        (long long)c->yarn_original_max_position);
+        dsv4_strbuf_fmt(&o, "    \"type\": \"yarn\"\n  },\n");
     }
     put_num(&o, "rope_theta", c->rope_theta, true);
     put_num(&o, "routed_scaling_factor", c->routed_scaling_factor, false);
-    put(&o, "  \"scoring_func\": \"%s\",\n", c->scoring_func);
-    put(&o, "  \"sliding_window\": %d,\n", c->sliding_window);
+    dsv4_strbuf_fmt(&o, "  \"scoring_func\": \"%s\",\n", c->scoring_func);
+    dsv4_strbuf_fmt(&o, "  \"sliding_window\": %d,\n", c->sliding_window);
     put_num(&o, "swiglu_limit", c->swiglu_limit, false);
-    put(&o, "  \"tie_word_embeddings\": %s,\n", c->tie_word_embeddings ? "true" : "false");
+    dsv4_strbuf_fmt(&o, "  \"tie_word_embeddings\": %s,\n",
+                    c->tie_word_embeddings ? "true" : "false");
     if (c->topk_group)
-        put(&o, "  \"topk_group\": %d,\n", c->topk_group);
-    put(&o, "  \"topk_method\": \"%s\",\n", c->topk_method);
-    put(&o, "  \"torch_dtype\": \"bfloat16\",\n");
-    put(&o, "  \"transformers_version\": \"4.57.1\",\n");
-    put(&o, "  \"use_cache\": true,\n");
-    put(&o, "  \"vocab_size\": %d,\n", c->vocab_size);
+        dsv4_strbuf_fmt(&o, "  \"topk_group\": %d,\n", c->topk_group);
+    dsv4_strbuf_fmt(&o, "  \"topk_method\": \"%s\",\n", c->topk_method);
+    dsv4_strbuf_fmt(&o, "  \"torch_dtype\": \"bfloat16\",\n");
+    dsv4_strbuf_fmt(&o, "  \"transformers_version\": \"4.57.1\",\n");
+    dsv4_strbuf_fmt(&o, "  \"use_cache\": true,\n");
+    dsv4_strbuf_fmt(&o, "  \"vocab_size\": %d,\n", c->vocab_size);
     put_num(&o, "compress_rope_theta", c->compress_rope_theta, true);
-    put(&o, "  \"compress_ratios\": [");
+    dsv4_strbuf_fmt(&o, "  \"compress_ratios\": [");
     for (int i = 0; i < n_ratios && i < DSV4_MAX_LAYERS; i++)
-        put(&o, "%s%d", i ? ", " : "", c->compress_ratios[i]);
-    put(&o, "]\n}\n");
+        dsv4_strbuf_fmt(&o, "%s%d", i ? ", " : "", c->compress_ratios[i]);
+    dsv4_strbuf_fmt(&o, "]\n}\n");
     if (o.oom) {
-        free(o.p);
+        dsv4_strbuf_free(&o);
         return NULL;
     }
     return o.p;
