@@ -662,11 +662,15 @@ const char *dsv4_expert_fmt_name(enum dsv4_expert_fmt f)
 
 /* ---------------------------------------------------------------- to_json */
 
+/* Keys upstream writes as integers (rope_theta 10000, factor 16) print
+ * without ".0" when integral below this. */
+#define INT_BELOW 1e15
+
 /* A top-level member "  \"key\": <number>,\n" (numbers as Python prints them). */
 static void put_num(struct dsv4_strbuf *o, const char *key, double v, bool as_int)
 {
     dsv4_strbuf_fmt(o, "  \"%s\": ", key);
-    dsv4_strbuf_json_num(o, v, as_int);
+    dsv4_strbuf_json_num(o, v, as_int ? INT_BELOW : 0);
     dsv4_strbuf_str(o, ",\n");
 }
 
@@ -735,11 +739,11 @@ char *dsv4_config_to_json(const struct dsv4_config *c)
     put_num(&o, "rms_norm_eps", c->rms_norm_eps, false);
     if (c->has_yarn) {
         dsv4_strbuf_fmt(&o, "  \"rope_scaling\": {\n");
-        dsv4_strbuf_format_num(b, sizeof(b), c->yarn_beta_fast, true);
+        dsv4_strbuf_format_num(b, sizeof(b), c->yarn_beta_fast, INT_BELOW);
         dsv4_strbuf_fmt(&o, "    \"beta_fast\": %s,\n", b);
-        dsv4_strbuf_format_num(b, sizeof(b), c->yarn_beta_slow, true);
+        dsv4_strbuf_format_num(b, sizeof(b), c->yarn_beta_slow, INT_BELOW);
         dsv4_strbuf_fmt(&o, "    \"beta_slow\": %s,\n", b);
-        dsv4_strbuf_format_num(b, sizeof(b), c->yarn_factor, true);
+        dsv4_strbuf_format_num(b, sizeof(b), c->yarn_factor, INT_BELOW);
         dsv4_strbuf_fmt(&o, "    \"factor\": %s,\n", b);
         dsv4_strbuf_fmt(&o, "    \"original_max_position_embeddings\": %lld,\n",
                         (long long)c->yarn_original_max_position);

@@ -132,12 +132,16 @@ void dsv4_strbuf_json_str(struct dsv4_strbuf *b, const char *s, bool ascii)
     dsv4_strbuf_put(b, "\"", 1);
 }
 
-void dsv4_strbuf_format_num(char *buf, size_t size, double v, bool as_int)
+void dsv4_strbuf_format_num(char *buf, size_t size, double v, double int_below)
 {
     char tmp[40];
     int p, e;
 
-    if (as_int && v == floor(v) && fabs(v) < 1e15) {
+    if (!isfinite(v)) {
+        snprintf(buf, size, "%s", isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity");
+        return;
+    }
+    if (v == floor(v) && fabs(v) < int_below) {
         snprintf(buf, size, "%.0f", v);
         return;
     }
@@ -157,11 +161,11 @@ void dsv4_strbuf_format_num(char *buf, size_t size, double v, bool as_int)
         strncat(buf, ".0", size - strlen(buf) - 1);
 }
 
-void dsv4_strbuf_json_num(struct dsv4_strbuf *b, double v, bool as_int)
+void dsv4_strbuf_json_num(struct dsv4_strbuf *b, double v, double int_below)
 {
     char buf[48];
 
-    dsv4_strbuf_format_num(buf, sizeof(buf), v, as_int);
+    dsv4_strbuf_format_num(buf, sizeof(buf), v, int_below);
     dsv4_strbuf_str(b, buf);
 }
 
@@ -195,7 +199,7 @@ void dsv4_strbuf_json_tree(struct dsv4_strbuf *b, const cJSON *j, int depth)
     } else if (cJSON_IsString(j)) {
         dsv4_strbuf_json_str(b, j->valuestring, false);
     } else if (cJSON_IsNumber(j)) {
-        dsv4_strbuf_json_num(b, j->valuedouble, true);
+        dsv4_strbuf_json_num(b, j->valuedouble, 1e15);
     } else if (cJSON_IsTrue(j)) {
         dsv4_strbuf_str(b, "true");
     } else if (cJSON_IsFalse(j)) {

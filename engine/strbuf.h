@@ -48,21 +48,23 @@ void dsv4_strbuf_fmt(struct dsv4_strbuf *b, const char *fmt, ...)
 void dsv4_strbuf_json_str(struct dsv4_strbuf *b, const char *s, bool ascii);
 
 /*
- * Appends v as Python's repr(float) writes it: the shortest decimal that
- * reads back as v, in exponent form below 1e-4 and from 1e16 ("1e-06",
- * "1e+16"), otherwise positional with at least one decimal ("10.0").
- * `as_int`: an integral |v| < 1e15 is written without ".0" (as Python writes
- * an int).
+ * Appends v as Python's json.dumps writes a float (repr): the shortest
+ * decimal that reads back as v, in exponent form below 1e-4 and from 1e16
+ * ("1e-06", "1e+16"), otherwise positional with at least one decimal
+ * ("10.0"); NaN, Infinity, -Infinity for the non-finite.  An integral v with
+ * |v| < int_below is written as an int (no ".0"): cJSON keeps no int/float
+ * distinction, so callers pick the range in which their integers live
+ * (config.json: 1e15; chat: 2^53; 0: always a float).
  */
-void dsv4_strbuf_json_num(struct dsv4_strbuf *b, double v, bool as_int);
+void dsv4_strbuf_json_num(struct dsv4_strbuf *b, double v, double int_below);
 /* The same into buf (size >= 32 always suffices). */
-void dsv4_strbuf_format_num(char *buf, size_t size, double v, bool as_int);
+void dsv4_strbuf_format_num(char *buf, size_t size, double v, double int_below);
 
 /*
  * Appends the cJSON tree j as json.dump(j, indent=2) lays it out: one member
  * or element per line, 2 spaces per level starting from `depth`, ": " after
  * keys, "{}"/"[]" when empty, no trailing newline.  Numbers go through
- * dsv4_strbuf_json_num(as_int=true) (cJSON keeps no int/float distinction),
+ * dsv4_strbuf_json_num(int_below 1e15) (cJSON keeps no int/float distinction),
  * strings through dsv4_strbuf_json_str(ascii=false).
  */
 void dsv4_strbuf_json_tree(struct dsv4_strbuf *b, const cJSON *j, int depth);
