@@ -18,6 +18,7 @@
  */
 #include "engine/chat.h"
 #include "engine/dsv4.h"
+#include "engine/strbuf.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -80,187 +81,46 @@ static const char *const task_names[] = {"action", "query", "authority",
 static const char *const task_tokens[] = {"<｜action｜>", "<｜query｜>", "<｜authority｜>",
                                           "<｜domain｜>", "<｜title｜>", "<｜read_url｜>"};
 
-/* ------------------------------------------------------------ string builder */
-
-struct sb {
-    char *p;
-    size_t len, cap;
-    int err;
-};
-
-static void sb_add(struct sb *b, const char *s, size_t n)
-{
-    if (b->err)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (b->len + n + 1 > cap)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->err = dsv4_error(DSV4_ENOMEM, "chat: out of memory");
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void sb_str(struct sb *b, const char *s)
-{
-    sb_add(b, s, strlen(s));
-}
-
 /* ------------------------------------------------------------ JSON as Python */
 
-static void json_string(struct sb *b, const char *s)
+/* Integral numbers below 2^53 print as ints (see chat.h on why). */
+#define INT_BELOW 9007199254740992.0
+
+/* DSV4_ENOMEM (message set) when an append to b ran out of memory, else 0. */
+static int sb_status(const struct dsv4_strbuf *b)
 {
-    sb_add(b, "\"", 1);
-    const char *run = s;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        const char *esc = NULL;
-        char u[8];
-        switch (c) {
-        case '"':
-            esc = "\\\"";
-            break;
-        case '\\':
-            esc = "\\\\";
-            break;
-        case '\n':
-            esc = "\\n";
-            break;
-        case '\r':
-            esc = "\\r";
-            break;
-        case '\t':
-            esc = "\\t";
-            break;
-        case '\b':
-            esc = "\\b";
-            break;
-        case '\f':
-            esc = "\\f";
-            break;
-        default:
-            if (c < 0x20) {
-                snprintf(u, sizeof(u), "\\u%04x", c);
-                esc = u;
-            }
-        }
-        if (esc) {
-            sb_add(b, run, (size_t)(s - run));
-            sb_str(b, esc);
-            run = s + 1;
-        }
-    }
-    sb_add(b, run, (size_t)(s - run));
-    sb_add(b, "\"", 1);
+    return b->oom ? dsv4_error(DSV4_ENOMEM, "chat: out of memory") : 0;
 }
 
-/* Python's float repr: shortest round-trip digits, exponent form when the
- * decimal exponent is < -4 or >= 16; integral values print as ints (see
- * chat.h on why). */
-static void json_number(struct sb *b, double v)
-{
-    char buf[64];
-    if (!isfinite(v)) {
-        sb_str(b, isnan(v) ? "NaN" : (v > 0 ? "Infinity" : "-Infinity"));
-        return;
-    }
-    if (v == floor(v) && fabs(v) < 9.007199254740992e15) {
-        snprintf(buf, sizeof(buf), "%.0f", v);
-        sb_str(b, buf);
-        return;
-    }
-    int prec;
-    for (prec = 1; prec <= 17; prec++) {
-        snprintf(buf, sizeof(buf), "%.*e", prec - 1, v);
-        if (strtod(buf, NULL) == v)
-            break;
-    }
-    /* buf = [-]d.ddde[+-]XX */
-    char digits[32];
-    int nd = 0, exp10;
-    const char *q = buf;
-    bool neg = *q == '-';
-    if (neg)
-        q++;
-    for (; *q && *q != 'e'; q++)
-        if (*q != '.')
-            digits[nd++] = *q;
-    exp10 = atoi(q + 1);
-    while (nd > 1 && digits[nd - 1] == '0')
-        nd--;
-    digits[nd] = 0;
-    char out[64];
-    int w = 0;
-    if (neg)
-        out[w++] = '-';
-    if (exp10 < -4 || exp10 >= 16) {
-        out[w++] = digits[0];
-        if (nd > 1) {
-            out[w++] = '.';
-            for (int i = 1; i < nd; i++)
-                out[w++] = digits[i];
-        }
-        w += snprintf(out + w, sizeof(out) - (size_t)w, "e%c%02d", exp10 < 0 ? '-' : '+',
-                      abs(exp10));
-    } else if (exp10 < 0) {
-        out[w++] = '0';
-        out[w++] = '.';
-        for (int i = -1; i > exp10; i--)
-            out[w++] = '0';
-        for (int i = 0; i < nd; i++)
-            out[w++] = digits[i];
-    } else {
-        for (int i = 0; i <= exp10 || i < nd; i++) {
-            if (i == exp10 + 1)
-                out[w++] = '.';
-            out[w++] = i < nd ? digits[i] : '0';
-        }
-        if (nd <= exp10 + 1) {
-            out[w++] = '.';
-            out[w++] = '0';
-        }
-    }
-    out[w] = 0;
-    sb_str(b, out);
-}
-
-static void to_json(struct sb *b, const cJSON *v)
+static void to_json(struct dsv4_strbuf *b, const cJSON *v)
 {
     if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
         bool obj = cJSON_IsObject(v);
-        sb_add(b, obj ? "{" : "[", 1);
+        dsv4_strbuf_put(b, obj ? "{" : "[", 1);
         const cJSON *e;
         bool first = true;
         cJSON_ArrayForEach(e, v)
         {
             if (!first)
-                sb_add(b, ", ", 2);
+                dsv4_strbuf_put(b, ", ", 2);
             first = false;
             if (obj) {
-                json_string(b, e->string ? e->string : "");
-                sb_add(b, ": ", 2);
+                dsv4_strbuf_json_str(b, e->string ? e->string : "", false);
+                dsv4_strbuf_put(b, ": ", 2);
             }
             to_json(b, e);
         }
-        sb_add(b, obj ? "}" : "]", 1);
+        dsv4_strbuf_put(b, obj ? "}" : "]", 1);
     } else if (cJSON_IsString(v))
-        json_string(b, v->valuestring);
+        dsv4_strbuf_json_str(b, v->valuestring, false);
     else if (cJSON_IsNumber(v))
-        json_number(b, v->valuedouble);
+        dsv4_strbuf_json_num(b, v->valuedouble, INT_BELOW);
     else if (cJSON_IsTrue(v))
-        sb_str(b, "true");
+        dsv4_strbuf_str(b, "true");
     else if (cJSON_IsFalse(v))
-        sb_str(b, "false");
+        dsv4_strbuf_str(b, "false");
     else
-        sb_str(b, "null");
+        dsv4_strbuf_str(b, "null");
 }
 
 /* ------------------------------------------------------------ messages */
@@ -311,12 +171,12 @@ static bool truthy_list(const cJSON *v)
 }
 
 /* Content text: a string, or the text parts of a list joined by `sep`. */
-static int content_text(struct sb *b, const cJSON *c, const char *sep, const char *path)
+static int content_text(struct dsv4_strbuf *b, const cJSON *c, const char *sep, const char *path)
 {
     if (!c || cJSON_IsNull(c))
         return 0;
     if (cJSON_IsString(c)) {
-        sb_str(b, c->valuestring);
+        dsv4_strbuf_str(b, c->valuestring);
         return 0;
     }
     if (!cJSON_IsArray(c))
@@ -327,14 +187,14 @@ static int content_text(struct sb *b, const cJSON *c, const char *sep, const cha
     {
         const char *type = str_field(part, "type");
         if (!first)
-            sb_str(b, sep);
+            dsv4_strbuf_str(b, sep);
         first = false;
         if (type && !strcmp(type, "text") && str_field(part, "text"))
-            sb_str(b, str_field(part, "text"));
+            dsv4_strbuf_str(b, str_field(part, "text"));
         else {
-            sb_str(b, "[Unsupported ");
-            sb_str(b, type ? type : "None");
-            sb_str(b, "]");
+            dsv4_strbuf_str(b, "[Unsupported ");
+            dsv4_strbuf_str(b, type ? type : "None");
+            dsv4_strbuf_str(b, "]");
         }
     }
     return 0;
@@ -495,9 +355,9 @@ fail:
     return rc;
 }
 
-static int render_tools(struct sb *b, const cJSON *tools, size_t mi)
+static int render_tools(struct dsv4_strbuf *b, const cJSON *tools, size_t mi)
 {
-    sb_str(b, tools_head);
+    dsv4_strbuf_str(b, tools_head);
     const cJSON *t;
     bool first = true;
     cJSON_ArrayForEach(t, tools)
@@ -507,33 +367,33 @@ static int render_tools(struct sb *b, const cJSON *tools, size_t mi)
             return dsv4_error(DSV4_EINVAL, "chat: messages[%zu].tools: a tool without 'function'",
                               mi);
         if (!first)
-            sb_str(b, "\n");
+            dsv4_strbuf_str(b, "\n");
         first = false;
         to_json(b, fn);
     }
-    sb_str(b, tools_tail);
+    dsv4_strbuf_str(b, tools_tail);
     return 0;
 }
 
-static void render_extras(struct sb *b, const struct msg *m, size_t mi, int *rc)
+static void render_extras(struct dsv4_strbuf *b, const struct msg *m, size_t mi, int *rc)
 {
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(m->src, "tools");
     const cJSON *rf = cJSON_GetObjectItemCaseSensitive(m->src, "response_format");
     if (truthy_list(tools)) {
-        sb_str(b, "\n\n");
+        dsv4_strbuf_str(b, "\n\n");
         if ((*rc = render_tools(b, tools, mi)))
             return;
     }
     if (truthy(rf)) {
-        sb_str(b, "\n\n");
-        sb_str(b, response_format_head);
+        dsv4_strbuf_str(b, "\n\n");
+        dsv4_strbuf_str(b, response_format_head);
         to_json(b, rf);
     }
 }
 
-static int render_tool_calls(struct sb *b, const cJSON *calls, size_t mi)
+static int render_tool_calls(struct dsv4_strbuf *b, const cJSON *calls, size_t mi)
 {
-    sb_str(b, "\n\n<" DSML "tool_calls>\n");
+    dsv4_strbuf_str(b, "\n\n<" DSML "tool_calls>\n");
     const cJSON *c;
     size_t ci = 0;
     cJSON_ArrayForEach(c, calls)
@@ -556,42 +416,42 @@ static int render_tool_calls(struct sb *b, const cJSON *calls, size_t mi)
                     "chat: messages[%zu].tool_calls[%zu]: arguments are not a JSON object", mi, ci);
         }
         if (ci)
-            sb_str(b, "\n");
-        sb_str(b, "<" DSML "invoke name=\"");
-        sb_str(b, name);
-        sb_str(b, "\">\n");
+            dsv4_strbuf_str(b, "\n");
+        dsv4_strbuf_str(b, "<" DSML "invoke name=\"");
+        dsv4_strbuf_str(b, name);
+        dsv4_strbuf_str(b, "\">\n");
         const cJSON *a;
         bool first = true;
         cJSON_ArrayForEach(a, args)
         {
             if (!first)
-                sb_str(b, "\n");
+                dsv4_strbuf_str(b, "\n");
             first = false;
-            sb_str(b, "<" DSML "parameter name=\"");
-            sb_str(b, a->string);
-            sb_str(b, cJSON_IsString(a) ? "\" string=\"true\">" : "\" string=\"false\">");
+            dsv4_strbuf_str(b, "<" DSML "parameter name=\"");
+            dsv4_strbuf_str(b, a->string);
+            dsv4_strbuf_str(b, cJSON_IsString(a) ? "\" string=\"true\">" : "\" string=\"false\">");
             if (cJSON_IsString(a))
-                sb_str(b, a->valuestring);
+                dsv4_strbuf_str(b, a->valuestring);
             else
                 to_json(b, a);
-            sb_str(b, "</" DSML "parameter>");
+            dsv4_strbuf_str(b, "</" DSML "parameter>");
         }
-        sb_str(b, "\n</" DSML "invoke>");
+        dsv4_strbuf_str(b, "\n</" DSML "invoke>");
         cJSON_Delete(parsed);
         ci++;
     }
-    sb_str(b, "\n</" DSML "tool_calls>");
+    dsv4_strbuf_str(b, "\n</" DSML "tool_calls>");
     return 0;
 }
 
-static int render_message(struct sb *b, const struct msg *ms, size_t n, size_t idx,
+static int render_message(struct dsv4_strbuf *b, const struct msg *ms, size_t n, size_t idx,
                           const struct dsv4_chat_opts *o, bool drop, long last_user)
 {
     const struct msg *m = &ms[idx];
     bool thinking = o->mode == DSV4_CHAT_MODE_THINKING;
     int rc = 0;
     if (idx == 0 && thinking && o->effort == DSV4_CHAT_EFFORT_MAX)
-        sb_str(b, effort_max_text);
+        dsv4_strbuf_str(b, effort_max_text);
     switch (m->role) {
     case R_SYSTEM:
         if ((rc = content_text(b, m->content, "\n", "system content")))
@@ -599,41 +459,41 @@ static int render_message(struct sb *b, const struct msg *ms, size_t n, size_t i
         render_extras(b, m, idx, &rc);
         break;
     case R_DEVELOPER: {
-        struct sb c = {0};
+        struct dsv4_strbuf c = {0};
         if ((rc = content_text(&c, m->content, "\n", "developer content")) || c.len == 0) {
             free(c.p);
             return rc ? rc : dsv4_error(DSV4_EINVAL, "chat: a developer message needs content");
         }
-        sb_str(b, USER_TOK);
-        sb_add(b, c.p, c.len);
+        dsv4_strbuf_str(b, USER_TOK);
+        dsv4_strbuf_put(b, c.p, c.len);
         free(c.p);
         render_extras(b, m, idx, &rc);
         break;
     }
     case R_USER:
-        sb_str(b, USER_TOK);
+        dsv4_strbuf_str(b, USER_TOK);
         for (size_t k = 0; k < m->n_blocks; k++) {
             if (k)
-                sb_str(b, "\n\n");
+                dsv4_strbuf_str(b, "\n\n");
             if (m->blocks[k].tool_result)
-                sb_str(b, "<tool_result>");
+                dsv4_strbuf_str(b, "<tool_result>");
             if ((rc = content_text(b, m->blocks[k].content,
                                    m->blocks[k].tool_result ? "\n\n" : "\n", "user content")))
                 return rc;
             if (m->blocks[k].tool_result)
-                sb_str(b, "</tool_result>");
+                dsv4_strbuf_str(b, "</tool_result>");
         }
         break;
     case R_REMINDER:
-        sb_str(b, REMINDER_TOK);
+        dsv4_strbuf_str(b, REMINDER_TOK);
         if ((rc = content_text(b, m->content, "\n", "latest_reminder content")))
             return rc;
         break;
     case R_ASSISTANT: {
         bool prev_task = idx > 0 && ms[idx - 1].task;
         if (thinking && !prev_task && (!drop || (long)idx > last_user)) {
-            sb_str(b, m->reasoning && !m->dropped ? m->reasoning : "");
-            sb_str(b, THINK_END);
+            dsv4_strbuf_str(b, m->reasoning && !m->dropped ? m->reasoning : "");
+            dsv4_strbuf_str(b, THINK_END);
         }
         if ((rc = content_text(b, m->content, "\n", "assistant content")))
             return rc;
@@ -641,7 +501,7 @@ static int render_message(struct sb *b, const struct msg *ms, size_t n, size_t i
         if (truthy_list(calls) && (rc = render_tool_calls(b, calls, idx)))
             return rc;
         if (!m->wo_eos)
-            sb_str(b, EOS);
+            dsv4_strbuf_str(b, EOS);
         break;
     }
     default:
@@ -656,15 +516,15 @@ static int render_message(struct sb *b, const struct msg *ms, size_t n, size_t i
         while (strcmp(m->task, task_names[t]))
             t++;
         if (t != 0)
-            sb_str(b, task_tokens[t]);
+            dsv4_strbuf_str(b, task_tokens[t]);
         else {
-            sb_str(b, ASSISTANT_TOK);
-            sb_str(b, thinking ? THINK_START : THINK_END);
-            sb_str(b, task_tokens[t]);
+            dsv4_strbuf_str(b, ASSISTANT_TOK);
+            dsv4_strbuf_str(b, thinking ? THINK_START : THINK_END);
+            dsv4_strbuf_str(b, task_tokens[t]);
         }
     } else if (m->role == R_USER || m->role == R_DEVELOPER) {
-        sb_str(b, ASSISTANT_TOK);
-        sb_str(b, thinking && (!drop || (long)idx >= last_user) ? THINK_START : THINK_END);
+        dsv4_strbuf_str(b, ASSISTANT_TOK);
+        dsv4_strbuf_str(b, thinking && (!drop || (long)idx >= last_user) ? THINK_START : THINK_END);
     }
     return 0;
 }
@@ -707,7 +567,7 @@ int dsv4_chat_encode(const cJSON *messages, const cJSON *tools, const struct dsv
     }
     struct msg *ms = NULL;
     size_t n = 0;
-    struct sb b = {0};
+    struct dsv4_strbuf b = {0};
     int rc = merge_messages(messages, &ms, &n);
     if (rc)
         goto done;
@@ -731,15 +591,15 @@ int dsv4_chat_encode(const cJSON *messages, const cJSON *tools, const struct dsv
         n = w;
     }
     if (!o->no_bos)
-        sb_str(&b, BOS);
+        dsv4_strbuf_str(&b, BOS);
     long lu = last_user_index(ms, n);
     for (size_t i = 0; i < n && !rc; i++)
         rc = render_message(&b, ms, n, i, o, o->mode == DSV4_CHAT_MODE_THINKING && drop, lu);
     if (!rc)
-        rc = b.err;
+        rc = sb_status(&b);
     if (!rc && !b.p)
-        sb_add(&b, "", 0);
-    rc = rc ? rc : b.err;
+        dsv4_strbuf_put(&b, "", 0);
+    rc = rc ? rc : sb_status(&b);
 done:
     for (size_t i = 0; i < n; i++)
         free(ms[i].blocks);
@@ -782,7 +642,7 @@ struct call {
 
 struct dsv4_chat_parser {
     int mode, phase;
-    struct sb reasoning, content, pend;
+    struct dsv4_strbuf reasoning, content, pend;
     size_t scanned; /* bytes of pend known to hold no invoke end tag */
     struct call *calls;
     size_t n_calls, cap_calls;
@@ -798,12 +658,12 @@ int dsv4_chat_parser_new(int mode, struct dsv4_chat_parser **out)
         return dsv4_error(DSV4_ENOMEM, "chat parse: out of memory");
     p->mode = mode;
     p->phase = mode == DSV4_CHAT_MODE_THINKING ? P_REASONING : P_CONTENT;
-    sb_add(&p->reasoning, "", 0);
-    sb_add(&p->content, "", 0);
-    sb_add(&p->pend, "", 0);
-    if (p->reasoning.err || p->content.err || p->pend.err) {
+    dsv4_strbuf_put(&p->reasoning, "", 0);
+    dsv4_strbuf_put(&p->content, "", 0);
+    dsv4_strbuf_put(&p->pend, "", 0);
+    if (p->reasoning.oom || p->content.oom || p->pend.oom) {
         dsv4_chat_parser_free(p);
-        return DSV4_ENOMEM;
+        return dsv4_error(DSV4_ENOMEM, "chat: out of memory");
     }
     *out = p;
     return 0;
@@ -904,10 +764,10 @@ static int parse_invoke(struct dsv4_chat_parser *p, const char *s, size_t n, siz
     const char *q = memchr(s + i, '"', stop - i);
     if (!q || q + 1 >= s + stop || q[1] != '>')
         return parse_fail(p, "malformed invoke name");
-    struct sb name = {0}, args = {0};
-    sb_add(&name, s + i, (size_t)(q - (s + i)));
+    struct dsv4_strbuf name = {0}, args = {0};
+    dsv4_strbuf_put(&name, s + i, (size_t)(q - (s + i)));
     i = (size_t)(q - s) + 2;
-    sb_str(&args, "{");
+    dsv4_strbuf_str(&args, "{");
     bool first = true;
     int rc = 0;
     for (;;) {
@@ -943,25 +803,25 @@ static int parse_invoke(struct dsv4_chat_parser *p, const char *s, size_t n, siz
             break;
         }
         if (!first)
-            sb_str(&args, ", ");
+            dsv4_strbuf_str(&args, ", ");
         first = false;
-        struct sb tmp = {0};
-        sb_add(&tmp, s + i, (size_t)(kq - (s + i)));
-        json_string(&args, tmp.p ? tmp.p : "");
-        sb_str(&args, ": ");
+        struct dsv4_strbuf tmp = {0};
+        dsv4_strbuf_put(&tmp, s + i, (size_t)(kq - (s + i)));
+        dsv4_strbuf_json_str(&args, tmp.p ? tmp.p : "", false);
+        dsv4_strbuf_str(&args, ": ");
         free(tmp.p);
         if (is_str) {
-            struct sb v = {0};
-            sb_add(&v, val, (size_t)(vend - val));
-            json_string(&args, v.p ? v.p : "");
+            struct dsv4_strbuf v = {0};
+            dsv4_strbuf_put(&v, val, (size_t)(vend - val));
+            dsv4_strbuf_json_str(&args, v.p ? v.p : "", false);
             free(v.p);
         } else
-            sb_add(&args, val, (size_t)(vend - val));
+            dsv4_strbuf_put(&args, val, (size_t)(vend - val));
         i = (size_t)(vend - s) + sizeof(pclose) - 1;
     }
-    sb_str(&args, "}");
-    if (!rc && (name.err || args.err))
-        rc = DSV4_ENOMEM;
+    dsv4_strbuf_str(&args, "}");
+    if (!rc && (name.oom || args.oom))
+        rc = dsv4_error(DSV4_ENOMEM, "chat: out of memory");
     if (!rc && p->n_calls == p->cap_calls) {
         size_t cap = p->cap_calls ? 2 * p->cap_calls : 4;
         struct call *nc = realloc(p->calls, cap * sizeof(*nc));
@@ -978,7 +838,7 @@ static int parse_invoke(struct dsv4_chat_parser *p, const char *s, size_t n, siz
         return rc;
     }
     if (!name.p)
-        sb_add(&name, "", 0);
+        dsv4_strbuf_put(&name, "", 0);
     p->calls[p->n_calls++] = (struct call){name.p, args.p};
     *used = stop + sizeof(close) - 1;
     return 1;
@@ -998,9 +858,9 @@ static int parser_step(struct dsv4_chat_parser *p, bool final)
         case P_CONTENT: {
             bool r = p->phase == P_REASONING;
             const char *const *stops = r ? reasoning_stops : content_stops;
-            struct sb *dst = r ? &p->reasoning : &p->content;
+            struct dsv4_strbuf *dst = r ? &p->reasoning : &p->content;
             if (find_marker(s, n, stops, 2, &pos, &which)) {
-                sb_add(dst, s, pos);
+                dsv4_strbuf_put(dst, s, pos);
                 pend_consume(p, pos + strlen(stops[which]));
                 if (!strcmp(stops[which], EOS))
                     p->phase = P_DONE;
@@ -1009,9 +869,9 @@ static int parser_step(struct dsv4_chat_parser *p, bool final)
                 continue;
             }
             size_t hold = final ? 0 : held_suffix(s, n, stops, 2);
-            sb_add(dst, s, n - hold);
+            dsv4_strbuf_put(dst, s, n - hold);
             pend_consume(p, n - hold);
-            return dst->err;
+            return sb_status(dst);
         }
         case P_TOOLS: {
             size_t i = skip_newlines(s, n);
@@ -1068,9 +928,9 @@ int dsv4_chat_parser_feed(struct dsv4_chat_parser *p, const char *text, size_t l
 {
     if (p->phase == P_ERROR)
         return dsv4_error(DSV4_EFORMAT, "chat parse: parser is in the error state");
-    sb_add(&p->pend, text, len);
-    if (p->pend.err)
-        return p->pend.err;
+    dsv4_strbuf_put(&p->pend, text, len);
+    if (p->pend.oom)
+        return sb_status(&p->pend);
     return parser_step(p, false);
 }
 
