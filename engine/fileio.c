@@ -97,9 +97,7 @@ static int open_tmp(const char *path, char *tmp, size_t tlen, int *fd)
     return 0;
 }
 
-/* fsyncs the directory holding path (best effort: some file systems refuse
- * a directory fsync, and the file itself is already complete). */
-static void sync_parent(const char *path)
+void dsv4_file_sync_parent(const char *path)
 {
     char *copy = strdup(path);
     int fd;
@@ -129,7 +127,7 @@ static int finish_tmp(int fd, const char *tmp, const char *path)
         unlink(tmp);
         return io_error("rename", tmp, e);
     }
-    sync_parent(path);
+    dsv4_file_sync_parent(path);
     return 0;
 }
 

@@ -21,5 +21,9 @@ int dsv4_file_read(const char *path, size_t max, char **out, size_t *len);
 int dsv4_file_write(const char *path, const void *data, size_t len);
 /* Copies the file `from` to `to` (through "<to>.tmp"). */
 int dsv4_file_copy(const char *from, const char *to);
+/* fsyncs the directory holding `path` so that a rename into it survives a
+ * crash; best effort (some file systems refuse a directory fsync, and the
+ * file itself is already complete), hence no status. */
+void dsv4_file_sync_parent(const char *path);
 
 #endif

@@ -23,7 +23,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,22 +59,6 @@ static int write_all(int fd, const void *buf, size_t n, uint64_t off)
         off += (uint64_t)k;
     }
     return 0;
-}
-
-/* fsyncs the directory holding `path` so that a rename survives a crash. */
-static void sync_parent(const char *path)
-{
-    char *copy = strdup(path);
-    int fd;
-
-    if (!copy)
-        return;
-    fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(copy);
 }
 
 /* ---------------------------------------------------------------- writer */
@@ -394,7 +377,7 @@ int dsv4_st_writer_commit(struct dsv4_st_writer *w)
         rc = writer_fail(w, "rename", errno);
         goto fail;
     }
-    sync_parent(w->path);
+    dsv4_file_sync_parent(w->path);
     writer_free(w);
     return 0;
 fail:
