@@ -26,6 +26,7 @@
 #include "dsv4-build.h"
 #include "engine/config.h"
 #include "engine/dsv4.h"
+#include "engine/fileio.h"
 #include "engine/strbuf.h"
 
 #include <cjson/cJSON.h>
@@ -468,34 +469,22 @@ done:
 
 int dsv4_config_load(const char *path, struct dsv4_config *cfg)
 {
-    FILE *fp = fopen(path, "rb");
     char *buf;
     size_t n;
     int rc;
 
     memset(cfg, 0, sizeof(*cfg));
-    if (!fp)
-        return dsv4_error(errno == ENOENT ? DSV4_ENOENT : DSV4_EIO, "%s: cannot open: %s", path,
-                          strerror(errno));
-    buf = malloc(MAX_CONFIG_BYTES + 1);
-    if (!buf) {
-        fclose(fp);
-        return dsv4_error(DSV4_ENOMEM, "%s: out of memory", path);
-    }
-    n = fread(buf, 1, MAX_CONFIG_BYTES + 1, fp);
-    if (ferror(fp)) {
-        rc = dsv4_error(DSV4_EIO, "%s: read error", path);
-    } else {
-        rc = dsv4_config_parse(buf, n, cfg);
-        if (rc) {
-            /* Prefix the message with the path. */
-            char msg[900];
-            snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
-            dsv4_error(rc, "%s: %s", path, msg);
-        }
+    rc = dsv4_file_read(path, MAX_CONFIG_BYTES, &buf, &n);
+    if (rc)
+        return rc;
+    rc = dsv4_config_parse(buf, n, cfg);
+    if (rc) {
+        /* Prefix the message with the path. */
+        char msg[900];
+        snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
+        dsv4_error(rc, "%s: %s", path, msg);
     }
     free(buf);
-    fclose(fp);
     return rc;
 }
 
