@@ -10,12 +10,16 @@
  */
 #include "engine/tokenizer_int.h"
 #include "engine/dsv4.h"
+#include "engine/fileio.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* a tokenizer.json larger than this is refused (real ones are ~10 MB) */
+#define MAX_TOKENIZER_FILE ((size_t)1 << 30)
 
 /* ------------------------------------------------------------ small helpers */
 
@@ -819,38 +823,19 @@ fail:
 int dsv4_tokenizer_load(const char *path, struct dsv4_tokenizer **out)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dsv4_error(DSV4_ENOENT, "tokenizer: cannot open %s: %s", path, strerror(errno));
     char *buf = NULL;
-    size_t len = 0, cap = 0;
-    int rc = 0;
-    for (;;) {
-        if (cap - len < 65536) {
-            cap = cap ? cap * 2 : 1 << 20;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                rc = dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory reading %s", path);
-                break;
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + len, 1, cap - len, f);
-        len += r;
-        if (r == 0) {
-            if (ferror(f))
-                rc = dsv4_error(DSV4_EIO, "tokenizer: read error on %s", path);
-            break;
-        }
+    size_t len = 0;
+    int rc = dsv4_file_read(path, MAX_TOKENIZER_FILE, &buf, &len);
+    if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
+        return dsv4_error(rc, "tokenizer: %s", msg);
     }
-    fclose(f);
-    if (!rc) {
-        rc = dsv4_tokenizer_load_json(buf, len, out);
-        if (rc) {
-            char msg[512];
-            snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
-            dsv4_error(rc, "%s (%s)", msg, path);
-        }
+    rc = dsv4_tokenizer_load_json(buf, len, out);
+    if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
+        dsv4_error(rc, "%s (%s)", msg, path);
     }
     free(buf);
     return rc;

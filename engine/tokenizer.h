@@ -54,7 +54,9 @@ int dsv4_tokens_push(struct dsv4_tokens *t, int32_t id);
 
 /* Loads a tokenizer.json.  Unsupported kinds (non-BPE model, normalizers or
  * pre-tokenizers other than those listed above, dropout) are rejected with
- * DSV4_ENOTSUP and a message naming the field. */
+ * DSV4_ENOTSUP and a message naming the field.  The file is read with
+ * dsv4_file_read (fileio.h): DSV4_ENOENT when missing, DSV4_ERANGE past
+ * 1 GiB, DSV4_EIO for a directory, FIFO or unreadable file. */
 int dsv4_tokenizer_load(const char *path, struct dsv4_tokenizer **out);
 /* Same from the JSON text in memory (len bytes, need not be terminated). */
 int dsv4_tokenizer_load_json(const char *json, size_t len, struct dsv4_tokenizer **out);
