@@ -81,21 +81,38 @@ static const cJSON *item(const cJSON *obj, const char *key)
     return v && !cJSON_IsNull(v) ? v : NULL;
 }
 
-static int get_i64(const cJSON *obj, const char *where, const char *key, bool required, int64_t def,
-                   int64_t min, int64_t max, int64_t *out)
+/* The number under `key` into *d; *found false (and 0) when the key is absent
+ * or null and not `required`. */
+static int get_number(const cJSON *obj, const char *where, const char *key, bool required,
+                      bool *found, double *d)
 {
     const cJSON *v = item(obj, key);
-    double d;
 
+    *found = false;
     if (!v) {
         if (required)
             return dsv4_error(DSV4_ENOENT, CFG ": missing key \"%s%s\"", where, key);
-        *out = def;
         return 0;
     }
     if (!cJSON_IsNumber(v))
         return dsv4_error(DSV4_EFORMAT, CFG ": \"%s%s\" is not a number", where, key);
-    d = v->valuedouble;
+    *found = true;
+    *d = v->valuedouble;
+    return 0;
+}
+
+static int get_i64(const cJSON *obj, const char *where, const char *key, bool required, int64_t def,
+                   int64_t min, int64_t max, int64_t *out)
+{
+    double d = 0;
+    bool found;
+    int rc = get_number(obj, where, key, required, &found, &d);
+
+    if (rc || !found) {
+        if (!rc)
+            *out = def;
+        return rc;
+    }
     if (!isfinite(d) || d != floor(d))
         return dsv4_error(DSV4_EFORMAT, CFG ": \"%s%s\" = %g is not an integer", where, key, d);
     if (d < (double)min || d > (double)max)
@@ -120,18 +137,15 @@ static int get_int(const cJSON *obj, const char *where, const char *key, bool re
 static int get_double(const cJSON *obj, const char *where, const char *key, bool required,
                       double def, bool positive, double *out)
 {
-    const cJSON *v = item(obj, key);
-    double d;
+    double d = 0;
+    bool found;
+    int rc = get_number(obj, where, key, required, &found, &d);
 
-    if (!v) {
-        if (required)
-            return dsv4_error(DSV4_ENOENT, CFG ": missing key \"%s%s\"", where, key);
-        *out = def;
-        return 0;
+    if (rc || !found) {
+        if (!rc)
+            *out = def;
+        return rc;
     }
-    if (!cJSON_IsNumber(v))
-        return dsv4_error(DSV4_EFORMAT, CFG ": \"%s%s\" is not a number", where, key);
-    d = v->valuedouble;
     if (!isfinite(d) || d < 0 || (positive && d == 0))
         return dsv4_error(DSV4_EINVAL, CFG ": \"%s%s\" = %g must be %s", where, key, d,
                           positive ? "> 0" : ">= 0");
