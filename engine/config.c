@@ -492,12 +492,8 @@ int dsv4_config_load(const char *path, struct dsv4_config *cfg)
     if (rc)
         return rc;
     rc = dsv4_config_parse(buf, n, cfg);
-    if (rc) {
-        /* Prefix the message with the path. */
-        char msg[900];
-        snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
-        dsv4_error(rc, "%s: %s", path, msg);
-    }
+    if (rc)
+        dsv4_error_ctx(rc, "%s", path); /* the message names the file */
     free(buf);
     return rc;
 }

@@ -58,21 +58,6 @@
 #define CONVERT_VERSION "1"
 #define MAX_CONFIG      (16u << 20)
 
-/* Prefixes a context to the message recorded by the failing callee. */
-static int ctx_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int ctx_error(int status, const char *fmt, ...)
-{
-    char msg[1024], ctx[1024];
-    va_list ap;
-    snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
-    va_start(ap, fmt);
-    vsnprintf(ctx, sizeof(ctx), fmt, ap);
-    va_end(ap);
-    if (msg[0])
-        return dsv4_error(status, "%s: %s", ctx, msg);
-    return dsv4_error(status, "%s: %s", ctx, dsv4_strerror(status));
-}
-
 /* ---------------------------------------------------------------- names */
 
 /* out = a + sep + b; DSV4_ERANGE when it does not fit. */
@@ -267,7 +252,7 @@ static int scan_source(struct conv *c)
                                   c->src, t->name, dsv4_dtype_name(t->dtype));
             int rc = expect_shape(t, u->rows, u->cols / 2, "packed E2M1, 2 per byte");
             if (rc)
-                return ctx_error(rc, "%s", c->src);
+                return dsv4_error_ctx(rc, "%s", c->src);
             u->w = t;
             u->wshard = dsv4_ckpt_shard_of(c->in, t->name);
         } else {
@@ -276,7 +261,7 @@ static int scan_source(struct conv *c)
                                   c->src, t->name, dsv4_dtype_name(t->dtype));
             int rc = expect_shape(t, u->rows, u->cols / 32, "one E8M0 scale per 32");
             if (rc)
-                return ctx_error(rc, "%s", c->src);
+                return dsv4_error_ctx(rc, "%s", c->src);
             u->s = t;
             u->sshard = dsv4_ckpt_shard_of(c->in, t->name);
         }
@@ -465,9 +450,9 @@ static int convert_unit(struct conv *c, const struct unit *u, float *scale2)
     int32_t ka = INT32_MIN, kb = INT32_MIN;
     int rc = dsv4_convert_scan(u->s->data, (int64_t)u->s->nbytes, &ka);
     if (rc)
-        return ctx_error(rc, "%s: %s", c->src, u->s->name);
+        return dsv4_error_ctx(rc, "%s: %s", c->src, u->s->name);
     if (u->ps && (rc = dsv4_convert_scan(u->ps->data, (int64_t)u->ps->nbytes, &kb)))
-        return ctx_error(rc, "%s: %s", c->src, u->ps->name);
+        return dsv4_error_ctx(rc, "%s: %s", c->src, u->ps->name);
     struct conv_job j = {c, u, 0, 1.0f};
     if (c->opts->mode == DSV4_CONVERT_LOSSLESS) {
         j.m = dsv4_convert_lossless_exp(ka, kb);
@@ -511,7 +496,7 @@ static int write_shard(struct conv *c, const struct dsv4_st_file *f, const char 
     const char *name = shard_name(f);
     int rc = dsv4_st_writer_open(path, &w);
     if (rc)
-        return ctx_error(rc, "creating %s", path);
+        return dsv4_error_ctx(rc, "creating %s", path);
 
     /* metadata: the source's, then the format and the conversion mode */
     bool have_format = false;
@@ -595,11 +580,11 @@ static int write_shard(struct conv *c, const struct dsv4_st_file *f, const char 
     rc = dsv4_st_writer_commit(w);
     w = NULL;
     if (rc)
-        return ctx_error(rc, "finishing %s", path);
+        return dsv4_error_ctx(rc, "finishing %s", path);
     return 0;
 fail:
     dsv4_st_writer_abort(w);
-    return ctx_error(rc, "writing %s", path);
+    return dsv4_error_ctx(rc, "writing %s", path);
 }
 
 /* Output bytes of shard f (for progress). */
@@ -644,8 +629,8 @@ static int shard_done(struct conv *c, const char *path, const struct ent *ents, 
         return 0;
     int rc = dsv4_st_open(path, &o);
     if (rc)
-        return ctx_error(rc, "%s exists but is not a valid shard; remove it to convert again",
-                         path);
+        return dsv4_error_ctx(rc, "%s exists but is not a valid shard; remove it to convert again",
+                              path);
     const char *mode = dsv4_st_metadata(o, META_MODE);
     if (!mode || strcmp(mode, dsv4_convert_mode_name(c->opts->mode))) {
         rc = dsv4_error(DSV4_EEXIST,
@@ -888,7 +873,7 @@ static int verify_contract(struct conv *c, const struct dsv4_ckpt *o)
     size_t n = dsv4_ckpt_count(o);
     int rc = path_cat(path, sizeof(path), c->dst, "/", "config.json");
     if (rc || (rc = dsv4_config_load(path, &cfg)))
-        return ctx_error(rc, "verify");
+        return dsv4_error_ctx(rc, "verify");
     if (cfg.expert_fmt != DSV4_EXPERT_NVFP4)
         return dsv4_error(DSV4_EMISMATCH, "verify: %s does not declare NVFP4 experts", path);
     const struct dsv4_tensor **v = calloc(n + 1, sizeof(*v));
@@ -898,7 +883,7 @@ static int verify_contract(struct conv *c, const struct dsv4_ckpt *o)
         v[i] = dsv4_ckpt_tensor(o, i);
     rc = dsv4_bind(&cfg, v, n, &b);
     if (rc)
-        rc = ctx_error(rc, "verify: %s against the model contract", c->dst);
+        rc = dsv4_error_ctx(rc, "verify: %s against the model contract", c->dst);
     dsv4_binding_free(b);
     free(v);
     return rc;
@@ -910,7 +895,7 @@ static int verify(struct conv *c)
     struct dsv4_convert_cmp *tcmp = NULL;
     int rc = dsv4_ckpt_open(c->dst, &o);
     if (rc)
-        return ctx_error(rc, "verify: opening %s", c->dst);
+        return dsv4_error_ctx(rc, "verify: opening %s", c->dst);
     struct dsv4_convert_report *r = c->rep;
     size_t nconv = c->nunits, want = dsv4_ckpt_count(c->in) + 2 * nconv;
     if (dsv4_ckpt_count(o) != want) {
@@ -1050,7 +1035,7 @@ static int write_index(struct conv *c)
         names[i] = shard_name(dsv4_ckpt_shard(c->in, i));
     int rc = dsv4_ckpt_write_index(c->dst, names, ns);
     free(names);
-    return rc ? ctx_error(rc, "writing %s/model.safetensors.index.json", c->dst) : 0;
+    return rc ? dsv4_error_ctx(rc, "writing %s/model.safetensors.index.json", c->dst) : 0;
 }
 
 int dsv4_convert_ckpt(const char *src, const char *dst, const struct dsv4_convert_opts *opts,
@@ -1071,11 +1056,11 @@ int dsv4_convert_ckpt(const char *src, const char *dst, const struct dsv4_conver
     if ((rc = path_cat(path, sizeof(path), src, "/", "config.json")))
         goto out;
     if ((rc = dsv4_config_load(path, &c.cfg))) {
-        rc = ctx_error(rc, "source config");
+        rc = dsv4_error_ctx(rc, "source config");
         goto out;
     }
     if ((rc = dsv4_ckpt_open(src, &c.in))) {
-        rc = ctx_error(rc, "source %s", src);
+        rc = dsv4_error_ctx(rc, "source %s", src);
         goto out;
     }
     if ((rc = scan_source(&c)))

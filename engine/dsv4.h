@@ -41,6 +41,11 @@ const char *dsv4_strerror(int status);
  * error paths read `return dsv4_error(DSV4_EFORMAT, "...", ...);`. */
 int dsv4_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Puts "<context>: " (printf-formatted) in front of the message a failing
+ * callee recorded (its status name when it recorded none) and returns
+ * `status`: `return dsv4_error_ctx(rc, "reading %s", path);`. */
+int dsv4_error_ctx(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* The message recorded last on this thread ("" if none). */
 const char *dsv4_errmsg(void);
 

@@ -56,6 +56,18 @@ int dsv4_error(int status, const char *fmt, ...)
     return status;
 }
 
+int dsv4_error_ctx(int status, const char *fmt, ...)
+{
+    char msg[sizeof(errbuf)], ctx[sizeof(errbuf)];
+    va_list ap;
+
+    snprintf(msg, sizeof(msg), "%s", errbuf[0] ? errbuf : dsv4_strerror(status));
+    va_start(ap, fmt);
+    vsnprintf(ctx, sizeof(ctx), fmt, ap);
+    va_end(ap);
+    return dsv4_error(status, "%s: %s", ctx, msg);
+}
+
 const char *dsv4_errmsg(void)
 {
     return errbuf;

@@ -826,11 +826,8 @@ int dsv4_tokenizer_load(const char *path, struct dsv4_tokenizer **out)
     char *buf = NULL;
     size_t len = 0;
     int rc = dsv4_file_read(path, MAX_TOKENIZER_FILE, &buf, &len);
-    if (rc) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
-        return dsv4_error(rc, "tokenizer: %s", msg);
-    }
+    if (rc)
+        return dsv4_error_ctx(rc, "tokenizer");
     rc = dsv4_tokenizer_load_json(buf, len, out);
     if (rc) {
         char msg[512];
