@@ -347,7 +347,8 @@ static int rank_fn(struct dsv4_comm *comm, void *arg)
         goto out;
     if ((rc = dsv4_state_init(r.m, 1, r.k + 2, &r.st)))
         goto out;
-    int T = DSV4_MAX(o->chunk, r.k + 1);
+    /* tokens per forward call: a prefill chunk (never more than the prompt) or 1 + k */
+    int T = DSV4_MAX(DSV4_MIN(o->chunk, job->np), r.k + 1);
     int64_t ctx = (int64_t)job->np + o->max_tokens + r.k + 2;
     if ((rc = dsv4_fwd_init(r.m, r.st, r.pool, comm, T, ctx, &r.f)))
         goto out;
@@ -412,10 +413,19 @@ int dsv4_generate(const char *dir, const int32_t *prompt, int n_prompt,
     memset(res, 0, sizeof *res);
     if (n_prompt < 1)
         return dsv4_error(DSV4_EINVAL, "generate: empty prompt");
-    if (o->mtp < 0 || o->mtp > DSV4_GEN_MAX_MTP || o->ranks < 1 || o->threads < 1 || o->chunk < 1 ||
-        o->max_tokens < 0)
-        return dsv4_error(DSV4_EINVAL, "generate: bad options (mtp %d, ranks %d, threads %d)",
-                          o->mtp, o->ranks, o->threads);
+    if (o->mtp < 0 || o->mtp > DSV4_GEN_MAX_MTP)
+        return dsv4_error(DSV4_EINVAL, "generate: mtp %d not in [0, %d]", o->mtp, DSV4_GEN_MAX_MTP);
+    if (o->ranks < 1 || o->ranks > DSV4_GEN_MAX_RANKS)
+        return dsv4_error(DSV4_EINVAL, "generate: ranks %d not in [1, %d]", o->ranks,
+                          DSV4_GEN_MAX_RANKS);
+    if (o->threads < 1 || o->threads > DSV4_GEN_MAX_THREADS)
+        return dsv4_error(DSV4_EINVAL, "generate: threads %d not in [1, %d]", o->threads,
+                          DSV4_GEN_MAX_THREADS);
+    if (o->chunk < 1 || o->chunk > DSV4_GEN_MAX_CHUNK)
+        return dsv4_error(DSV4_EINVAL, "generate: chunk %d not in [1, %d]", o->chunk,
+                          DSV4_GEN_MAX_CHUNK);
+    if (o->max_tokens < 0)
+        return dsv4_error(DSV4_EINVAL, "generate: max_tokens %d < 0", o->max_tokens);
     if ((rc = dsv4_sample_params_check(&o->sample)))
         return rc;
     job.t0 = dsv4_now();
@@ -426,6 +436,15 @@ int dsv4_generate(const char *dir, const int32_t *prompt, int n_prompt,
         if (prompt[i] < 0 || prompt[i] >= job.cfg.vocab_size)
             return dsv4_error(DSV4_EINVAL, "generate: prompt token %d outside vocab %d", prompt[i],
                               job.cfg.vocab_size);
+    /* the context the forward pass is sized for: every position a query can reach */
+    int64_t need = (int64_t)n_prompt + o->max_tokens + o->mtp + 2;
+    int64_t limit = DSV4_MIN(job.cfg.max_position_embeddings, DSV4_GEN_MAX_CONTEXT);
+    if (need > limit)
+        return dsv4_error(DSV4_EINVAL,
+                          "generate: prompt %d + max_tokens %d + mtp %d + 2 positions exceed the "
+                          "context limit %lld (max_position_embeddings %lld)",
+                          n_prompt, o->max_tokens, o->mtp, (long long)limit,
+                          (long long)job.cfg.max_position_embeddings);
     if (o->dump_layers)
         for (int l = 0; l < job.cfg.num_hidden_layers; l++) {
             snprintf(path, sizeof path, "%s/layer_%02d.f32", o->dump_layers, l);

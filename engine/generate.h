@@ -21,13 +21,26 @@
 #include <stdio.h>
 
 #define DSV4_GEN_MAX_MTP 16
+/* Option bounds (checked by dsv4_generate; anything outside gets DSV4_EINVAL):
+ * ranks are threads over the shared-memory communicator (DSV4_COMM_SHM_MAX_RANKS);
+ * a prefill chunk sizes the forward scratch (O(chunk * (k+1) * hidden) floats),
+ * so it is bounded to keep a typo from asking for terabytes. */
+#define DSV4_GEN_MAX_RANKS   64
+#define DSV4_GEN_MAX_THREADS 1024
+#define DSV4_GEN_MAX_CHUNK   65536
+/* Most positions of one generation (prompt + output + drafts), whatever a config's
+ * max_position_embeddings allows: the forward scratch grows with the context. */
+#define DSV4_GEN_MAX_CONTEXT (INT64_C(1) << 24)
 
 struct dsv4_gen_opts {
-    int max_tokens;   /* tokens to generate (>= 0) */
-    int mtp;          /* draft depth k (0: no MTP) */
-    int threads;      /* total CPU threads (split over ranks), >= 1 */
-    int ranks;        /* N >= 1 */
-    int chunk;        /* prefill chunk (tokens per forward call), >= 1 */
+    /* tokens to generate (>= 0); prompt + max_tokens + mtp + 2 <= max_position_embeddings
+     * and <= DSV4_GEN_MAX_CONTEXT */
+    int max_tokens;
+    int mtp;          /* draft depth k in [0, DSV4_GEN_MAX_MTP] (0: no MTP) */
+    int threads;      /* total CPU threads (split over ranks), [1, DSV4_GEN_MAX_THREADS] */
+    int ranks;        /* N in [1, DSV4_GEN_MAX_RANKS]; any N (uneven or empty head/expert
+                  * slices included) gives the same tokens */
+    int chunk;        /* prefill chunk (tokens per forward call), [1, DSV4_GEN_MAX_CHUNK] */
     bool stop_at_eos; /* stop after emitting eos_token_id */
     struct dsv4_sample_params sample;
     FILE *dump_logits;       /* FP32 rows: every prompt position and every generated token */

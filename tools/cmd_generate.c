@@ -13,6 +13,7 @@
 #include "tools/cmds.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,47 @@ static void usage(FILE *f)
                "  DIR/layer_%%02d.f32 after dumping it), --dump-mtp-logits FILE (MTP logits of\n"
                "  prompt positions 0..P-2; needs --mtp >= 1), --dump-draft-logits FILE (logits of\n"
                "  the k drafts made right after the prompt)\n");
+}
+
+/* Strict option values: the whole string is a number in range, else a message and 1. */
+static int opt_int(const char *name, const char *v, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "dsv4 generate: %s '%s' is not an integer in [%ld, %ld]\n", name, v, lo,
+                hi);
+        return 1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int opt_float(const char *name, const char *v, float *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (end == v || *end || errno || !isfinite(x)) {
+        fprintf(stderr, "dsv4 generate: %s '%s' is not a finite number\n", name, v);
+        return 1;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static int opt_u64(const char *name, const char *v, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (end == v || *end || errno || *v == '-') {
+        fprintf(stderr, "dsv4 generate: %s '%s' is not an unsigned 64-bit integer\n", name, v);
+        return 1;
+    }
+    *out = (uint64_t)x;
+    return 0;
 }
 
 static int parse_ids(const char *s, int32_t **ids, int *n)
@@ -114,6 +156,7 @@ int dsv4_cmd_generate(int argc, char **argv)
         o.threads = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
 #define ARG(name) (!strcmp(a, name) && v && (i++, 1))
         if (ARG("--model"))
             model = v;
@@ -128,33 +171,33 @@ int dsv4_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "--no-stop"))
             o.stop_at_eos = false;
         else if (ARG("--max-tokens"))
-            o.max_tokens = atoi(v);
+            bad = opt_int(a, v, 0, INT32_MAX - 1, &o.max_tokens);
         else if (ARG("--mtp"))
-            o.mtp = atoi(v);
+            bad = opt_int(a, v, 0, DSV4_GEN_MAX_MTP, &o.mtp);
         else if (ARG("--temperature"))
-            o.sample.temperature = (float)atof(v);
+            bad = opt_float(a, v, &o.sample.temperature);
         else if (ARG("--top-p"))
-            o.sample.top_p = (float)atof(v);
+            bad = opt_float(a, v, &o.sample.top_p);
         else if (ARG("--top-k"))
-            o.sample.top_k = atoi(v);
+            bad = opt_int(a, v, 0, INT32_MAX, &o.sample.top_k);
         else if (ARG("--min-p"))
-            o.sample.min_p = (float)atof(v);
+            bad = opt_float(a, v, &o.sample.min_p);
         else if (ARG("--repetition-penalty"))
-            o.sample.repetition_penalty = (float)atof(v);
+            bad = opt_float(a, v, &o.sample.repetition_penalty);
         else if (ARG("--presence-penalty"))
-            o.sample.presence_penalty = (float)atof(v);
+            bad = opt_float(a, v, &o.sample.presence_penalty);
         else if (ARG("--frequency-penalty"))
-            o.sample.frequency_penalty = (float)atof(v);
+            bad = opt_float(a, v, &o.sample.frequency_penalty);
         else if (!strcmp(a, "--logprobs"))
             logprobs = o.sample.logprobs = true;
         else if (ARG("--seed"))
-            o.sample.seed = strtoull(v, NULL, 10);
+            bad = opt_u64(a, v, &o.sample.seed);
         else if (ARG("--threads"))
-            o.threads = atoi(v);
+            bad = opt_int(a, v, 1, DSV4_GEN_MAX_THREADS, &o.threads);
         else if (ARG("--ranks"))
-            o.ranks = atoi(v);
+            bad = opt_int(a, v, 1, DSV4_GEN_MAX_RANKS, &o.ranks);
         else if (ARG("--chunk"))
-            o.chunk = atoi(v);
+            bad = opt_int(a, v, 1, DSV4_GEN_MAX_CHUNK, &o.chunk);
         else if (ARG("--dump-logits"))
             dump_f = v;
         else if (ARG("--dump-layers"))
@@ -173,9 +216,14 @@ int dsv4_cmd_generate(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+        if (bad)
+            return 2;
 #undef ARG
     }
     if (!model || (!ids_s == !text)) {
+        fprintf(stderr, "dsv4 generate: %s\n",
+                !model ? "--model DIR is required"
+                       : "give exactly one of --prompt-ids and --prompt");
         usage(stderr);
         return 2;
     }
@@ -192,7 +240,9 @@ int dsv4_cmd_generate(int argc, char **argv)
     }
     if (ids_s) {
         if (parse_ids(ids_s, &prompt, &n_prompt)) {
-            fprintf(stderr, "dsv4 generate: bad --prompt-ids '%s'\n", ids_s);
+            fprintf(stderr,
+                    "dsv4 generate: bad --prompt-ids '%s' (want comma-separated token ids >= 0)\n",
+                    ids_s);
             goto out;
         }
     } else {
