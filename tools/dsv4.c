@@ -2,6 +2,11 @@
  * dsv4.c - the `dsv4` tool: offline commands around the engine (checkpoint
  * generation, planning, conversion, generation, tokenizer).  Dispatches to
  * the subcommand named by argv[1].
+ *
+ * Exit status convention shared by every subcommand: 0 ok, 1 bad input or
+ * a failed operation (message on stderr), 2 bad usage (unknown command or
+ * option, missing or malformed option value); `dsv4 CMD --help` prints to
+ * stdout and exits 0.
  */
 #include "dsv4-build.h"
 #include "engine/dsv4.h"
@@ -31,6 +36,16 @@ static void usage(FILE *f)
 
 int dsv4_cmd_version(int argc, char **argv)
 {
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: dsv4 version   (also dsv4 --version, dsv4 -V)\n"
+               "  prints the version and the features this build was configured with\n");
+        return 0;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "dsv4 version: unexpected argument '%s' (see dsv4 version --help)\n",
+                argv[1]);
+        return 2;
+    }
     printf("dsv4 %s\nfeatures: %s\n", dsv4_version(), dsv4_features());
     return 0;
 }
