@@ -17,12 +17,18 @@
  * copy of a quarter of the pool timed just before it (columns copyGB/s and
  * %copy); the whole-pool copy at the start and the end shows how steady
  * the machine was.
+ *
+ * Invariants: every option is parsed strictly (whole string, in range) and
+ * every --formats name must be known, so a typo exits 2 instead of timing
+ * nothing; the pool is checked up front to hold one copy of the largest
+ * selected weight and to fit (twice, source + copy) in physical memory.
  */
 #include "engine/dsv4.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/linear.h"
 #include "tools/cmds.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +63,16 @@ static double copy_gbs(struct dsv4_pool *p, const uint8_t *src, uint8_t *dst, si
     return best;
 }
 
+struct bench_opts {
+    int threads, mem_mb, batches[16], nb;
+    double min_time;
+    bool fmt_on[5]; /* indexed like FMTS */
+};
+
+static const enum dsv4_wfmt FMTS[5] = {DSV4_WFMT_F32, DSV4_WFMT_BF16, DSV4_WFMT_FP8,
+                                       DSV4_WFMT_MXFP4, DSV4_WFMT_NVFP4};
+static const int64_t SHAPES[2][2] = {{7168, 3072}, {3072, 7168}};
+
 static int parse_list(const char *s, int *out, int max)
 {
     int n = 0;
@@ -70,42 +86,77 @@ static int parse_list(const char *s, int *out, int max)
         if (*end && *end != ',')
             return -1;
     }
+    return *s ? -1 : n; /* more than `max` entries is an error, not a silent cut */
+}
+
+/* "f32,nvfp4" -> fmt_on[]; every name must be one of FMTS */
+static int parse_formats(const char *s, bool *on)
+{
+    int n = 0;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        size_t f = 0;
+        while (f < DSV4_ARRAY_LEN(FMTS) &&
+               (strlen(dsv4_wfmt_name(FMTS[f])) != len || strncmp(s, dsv4_wfmt_name(FMTS[f]), len)))
+            f++;
+        if (f == DSV4_ARRAY_LEN(FMTS))
+            return -1;
+        on[f] = true;
+        n++;
+        s += len + (s[len] == ',');
+    }
     return n;
+}
+
+static bool parse_int(const char *v, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < lo || x > hi)
+        return false;
+    *out = (int)x;
+    return true;
+}
+
+static bool parse_seconds(const char *v, double *out)
+{
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || *end || !(x >= 0 && x <= 60))
+        return false;
+    *out = x;
+    return true;
 }
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: dsv4 bench linear [--threads N] [--mem MB] [--time SEC] [--formats LIST]\n"
                "                         [--batches LIST]\n"
-               "  --threads N     pool threads (default: online CPUs)\n"
-               "  --mem MB        weight pool and copy size, above the last-level cache "
-               "(default 1024)\n"
-               "  --time SEC      minimum time per case (default 0.3)\n"
+               "  --threads N     pool threads, 1..1024 (default: online CPUs)\n"
+               "  --mem MB        weight pool and copy size, above the last-level cache,\n"
+               "                  16..65536 and at least one copy of the largest selected\n"
+               "                  weight (f32: 84 MiB) (default 1024)\n"
+               "  --time SEC      minimum time per case, 0..60 (default 0.3)\n"
                "  --formats LIST  comma list of f32,bf16,fp8,mxfp4,nvfp4 (default all)\n"
-               "  --batches LIST  comma list of batch sizes (default 1,8,64)\n");
+               "  --batches LIST  comma list of up to 16 batch sizes, 1..4096 (default 1,8,64)\n"
+               "exit status: 0 ok, 1 out of memory or thread start failure, 2 bad usage\n");
 }
 
-int dsv4_bench_linear(int argc, char **argv)
+/* 0 ok, 1 --help printed, 2 bad usage (message printed) */
+static int parse_args(int argc, char **argv, struct bench_opts *o)
 {
-    int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), batches[16] = {1, 8, 64}, nb = 3;
-    int mem_mb = 1024;
-    double min_time = 0.3;
-    const char *formats = "f32,bf16,fp8,mxfp4,nvfp4";
-    struct dsv4_pool *pool = NULL;
-    uint8_t *buf = NULL, *dst = NULL;
-    float *x = NULL, *y = NULL;
-    int rc = 1;
-
+    bool fmt_given = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool ok;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
-            return 0;
+            return 1;
         }
         if (strcmp(a, "--threads") && strcmp(a, "--mem") && strcmp(a, "--time") &&
             strcmp(a, "--formats") && strcmp(a, "--batches")) {
-            fprintf(stderr, "dsv4 bench linear: unknown option %s\n", a);
-            usage(stderr);
+            fprintf(stderr, "dsv4 bench linear: unknown option '%s' (see --help)\n", a);
             return 2;
         }
         if (!v) {
@@ -114,126 +165,173 @@ int dsv4_bench_linear(int argc, char **argv)
         }
         i++;
         if (!strcmp(a, "--threads"))
-            threads = atoi(v);
+            ok = parse_int(v, 1, 1024, &o->threads);
         else if (!strcmp(a, "--mem"))
-            mem_mb = atoi(v);
+            ok = parse_int(v, 16, 65536, &o->mem_mb);
         else if (!strcmp(a, "--time"))
-            min_time = atof(v);
-        else if (!strcmp(a, "--formats"))
-            formats = v;
-        else if (!strcmp(a, "--batches")) {
-            nb = parse_list(v, batches, 16);
-            if (nb <= 0) {
-                fprintf(stderr, "dsv4 bench linear: bad --batches '%s'\n", v);
-                return 2;
-            }
+            ok = parse_seconds(v, &o->min_time);
+        else if (!strcmp(a, "--formats")) {
+            if (!fmt_given)
+                memset(o->fmt_on, 0, sizeof(o->fmt_on));
+            fmt_given = true;
+            ok = parse_formats(v, o->fmt_on) > 0;
+        } else
+            ok = (o->nb = parse_list(v, o->batches, 16)) > 0;
+        if (!ok) {
+            fprintf(stderr, "dsv4 bench linear: bad %s '%s' (see --help)\n", a, v);
+            return 2;
         }
     }
-    if (threads < 1 || threads > 1024 || mem_mb < 16 || mem_mb > 65536 ||
-        !(min_time >= 0 && min_time <= 60)) {
-        fprintf(stderr, "dsv4 bench linear: need 1..1024 threads, 16..65536 MB, 0..60 s\n");
+    return 0;
+}
+
+/* bytes of one copy of the weights of FMTS[f] at SHAPES[sh], scales included */
+static uint64_t weight_bytes(size_t f, int sh)
+{
+    struct dsv4_qweight w = {.fmt = FMTS[f], .rows = SHAPES[sh][0], .cols = SHAPES[sh][1]};
+    return dsv4_qweight_bytes(&w);
+}
+
+/* the pool must hold one copy of every selected weight and, with the copy
+ * target, fit in physical memory (else the kernel would kill us mid-run) */
+static int check_mem(const struct bench_opts *o)
+{
+    size_t mem = (size_t)o->mem_mb << 20;
+    for (size_t f = 0; f < DSV4_ARRAY_LEN(FMTS); f++)
+        for (int sh = 0; sh < 2; sh++)
+            if (o->fmt_on[f] && ((weight_bytes(f, sh) + 63) & ~(uint64_t)63) > mem) {
+                fprintf(stderr,
+                        "dsv4 bench linear: --mem %d MB cannot hold one %s weight (%.0f MiB)\n",
+                        o->mem_mb, dsv4_wfmt_name(FMTS[f]),
+                        (double)((weight_bytes(f, sh) + (1u << 20) - 1) >> 20));
+                return 2;
+            }
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && psz > 0 && 2.0 * (double)mem > 0.8 * (double)pages * (double)psz) {
+        fprintf(stderr,
+                "dsv4 bench linear: --mem %d MB needs twice that, above 80%% of the "
+                "%.0f MiB of physical memory\n",
+                o->mem_mb, (double)pages * (double)psz / (1 << 20));
         return 2;
     }
-    size_t mem = (size_t)mem_mb << 20;
-    if (dsv4_pool_init(threads, &pool) != 0) {
-        fprintf(stderr, "dsv4 bench linear: %s\n", dsv4_errmsg());
-        return 1;
-    }
-    int maxb = 1;
-    for (int i = 0; i < nb; i++)
-        maxb = DSV4_MAX(maxb, batches[i]);
-    buf = malloc(mem + 64);
-    dst = malloc(mem + 64);
-    x = malloc((size_t)maxb * 7168 * sizeof(float));
-    y = malloc((size_t)maxb * 7168 * sizeof(float));
-    if (!buf || !dst || !x || !y) {
-        fprintf(stderr, "dsv4 bench linear: out of memory (--mem %d)\n", mem_mb);
-        goto out;
-    }
+    return 0;
+}
+
+struct bench_bufs {
+    struct dsv4_pool *pool;
+    uint8_t *buf, *dst; /* pool of weight copies, copy target: mem + 64 bytes each */
+    float *x, *y;       /* [maxb, 7168] */
+    size_t mem;
+};
+
+/* one format x shape x batch case: prints one row */
+static void run_case(struct bench_bufs *b, const struct bench_opts *o, size_t f, int sh, int m)
+{
+    struct dsv4_qweight w = {.fmt = FMTS[f], .rows = SHAPES[sh][0], .cols = SHAPES[sh][1]};
+    enum dsv4_act act = dsv4_default_act(w.fmt);
+    uint64_t wbytes = dsv4_qweight_bytes(&w), data = wbytes;
+    w.scale2 = 0.0173f;
+    w.input_scale = 1.0f;
+    if (w.fmt == DSV4_WFMT_FP8)
+        data = (uint64_t)(w.rows * w.cols);
+    else if (w.fmt == DSV4_WFMT_MXFP4 || w.fmt == DSV4_WFMT_NVFP4)
+        data = (uint64_t)(w.rows * ((w.cols + 1) / 2));
+    uint64_t stride = (wbytes + 63) & ~(uint64_t)63;
+    int64_t copies = (int64_t)(b->mem / stride), calls = 0, ci = 0; /* >= 1: check_mem */
+    double t0, t, cp = copy_gbs(b->pool, b->buf, b->dst, b->mem / 4, 2);
+    /* warm-up: grows scratch, faults in the pages */
+    w.w = b->buf;
+    w.scale = b->buf + data;
+    dsv4_cpu_linear(b->pool, &w, act, b->x, m, b->y);
+    t0 = dsv4_now();
+    do {
+        w.w = b->buf + (uint64_t)ci * stride;
+        w.scale = (const uint8_t *)w.w + data;
+        dsv4_cpu_linear(b->pool, &w, act, b->x, m, b->y);
+        ci = (ci + 1) % copies;
+        calls++;
+        t = dsv4_now() - t0;
+    } while (t < o->min_time || calls < DSV4_MIN(copies, (int64_t)(m >= 32 ? 4 : 64)));
+    double per = t / (double)calls;
+    double gbs = (double)wbytes / per / 1e9;
+    printf("%-6s %-5s %5lldx%-5lld %5d %9.3f %9.2f %8.1f %9.2f %6.0f%%\n", dsv4_wfmt_name(w.fmt),
+           dsv4_act_name(act), (long long)w.rows, (long long)w.cols, m, per * 1e3, gbs,
+           2.0 * (double)(w.rows * w.cols) * m / per / 1e9, cp, 100.0 * gbs / cp);
+    fflush(stdout);
+}
+
+/* random pool bytes (bit 6 clear, bit 5 set: finite normal values), x in [-1.43, 1.43] */
+static void fill(struct bench_bufs *b, int maxb)
+{
     uint64_t s = 0x9e3779b97f4a7c15ull;
-    for (size_t i = 0; i < mem + 64; i += 8) {
+    DSV4_ASSERT(b->mem <= (size_t)65536 << 20); /* parse_args bounds --mem */
+    for (size_t i = 0; i < b->mem + 64; i += 8) {
         s ^= s << 13;
         s ^= s >> 7;
         s ^= s << 17;
         uint64_t v = (s & 0xbfbfbfbfbfbfbfbfull) | 0x2020202020202020ull;
-        memcpy(buf + i, &v, DSV4_MIN((size_t)8, mem + 64 - i));
+        memcpy(b->buf + i, &v, DSV4_MIN((size_t)8, b->mem + 64 - i));
     }
-    memset(dst, 0, mem);
+    memset(b->dst, 0, b->mem);
     for (int i = 0; i < maxb * 7168; i++)
-        x[i] = (float)((int)(i * 2654435761u % 2001) - 1000) / 700.0f;
+        b->x[i] = (float)((int)(i * 2654435761u % 2001) - 1000) / 700.0f;
+}
 
-    double copy0 = copy_gbs(pool, buf, dst, mem, 3);
-    printf("dsv4 bench linear: %d threads, isa %s, pool %d MiB\n", threads, dsv4_cpu_isa(), mem_mb);
+int dsv4_bench_linear(int argc, char **argv)
+{
+    struct bench_opts o = {.threads = (int)sysconf(_SC_NPROCESSORS_ONLN),
+                           .mem_mb = 1024,
+                           .batches = {1, 8, 64},
+                           .nb = 3,
+                           .min_time = 0.3,
+                           .fmt_on = {true, true, true, true, true}};
+    struct bench_bufs b = {0};
+    int rc = parse_args(argc, argv, &o), maxb = 1;
+    if (rc)
+        return rc == 1 ? 0 : 2;
+    if (o.threads < 1 || o.threads > 1024)
+        o.threads = DSV4_MAX(1, DSV4_MIN(o.threads, 1024)); /* sysconf failure or huge box */
+    if (check_mem(&o))
+        return 2;
+    for (int i = 0; i < o.nb; i++)
+        maxb = DSV4_MAX(maxb, o.batches[i]);
+    b.mem = (size_t)o.mem_mb << 20;
+    rc = 1;
+    if (dsv4_pool_init(o.threads, &b.pool) != 0) {
+        fprintf(stderr, "dsv4 bench linear: %s\n", dsv4_errmsg());
+        goto fail;
+    }
+    b.buf = malloc(b.mem + 64);
+    b.dst = malloc(b.mem + 64);
+    b.x = malloc((size_t)maxb * 7168 * sizeof(float));
+    b.y = malloc((size_t)maxb * 7168 * sizeof(float));
+    if (!b.buf || !b.dst || !b.x || !b.y) {
+        fprintf(stderr, "dsv4 bench linear: out of memory (--mem %d)\n", o.mem_mb);
+        goto fail;
+    }
+    fill(&b, maxb);
+
+    double copy0 = copy_gbs(b.pool, b.buf, b.dst, b.mem, 3);
+    printf("dsv4 bench linear: %d threads, isa %s, pool %d MiB\n", o.threads, dsv4_cpu_isa(),
+           o.mem_mb);
     printf("memcpy: %.2f GB/s (bytes copied per second; each byte is read and written)\n\n", copy0);
     printf("%%copy compares with a copy run just before the case (the machine may be shared)\n");
     printf("%-6s %-5s %-11s %5s %9s %9s %8s %9s %7s\n", "format", "act", "shape", "batch",
            "ms/call", "GB/s", "GFLOP/s", "copyGB/s", "%copy");
-
-    static const enum dsv4_wfmt fmts[] = {DSV4_WFMT_F32, DSV4_WFMT_BF16, DSV4_WFMT_FP8,
-                                          DSV4_WFMT_MXFP4, DSV4_WFMT_NVFP4};
-    static const int64_t shapes[2][2] = {{7168, 3072}, {3072, 7168}};
-    for (size_t f = 0; f < DSV4_ARRAY_LEN(fmts); f++) {
-        const char *name = dsv4_wfmt_name(fmts[f]);
-        const char *hit = strstr(formats, name);
-        size_t nl = strlen(name);
-        /* whole-word match in the comma list ("fp8" must not match "nvfp4"'s tail) */
-        while (hit && ((hit != formats && hit[-1] != ',') || (hit[nl] && hit[nl] != ',')))
-            hit = strstr(hit + 1, name);
-        if (!hit)
-            continue;
-        for (int sh = 0; sh < 2; sh++) {
-            struct dsv4_qweight w = {.fmt = fmts[f], .rows = shapes[sh][0], .cols = shapes[sh][1]};
-            enum dsv4_act act = dsv4_default_act(w.fmt);
-            uint64_t wbytes = dsv4_qweight_bytes(&w);
-            uint64_t data = wbytes;
-            w.scale2 = 0.0173f;
-            w.input_scale = 1.0f;
-            if (w.fmt == DSV4_WFMT_FP8)
-                data = (uint64_t)(w.rows * w.cols);
-            else if (w.fmt == DSV4_WFMT_MXFP4 || w.fmt == DSV4_WFMT_NVFP4)
-                data = (uint64_t)(w.rows * ((w.cols + 1) / 2));
-            uint64_t stride = (wbytes + 63) & ~(uint64_t)63;
-            int64_t copies = (int64_t)(mem / stride);
-            if (copies < 1) {
-                fprintf(stderr, "dsv4 bench linear: --mem too small for %s\n", name);
-                goto out;
-            }
-            for (int bi = 0; bi < nb; bi++) {
-                int m = batches[bi];
-                int64_t calls = 0, ci = 0;
-                double t0, t, cp = copy_gbs(pool, buf, dst, mem / 4, 2);
-                /* warm-up: grows scratch, faults in the pages */
-                w.w = buf;
-                w.scale = buf + data;
-                dsv4_cpu_linear(pool, &w, act, x, m, y);
-                t0 = dsv4_now();
-                do {
-                    w.w = buf + (uint64_t)ci * stride;
-                    w.scale = (const uint8_t *)w.w + data;
-                    dsv4_cpu_linear(pool, &w, act, x, m, y);
-                    ci = (ci + 1) % copies;
-                    calls++;
-                    t = dsv4_now() - t0;
-                } while (t < min_time || calls < DSV4_MIN(copies, (int64_t)(m >= 32 ? 4 : 64)));
-                double per = t / (double)calls;
-                double gbs = (double)wbytes / per / 1e9;
-                printf("%-6s %-5s %5lldx%-5lld %5d %9.3f %9.2f %8.1f %9.2f %6.0f%%\n", name,
-                       dsv4_act_name(act), (long long)w.rows, (long long)w.cols, m, per * 1e3, gbs,
-                       2.0 * (double)(w.rows * w.cols) * m / per / 1e9, cp, 100.0 * gbs / cp);
-                fflush(stdout);
-            }
-        }
-    }
-    double copy1 = copy_gbs(pool, buf, dst, mem, 3);
+    for (size_t f = 0; f < DSV4_ARRAY_LEN(FMTS); f++)
+        for (int sh = 0; sh < 2 && o.fmt_on[f]; sh++)
+            for (int bi = 0; bi < o.nb; bi++)
+                run_case(&b, &o, f, sh, o.batches[bi]);
+    double copy1 = copy_gbs(b.pool, b.buf, b.dst, b.mem, 3);
     printf("\nmemcpy again at the end: %.2f GB/s (start %.2f; a difference means the machine "
            "was busy)\n",
            copy1, copy0);
     rc = 0;
-out:
-    free(buf);
-    free(dst);
-    free(x);
-    free(y);
-    dsv4_pool_free(pool);
+fail:
+    free(b.buf);
+    free(b.dst);
+    free(b.x);
+    free(b.y);
+    dsv4_pool_free(b.pool);
     return rc;
 }

@@ -2,6 +2,12 @@
  * cmd_convert.c - `dsv4 convert SRC DST`: the upstream MXFP4 checkpoint ->
  * the NVFP4 artifact layout (engine/convert.h does the work; this file
  * parses options, draws progress on a terminal and prints the report).
+ *
+ * Invariants: bad usage (unknown option, malformed value, wrong operand
+ * count) exits 2 with one line naming the problem; SRC must be an existing
+ * directory and DST must not resolve to SRC or to a path inside it (the
+ * converter would read files it is writing, or copy its output into
+ * itself), checked on resolved paths before anything is created.
  */
 #include "engine/convert.h"
 #include "engine/dsv4.h"
@@ -11,7 +17,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void help(FILE *f)
@@ -49,6 +58,64 @@ static void help(FILE *f)
           "  --threads N      worker threads (default: all cores)\n"
           "  --quiet          no progress line\n",
           f);
+}
+
+/* One-line usage error: exit status 2. */
+static int bad_usage(const char *what, const char *arg)
+{
+    fprintf(stderr, "dsv4 convert: %s%s%s (see dsv4 convert --help)\n", what, arg ? " " : "",
+            arg ? arg : "");
+    return 2;
+}
+
+/* realpath of `dst`, or of its parent + its last component when `dst` does
+ * not exist yet (the converter creates DST, not its parents). */
+static int resolve_dst(const char *dst, char *out)
+{
+    if (realpath(dst, out))
+        return 0;
+    if (errno != ENOENT)
+        return dsv4_error(DSV4_EIO, "DST %s: %s", dst, strerror(errno));
+    char parent[PATH_MAX];
+    size_t n = strlen(dst);
+    while (n > 1 && dst[n - 1] == '/')
+        n--;
+    const char *slash = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (dst[i] == '/')
+            slash = dst + i;
+    const char *base = slash ? slash + 1 : dst;
+    int plen = slash ? (slash == dst ? 1 : (int)(slash - dst)) : 1;
+    snprintf(parent, sizeof(parent), "%.*s", plen, slash ? dst : ".");
+    char rp[PATH_MAX];
+    if (!realpath(parent, rp))
+        return dsv4_error(DSV4_ENOENT, "DST's parent directory %s: %s", parent, strerror(errno));
+    if (snprintf(out, PATH_MAX, "%s/%.*s", strcmp(rp, "/") ? rp : "", (int)(dst + n - base),
+                 base) >= PATH_MAX)
+        return dsv4_error(DSV4_ERANGE, "DST %s: path too long", dst);
+    return 0;
+}
+
+/* SRC an existing directory; DST neither SRC nor below it (see the header). */
+static int check_paths(const char *src, const char *dst)
+{
+    char rs[PATH_MAX], rd[PATH_MAX];
+    struct stat st;
+    if (!realpath(src, rs) || stat(rs, &st) < 0)
+        return dsv4_error(DSV4_ENOENT, "SRC %s: %s", src, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return dsv4_error(DSV4_EINVAL, "SRC %s is not a directory", src);
+    int rc = resolve_dst(dst, rd);
+    if (rc)
+        return rc;
+    if (stat(rd, &st) == 0 && !S_ISDIR(st.st_mode))
+        return dsv4_error(DSV4_EINVAL, "DST %s exists and is not a directory", dst);
+    size_t n = strlen(rs);
+    if (!strcmp(rd, rs))
+        return dsv4_error(DSV4_EINVAL, "DST %s is the source directory", dst);
+    if (!strncmp(rd, rs, n) && (rd[n] == '/' || !strcmp(rs, "/")))
+        return dsv4_error(DSV4_EINVAL, "DST %s is inside the source directory %s", dst, src);
+    return 0;
 }
 
 struct prog_state {
@@ -90,7 +157,8 @@ int dsv4_cmd_convert(int argc, char **argv)
     int c;
     char *end;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+    opterr = 0; /* our own one-line messages, prefixed "dsv4 convert:" */
+    while ((c = getopt_long(argc, argv, ":h", lopts, NULL)) != -1) {
         switch (c) {
         case 'm':
             if (dsv4_convert_mode_parse(optarg, &o.mode)) {
@@ -109,10 +177,11 @@ int dsv4_cmd_convert(int argc, char **argv)
             break;
         case 's':
         case 't': {
+            errno = 0;
             long v = strtol(optarg, &end, 10);
-            if (*end || end == optarg || v < 1 || v > (c == 't' ? 1024 : 1L << 40)) {
-                fprintf(stderr, "dsv4 convert: bad --%s '%s'\n", c == 's' ? "sample" : "threads",
-                        optarg);
+            if (*end || end == optarg || errno || v < 1 || v > (c == 't' ? 1024 : 1L << 40)) {
+                fprintf(stderr, "dsv4 convert: bad --%s '%s' (an integer, 1..%s)\n",
+                        c == 's' ? "sample" : "threads", optarg, c == 's' ? "2^40" : "1024");
                 return 2;
             }
             if (c == 's')
@@ -127,14 +196,19 @@ int dsv4_cmd_convert(int argc, char **argv)
         case 'h':
             help(stdout);
             return 0;
+        case ':':
+            return bad_usage("missing value for", argv[optind - 1]);
         default:
-            help(stderr);
-            return 2;
+            return bad_usage("unknown option", argv[optind - 1]);
         }
     }
-    if (argc - optind != 2) {
-        help(stderr);
-        return 2;
+    if (argc - optind != 2)
+        return bad_usage(argc - optind < 2 ? "expects SRC DST, missing an operand"
+                                           : "expects SRC DST, got extra operand",
+                         argc - optind < 2 ? NULL : argv[optind + 2]);
+    if (check_paths(argv[optind], argv[optind + 1])) {
+        fprintf(stderr, "dsv4 convert: %s\n", dsv4_errmsg());
+        return 1;
     }
     if (o.sample && !o.verify)
         o.verify = true;
