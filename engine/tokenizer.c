@@ -565,8 +565,8 @@ static int build_tries(struct dsv4_tokenizer *tok)
     return 0;
 }
 
-static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSON *added,
-                      const int16_t *char_byte)
+/* Refuses what this BPE does not implement; reads the model's flags. */
+static int load_model_kind(struct dsv4_tokenizer *tok, const cJSON *model)
 {
     const char *type = json_type(model);
     if (type && strcmp(type, "BPE"))
@@ -585,20 +585,26 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
     tok->byte_fallback = json_bool(model, "byte_fallback", false);
     tok->fuse_unk = json_bool(model, "fuse_unk", false);
     tok->ignore_merges = json_bool(model, "ignore_merges", false);
+    return 0;
+}
 
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
-    if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges))
-        return dsv4_error(DSV4_EFORMAT, "tokenizer: BPE model needs a vocab object and merges");
+/* an integer id in [0, 2^24): ids index flat arrays */
+static bool good_id(const cJSON *v)
+{
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < (1 << 24) &&
+           v->valuedouble == (double)(int32_t)v->valuedouble;
+}
 
-    /* Sizes: ids must be dense enough to index arrays. */
+/* Validates every id, then sizes and allocates the id-indexed tables, the
+ * token bytes and the vocab map.  Ids must be dense enough to index arrays. */
+static int alloc_tables(struct dsv4_tokenizer *tok, const cJSON *vocab, const cJSON *added)
+{
     int64_t max_id = -1;
     size_t n_vocab = 0, bytes = 0, longest = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, vocab)
     {
-        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= (1 << 24) ||
-            e->valuedouble != (double)(int32_t)e->valuedouble)
+        if (!good_id(e))
             return dsv4_error(DSV4_EFORMAT, "tokenizer: vocab entry '%s' has a bad id", e->string);
         max_id = DSV4_MAX(max_id, (int64_t)e->valuedouble);
         bytes += strlen(e->string);
@@ -609,8 +615,7 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
     {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "content");
-        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= (1 << 24) ||
-            !cJSON_IsString(c) || !c->valuestring[0])
+        if (!good_id(id) || !cJSON_IsString(c) || !c->valuestring[0])
             return dsv4_error(DSV4_EFORMAT, "tokenizer: added token without id or content");
         max_id = DSV4_MAX(max_id, (int64_t)id->valuedouble);
         bytes += strlen(c->valuestring);
@@ -630,23 +635,24 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
     if (!tok->tok_off || !tok->tok_len || !tok->is_special || !tok->tok_data || !tok->added)
         return dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory for %d tokens", tok->vocab_size);
     memset(tok->tok_len, 0xff, (size_t)tok->vocab_size * sizeof(uint32_t));
-    int rc = vmap_init(&tok->vmap, n_vocab);
-    if (rc)
-        return rc;
+    return vmap_init(&tok->vmap, n_vocab);
+}
 
-    /* Model tokens: decode bytes, then the bytes -> id map.  Byte-mappable
-     * spellings first so that they win over raw-UTF-8 spellings. */
-    size_t used = 0;
-    /* 1: the model spells id as byte-level characters, 2: as raw UTF-8 */
-    uint8_t *kind = calloc((size_t)tok->vocab_size, 1);
-    if (!kind)
-        return dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory");
+/* Model tokens: decode bytes, then the bytes -> id map.  Byte-mappable
+ * spellings first so that they win over raw-UTF-8 spellings.  kind[id]:
+ * 1 the model spells id as byte-level characters, 2 as raw UTF-8.  *used:
+ * bytes of tok_data filled. */
+static int load_vocab(struct dsv4_tokenizer *tok, const cJSON *vocab, const int16_t *char_byte,
+                      uint8_t *kind, size_t *used)
+{
+    const cJSON *e;
+    *used = 0;
     for (int pass = 0; pass < 2; pass++) {
         cJSON_ArrayForEach(e, vocab)
         {
             int32_t id = (int32_t)e->valuedouble;
             size_t n = strlen(e->string), blen;
-            char *dst = tok->tok_data + used;
+            char *dst = tok->tok_data + *used;
             bool mapped = spelling_to_bytes(char_byte, e->string, n, dst, &blen);
             if (mapped != (pass == 0))
                 continue;
@@ -654,14 +660,12 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
                 memcpy(dst, e->string, n);
                 blen = n;
             }
-            if (tok->tok_len[id] != TOK_NONE) {
-                free(kind);
+            if (tok->tok_len[id] != TOK_NONE)
                 return dsv4_error(DSV4_EFORMAT, "tokenizer: id %d appears twice in vocab", id);
-            }
             kind[id] = mapped ? 1 : 2;
-            tok->tok_off[id] = (uint32_t)used;
+            tok->tok_off[id] = (uint32_t)*used;
             tok->tok_len[id] = (uint32_t)blen;
-            used += blen;
+            *used += blen;
             vmap_put(tok, id);
         }
     }
@@ -669,24 +673,32 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
         char c = (char)b;
         tok->byte_id[b] = dsv4_tokenizer_vmap_get(tok, &c, 1);
     }
-    tok->unk_id = -1;
-    v = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
-    if (cJSON_IsString(v)) {
-        const cJSON *u = cJSON_GetObjectItemCaseSensitive(vocab, v->valuestring);
-        if (!cJSON_IsNumber(u)) {
-            free(kind);
-            return dsv4_error(DSV4_EFORMAT, "tokenizer: unk_token '%s' is not in vocab",
-                              v->valuestring);
-        }
-        tok->unk_id = (int32_t)u->valuedouble;
-    }
+    return 0;
+}
 
-    /* Merges: "a b" or ["a", "b"]; rank = position. */
-    rc = mmap_init(&tok->mmap, (size_t)cJSON_GetArraySize(merges));
-    if (rc) {
-        free(kind);
+/* The unknown-token id, -1 without one; it must be in vocab. */
+static int load_unk(struct dsv4_tokenizer *tok, const cJSON *model, const cJSON *vocab)
+{
+    tok->unk_id = -1;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
+    if (!cJSON_IsString(v))
+        return 0;
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(vocab, v->valuestring);
+    if (!cJSON_IsNumber(u))
+        return dsv4_error(DSV4_EFORMAT, "tokenizer: unk_token '%s' is not in vocab",
+                          v->valuestring);
+    tok->unk_id = (int32_t)u->valuedouble;
+    return 0;
+}
+
+/* Merges: "a b" or ["a", "b"]; rank = position; both parts and the merged
+ * token must be in vocab. */
+static int load_merges(struct dsv4_tokenizer *tok, const cJSON *merges, const int16_t *char_byte)
+{
+    int rc = mmap_init(&tok->mmap, (size_t)cJSON_GetArraySize(merges));
+    if (rc)
         return rc;
-    }
+    const cJSON *e;
     char *buf = NULL;
     size_t buf_cap = 0;
     int32_t rank = 0;
@@ -746,16 +758,36 @@ static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSO
         rank++;
     }
     free(buf);
-    if (!rc)
-        rc = load_added(tok, added, char_byte, kind, used);
-    free(kind);
+    return rc;
+}
+
+static int load_model(struct dsv4_tokenizer *tok, const cJSON *model, const cJSON *added,
+                      const int16_t *char_byte)
+{
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    uint8_t *kind = NULL; /* load_vocab's, per id */
+    size_t used;
+    int rc = load_model_kind(tok, model);
     if (rc)
         return rc;
-
+    if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges))
+        return dsv4_error(DSV4_EFORMAT, "tokenizer: BPE model needs a vocab object and merges");
+    if ((rc = alloc_tables(tok, vocab, added)))
+        return rc;
+    kind = calloc((size_t)tok->vocab_size, 1);
+    if (!kind)
+        return dsv4_error(DSV4_ENOMEM, "tokenizer: out of memory");
+    if ((rc = load_vocab(tok, vocab, char_byte, kind, &used)) ||
+        (rc = load_unk(tok, model, vocab)) || (rc = load_merges(tok, merges, char_byte)) ||
+        (rc = load_added(tok, added, char_byte, kind, used)))
+        goto fail;
     for (int32_t id = 0; id < tok->vocab_size; id++)
         if (tok->tok_len[id] != TOK_NONE)
             tok->max_token_bytes = DSV4_MAX(tok->max_token_bytes, tok->tok_len[id]);
-    return 0;
+fail:
+    free(kind);
+    return rc;
 }
 
 int dsv4_tokenizer_load_json(const char *json, size_t len, struct dsv4_tokenizer **out)

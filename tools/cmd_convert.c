@@ -145,6 +145,37 @@ static void on_progress(void *arg, const struct dsv4_convert_progress *p)
             rate / 1e6, (int)(eta / 3600), (int)(eta / 60) % 60, (int)eta % 60);
 }
 
+/* the summary on stdout; 1 when --verify found a difference */
+static int print_report(const struct dsv4_convert_opts *o, const struct dsv4_convert_report *r)
+{
+    printf("mode: %s, naming: %s\n", dsv4_convert_mode_name(o->mode),
+           dsv4_convert_naming_name(o->naming));
+    printf("shards: %d (%d written, %d already complete)\n", r->shards, r->shards_written,
+           r->shards_skipped);
+    printf("tensors: %lld converted, %lld passed through; %.3f GB written in %.1f s\n",
+           (long long)r->converted, (long long)r->passthrough, (double)r->bytes_written / 1e9,
+           r->seconds);
+    printf("blocks: %llu, exact %llu, out of range %llu, saturated elements %llu, zero scales "
+           "%llu\n",
+           (unsigned long long)r->stats.blocks, (unsigned long long)r->stats.exact,
+           (unsigned long long)r->stats.oor, (unsigned long long)r->stats.saturated,
+           (unsigned long long)r->stats.zero_scale);
+    if (!o->verify)
+        return 0;
+    printf("verify: %lld converted tensors, %lld bit-exact; max abs err %.6g, mean rel err "
+           "%.6g, min pearson %.9f; non-finite %llu\n",
+           (long long)r->verified, (long long)r->verified_bitexact, r->cmp.max_abs,
+           dsv4_convert_cmp_mean_rel(&r->cmp), r->verified ? r->min_pearson : 1.0,
+           (unsigned long long)r->cmp.nonfinite);
+    printf("verify: %lld other tensors, %lld byte-identical\n", (long long)r->pass_checked,
+           (long long)r->pass_identical);
+    if (r->cmp.nonfinite || r->pass_identical != r->pass_checked) {
+        fprintf(stderr, "dsv4 convert: verification failed\n");
+        return 1;
+    }
+    return 0;
+}
+
 int dsv4_cmd_convert(int argc, char **argv)
 {
     static const struct option lopts[] = {
@@ -225,30 +256,5 @@ int dsv4_cmd_convert(int argc, char **argv)
         fprintf(stderr, "dsv4 convert: %s\n", dsv4_errmsg());
         return 1;
     }
-    printf("mode: %s, naming: %s\n", dsv4_convert_mode_name(o.mode),
-           dsv4_convert_naming_name(o.naming));
-    printf("shards: %d (%d written, %d already complete)\n", r.shards, r.shards_written,
-           r.shards_skipped);
-    printf("tensors: %lld converted, %lld passed through; %.3f GB written in %.1f s\n",
-           (long long)r.converted, (long long)r.passthrough, (double)r.bytes_written / 1e9,
-           r.seconds);
-    printf("blocks: %llu, exact %llu, out of range %llu, saturated elements %llu, zero scales "
-           "%llu\n",
-           (unsigned long long)r.stats.blocks, (unsigned long long)r.stats.exact,
-           (unsigned long long)r.stats.oor, (unsigned long long)r.stats.saturated,
-           (unsigned long long)r.stats.zero_scale);
-    if (!o.verify)
-        return 0;
-    printf("verify: %lld converted tensors, %lld bit-exact; max abs err %.6g, mean rel err "
-           "%.6g, min pearson %.9f; non-finite %llu\n",
-           (long long)r.verified, (long long)r.verified_bitexact, r.cmp.max_abs,
-           dsv4_convert_cmp_mean_rel(&r.cmp), r.verified ? r.min_pearson : 1.0,
-           (unsigned long long)r.cmp.nonfinite);
-    printf("verify: %lld other tensors, %lld byte-identical\n", (long long)r.pass_checked,
-           (long long)r.pass_identical);
-    if (r.cmp.nonfinite || r.pass_identical != r.pass_checked) {
-        fprintf(stderr, "dsv4 convert: verification failed\n");
-        return 1;
-    }
-    return 0;
+    return print_report(&o, &r);
 }

@@ -412,6 +412,27 @@ static void test_errors(void)
             "\"merges\": [\"a b\"]}}";
     CHECK_INT(dsv4_tokenizer_load_json(bad_merge, strlen(bad_merge), &x), DSV4_EFORMAT);
     CHECK_INT(dsv4_tokenizer_load("/nonexistent/tokenizer.json", &x), DSV4_ENOENT);
+    const char *wp = "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}";
+    CHECK_INT(dsv4_tokenizer_load_json(wp, strlen(wp), &x), DSV4_ENOTSUP);
+    CHECK(strstr(dsv4_errmsg(), "WordPiece") != NULL);
+    /* ids must be integers in [0, 2^24), in vocab and in added_tokens */
+    static const char *const bad_ids[] = {"0.5", "-1", "16777216", "1e30", "\"0\"", "null"};
+    for (size_t i = 0; i < DSV4_ARRAY_LEN(bad_ids); i++) {
+        char j[512];
+        snprintf(j, sizeof(j),
+                 "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"decoder\": {\"type\": "
+                 "\"ByteLevel\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": %s}, "
+                 "\"merges\": []}}",
+                 bad_ids[i]);
+        CHECK_INT(dsv4_tokenizer_load_json(j, strlen(j), &x), DSV4_EFORMAT);
+        snprintf(j, sizeof(j),
+                 "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"decoder\": {\"type\": "
+                 "\"ByteLevel\"}, \"added_tokens\": [{\"id\": %s, \"content\": \"<s>\"}], "
+                 "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}",
+                 bad_ids[i]);
+        CHECKF(dsv4_tokenizer_load_json(j, strlen(j), &x) == DSV4_EFORMAT, "added id %s",
+               bad_ids[i]);
+    }
 
     int32_t ids[] = {17464, 999999999};
     char *out;
