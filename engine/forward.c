@@ -222,6 +222,18 @@ int dsv4_fwd_init(const struct dsv4_model *m, struct dsv4_state *st, struct dsv4
     ALLOC(f->hp, T * hc * D);
     ALLOC(f->ep, T * D);
     ALLOC(f->eb, T * D);
+    /* every scratch a call uses, sized now (forward.h: calls do not allocate): the attention /
+     * indexer workspace of each pool thread, and the activation buffers of dsv4_cpu_linear for
+     * the widest quantised-activation GEMM (h_proj: T*hc rows of D; wo_b: T rows of G*Ro; ...) */
+    for (int i = 0; i < dsv4_pool_threads(pool); i++)
+        if (!dsv4_pool_scratch(pool, i, f->ws_bytes))
+            goto nomem;
+    int64_t wide = DSV4_MAX(DSV4_MAX(hc * D, Rq), DSV4_MAX(hpg * dh, DSV4_MAX(G * Ro, I)));
+    if (dsv4_cpu_linear_reserve(pool, T, wide)) {
+        dsv4_fwd_free(f);
+        return dsv4_error(DSV4_ENOMEM, "forward: out of memory for GEMM scratch (%lld x %lld)",
+                          (long long)T, (long long)wide);
+    }
     *out = f;
     return 0;
 nomem:

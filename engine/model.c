@@ -433,8 +433,10 @@ static int bind_layer(struct dsv4_model *m, int l, struct dsv4_layer_w *lw)
         if ((rc = bind_tid2eid(m, n, lw)))
             return rc;
     } else {
+        /* selection bias of every score-routed layer (model.md §2.2, §3.5): required, since
+         * routing without it silently picks other experts */
         snprintf(n, sizeof n, "%s.ffn.gate.bias", p);
-        if (find(m, n) && (rc = read_vec(m, n, E, &lw->gate_bias)))
+        if ((rc = read_vec(m, n, E, &lw->gate_bias)))
             return rc;
     }
     snprintf(n, sizeof n, "%s.ffn.shared_experts", p);

@@ -12,6 +12,7 @@
 #include "kernels/cpu/cpu.h"
 #include "tools/cmds.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,31 +75,51 @@ static int argmax(const float *v, int n)
     return b;
 }
 
+/* Strict option value: the whole string an integer in [lo, hi], else a message and 1. */
+static int opt_int(const char *name, const char *v, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "dsv4 bench forward: %s '%s' is not an integer in [%ld, %ld]\n", name, v,
+                lo, hi);
+        return 1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
 int dsv4_bench_forward(int argc, char **argv)
 {
     const char *dir = NULL;
     int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), prompt = 256, steps = 16, batch = 8;
+    threads = DSV4_MAX(1, DSV4_MIN(threads, 1024));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
         if (!strcmp(a, "--model") && v)
             dir = argv[++i];
         else if (!strcmp(a, "--threads") && v)
-            threads = atoi(argv[++i]);
+            bad = opt_int(a, argv[++i], 1, 1024, &threads);
         else if (!strcmp(a, "--prompt") && v)
-            prompt = atoi(argv[++i]);
+            bad = opt_int(a, argv[++i], 1, 65536, &prompt);
         else if (!strcmp(a, "--steps") && v)
-            steps = atoi(argv[++i]);
+            bad = opt_int(a, argv[++i], 1, 1 << 20, &steps);
         else if (!strcmp(a, "--batch") && v)
-            batch = atoi(argv[++i]);
+            bad = opt_int(a, argv[++i], 1, 64, &batch);
         else {
             fprintf(stderr, "usage: dsv4 bench forward --model DIR [--threads N] [--prompt N]"
                             " [--steps N] [--batch B]\n"
-                            "  prefill of N tokens, then decode at batch 1 and B (default 8)\n");
+                            "  prefill of N tokens (<= 65536), then decode at batch 1 and B"
+                            " (default 8, <= 64)\n");
             return strcmp(a, "--help") ? 2 : 0;
         }
+        if (bad)
+            return 2;
     }
-    if (!dir || threads < 1 || prompt < 1 || steps < 1 || batch < 1) {
-        fprintf(stderr, "dsv4 bench forward: --model DIR required (positive sizes)\n");
+    if (!dir) {
+        fprintf(stderr, "dsv4 bench forward: --model DIR required\n");
         return 2;
     }
     struct dsv4_model *m = NULL;
@@ -133,7 +154,6 @@ int dsv4_bench_forward(int argc, char **argv)
     /* prefill */
     int seqs[64];
     struct dsv4_fwd_seq b[64];
-    batch = DSV4_MIN(batch, 64);
     if ((rc = dsv4_state_seq_new(st, &seqs[0])))
         goto fail;
     struct dsv4_fwd_seq s = {seqs[0], 0, prompt, toks};
