@@ -162,7 +162,8 @@ int dsv4_fwd_init(const struct dsv4_model *m, struct dsv4_state *st, struct dsv4
             ncomp = DSV4_MAX(ncomp, max_ctx / r + 1);
         }
     }
-    f->maxkeys = c->sliding_window + ncomp;
+    /* a window never holds more positions than the context */
+    f->maxkeys = DSV4_MIN((int64_t)c->sliding_window, max_ctx) + ncomp;
     f->ws_bytes = sizeof(float) * (f->maxkeys + 16) + (sizeof(float) + sizeof(void *)) * nidx + 64;
     if (E > (k + 1) * D) {
         free(f);

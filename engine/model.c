@@ -494,6 +494,15 @@ int dsv4_model_bind(struct dsv4_ckpt *ckpt, const struct dsv4_config *cfg, int r
     if (c->index_head_dim & (c->index_head_dim - 1))
         return dsv4_error(DSV4_ENOTSUP, "model: index_head_dim %d not a power of two",
                           c->index_head_dim);
+    /* the forward pass pools one compressed entry from at most 2 * 128 candidates of at most
+     * 1024 channels on the stack (engine/forward.c write_token) */
+    if (c->head_dim > 1024 || c->index_head_dim > 1024)
+        return dsv4_error(DSV4_ENOTSUP, "model: head_dim %d / index_head_dim %d above 1024",
+                          c->head_dim, c->index_head_dim);
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        if (dsv4_config_ratio(c, l) > 128)
+            return dsv4_error(DSV4_ENOTSUP, "model: compress ratio %d of layer %d above 128",
+                              dsv4_config_ratio(c, l), l);
     struct dsv4_model *m = calloc(1, sizeof *m);
     if (!m)
         return dsv4_error(DSV4_ENOMEM, "model: out of memory");
