@@ -6,7 +6,8 @@ Cases: missing/unknown/garbage options, --model pointing to a missing dir, a dir
 config.json, a garbage config.json, a truncated shard, a garbage shard, a checkpoint missing
 a tensor, prompt ids >= vocab / negative / non-numeric / empty, an empty text prompt,
 --max-tokens negative / non-numeric / beyond the context, --mtp negative / huge, --ranks 0 /
-beyond the communicator, --threads 0, --chunk 0 / huge, a prompt longer than the context,
+beyond the communicator, --threads 0, --chunk 0 / huge, a prompt longer than the context
+(a config with max_position_embeddings 12),
 unwritable --dump-logits / --dump-layers.  Each must exit with 1 or 2 and print a message
 containing the expected words.  Valid edge cases must succeed: --max-tokens 0, --mtp 0,
 --chunk 1, and --ranks larger than the heads (4) or experts (16) of the model, which must give
@@ -97,6 +98,8 @@ def main():
     garbconf = variant("garbconf", {"config.json": b"{\"vocab_size\": [1, 2"})
     trunc = variant("trunc", {shard: blob[: len(blob) // 3]})
     garb = variant("garb", {shard: os.urandom(65536)})
+    small = dict(cfg, max_position_embeddings=12)
+    shortctx = variant("shortctx", {"config.json": json.dumps(small).encode()})
     # a missing tensor: rename it in the shard header and the index (same length)
     n = struct.unpack("<Q", blob[:8])[0]
     old, new = b'"layers.1.attn.wq_a.weight"', b'"layers.1.attn.wq_a.weighX"'
@@ -128,6 +131,12 @@ def main():
     bad("max-tokens beyond context", ["context limit"], "--model", m, *P, "--max-tokens", "2000000000")
     bad("max-tokens just beyond context", ["context limit"], "--model", m, *P, "--max-tokens",
         str(cfg["max_position_embeddings"] - 4))
+    bad("prompt longer than the context", ["context limit", "12"], "--model", shortctx,
+        "--prompt-ids", ",".join(str(i) for i in range(12)), "--max-tokens", "0")
+    bad("prompt + output + drafts beyond the context", ["context limit"], "--model", shortctx,
+        "--prompt-ids", "1,2,3,4,5,6", "--max-tokens", "3", "--mtp", "2")
+    good("prompt + output + 2 fill the context", "--model", shortctx, "--prompt-ids",
+         "1,2,3,4,5,6", "--max-tokens", "4", "--threads", "2")
     bad("negative mtp", ["--mtp"], "--model", m, *P, "--mtp", "-1")
     bad("huge mtp", ["--mtp"], "--model", m, *P, "--mtp", "1000")
     bad("zero ranks", ["--ranks"], "--model", m, *P, "--ranks", "0")
