@@ -93,7 +93,7 @@ static int comm_gather(struct dsv4_fwd *f, const void *send, void *recv, size_t 
 {
     int rc = dsv4_comm_all_gather(f->comm, send, recv, bytes);
     if (rc)
-        return dsv4_error(rc, "forward: all-gather of %zu bytes failed: %s", bytes, dsv4_errmsg());
+        return dsv4_error_ctx(rc, "forward: all-gather of %zu bytes failed", bytes);
     return 0;
 }
 
@@ -101,7 +101,7 @@ static int comm_sum(struct dsv4_fwd *f, float *buf, size_t n)
 {
     int rc = dsv4_comm_all_reduce_sum_f32(f->comm, buf, n);
     if (rc)
-        return dsv4_error(rc, "forward: all-reduce of %zu floats failed: %s", n, dsv4_errmsg());
+        return dsv4_error_ctx(rc, "forward: all-reduce of %zu floats failed", n);
     return 0;
 }
 

@@ -4,11 +4,11 @@ never a crash (no signal, no sanitizer report), on the tiny synthetic checkpoint
 
 Cases: missing/unknown/garbage options, --model pointing to a missing dir, a dir without
 config.json, a garbage config.json, a truncated shard, a garbage shard, a checkpoint missing
-a tensor, prompt ids >= vocab / negative / non-numeric / empty, an empty text prompt,
---max-tokens negative / non-numeric / beyond the context, --mtp negative / huge, --ranks 0 /
-beyond the communicator, --threads 0, --chunk 0 / huge, a prompt longer than the context
-(a config with max_position_embeddings 12),
-unwritable --dump-logits / --dump-layers.  Each must exit with 1 or 2 and print a message
+a tensor (also one that only rank 1 of 2 binds: no hang, rank 1's message), prompt ids
+>= vocab / negative / non-numeric / empty, an empty text prompt, --max-tokens negative /
+non-numeric / beyond the context, --mtp negative / huge, --ranks 0 / beyond the communicator,
+--threads 0, --chunk 0 / huge, a prompt longer than the context (a config with
+max_position_embeddings 12), unwritable --dump-logits / --dump-layers.  Each must exit with 1 or 2 and print a message
 containing the expected words.  Valid edge cases must succeed: --max-tokens 0, --mtp 0,
 --chunk 1, and --ranks larger than the heads (4) or experts (16) of the model, which must give
 the same tokens as one rank (forward.h: outputs are identical for any N).
@@ -109,6 +109,13 @@ def main():
     miss = variant("miss", {shard: blob[:8] + head.replace(old, new) + blob[8 + n :],
                             "model.safetensors.index.json": idx})
 
+    # a tensor only the last of 2 ranks binds: rank 0 must not hang in a collective
+    old, new = b'"layers.2.ffn.experts.15.w2.weight"', b'"layers.2.ffn.experts.15.w2.weighX"'
+    assert old in head
+    idx = open(os.path.join(m, "model.safetensors.index.json"), "rb").read().replace(old, new)
+    miss15 = variant("miss15", {shard: blob[:8] + head.replace(old, new) + blob[8 + n :],
+                                "model.safetensors.index.json": idx})
+
     P = ["--prompt-ids", "5,17,300"]
     bad("no arguments", ["--model"])
     bad("unknown option", ["--bogus"], "--model", m, *P, "--bogus")
@@ -120,6 +127,8 @@ def main():
     bad("truncated shard", ["truncated"], "--model", trunc, *P)
     bad("garbage shard", [shard], "--model", garb, *P)
     bad("missing tensor", ["layers.1.attn.wq_a.weight", "missing"], "--model", miss, *P)
+    bad("expert missing on rank 1 of 2", ["experts.15.w2.weight", "missing"], "--model", miss15,
+        *P, "--ranks", "2", "--threads", "2")
     bad("prompt id = vocab", ["outside vocab"], "--model", m, "--prompt-ids", "1,%d" % V)
     bad("negative prompt id", ["--prompt-ids"], "--model", m, "--prompt-ids", "-1")
     bad("non-numeric prompt id", ["--prompt-ids"], "--model", m, "--prompt-ids", "3,x")
