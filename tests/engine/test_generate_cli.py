@@ -8,10 +8,11 @@ a tensor (also one that only rank 1 of 2 binds: no hang, rank 1's message), prom
 >= vocab / negative / non-numeric / empty, an empty text prompt, --max-tokens negative /
 non-numeric / beyond the context, --mtp negative / huge, --ranks 0 / beyond the communicator,
 --threads 0, --chunk 0 / huge, a prompt longer than the context (a config with
-max_position_embeddings 12), unwritable --dump-logits / --dump-layers.  Each must exit with 1 or 2 and print a message
-containing the expected words.  Valid edge cases must succeed: --max-tokens 0, --mtp 0,
---chunk 1, and --ranks larger than the heads (4) or experts (16) of the model, which must give
-the same tokens as one rank (forward.h: outputs are identical for any N).
+max_position_embeddings 12), unwritable --dump-logits / --dump-layers.  Each must exit
+with 1 or 2 and print a message containing the expected words.  Valid edge cases must
+succeed: --max-tokens 0, --mtp 0, --chunk 1, a context filled exactly, and --ranks larger
+than the heads (4) or experts (16) of the model, which must give the same tokens as one rank
+(forward.h: outputs are identical for any N).
 """
 
 import json
