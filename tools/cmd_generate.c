@@ -152,8 +152,7 @@ int dsv4_cmd_generate(int argc, char **argv)
     struct dsv4_gen_opts o;
     dsv4_gen_opts_default(&o);
     o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (o.threads < 1)
-        o.threads = 1;
+    o.threads = DSV4_MAX(1, DSV4_MIN(o.threads, DSV4_GEN_MAX_THREADS));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
