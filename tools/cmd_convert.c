@@ -237,6 +237,8 @@ int dsv4_cmd_convert(int argc, char **argv)
         return bad_usage(argc - optind < 2 ? "expects SRC DST, missing an operand"
                                            : "expects SRC DST, got extra operand",
                          argc - optind < 2 ? NULL : argv[optind + 2]);
+    if (!argv[optind][0] || !argv[optind + 1][0])
+        return bad_usage("SRC and DST must not be empty", NULL);
     if (check_paths(argv[optind], argv[optind + 1])) {
         fprintf(stderr, "dsv4 convert: %s\n", dsv4_errmsg());
         return 1;

@@ -432,6 +432,7 @@ static void test_errors(void)
                  bad_ids[i]);
         CHECKF(dsv4_tokenizer_load_json(j, strlen(j), &x) == DSV4_EFORMAT, "added id %s",
                bad_ids[i]);
+        dsv4_tokenizer_free(x); /* NULL unless the check above failed */
     }
 
     int32_t ids[] = {17464, 999999999};

@@ -42,6 +42,8 @@ expect 2 "missing an operand" convert
 expect 2 "missing an operand" convert src
 expect 2 "extra operand c" convert src b c
 expect 2 "unknown option --bogus" convert --bogus src dst
+expect 2 "must not be empty" convert "" dst
+expect 2 "must not be empty" convert src ""
 expect 2 "missing value for --threads" convert src dst --threads
 for v in 0 -3 abc 12x 99999999999999999999 ""; do
     expect 2 "bad --threads '$v'" convert --threads "$v" src dst
