@@ -12,6 +12,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 
 static void mkmodel_usage(FILE *f)
@@ -36,6 +37,17 @@ static int parse_long(const char *s, long long lo, long long hi, long long *out)
     return 0;
 }
 
+/* Every option of mkmodel takes a value. */
+static bool is_value_option(const char *a)
+{
+    static const char *const opts[] = {"--preset", "--config", "--format", "--tokenizer",
+                                       "--out",    "--seed",   "--shards"};
+    for (size_t i = 0; i < DSV4_ARRAY_LEN(opts); i++)
+        if (!strcmp(a, opts[i]))
+            return true;
+    return false;
+}
+
 int dsv4_cmd_mkmodel(int argc, char **argv)
 {
     const char *preset = NULL, *config = NULL, *format = NULL, *tok = NULL, *out = NULL;
@@ -50,6 +62,11 @@ int dsv4_cmd_mkmodel(int argc, char **argv)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             mkmodel_usage(stdout);
             return 0;
+        }
+        if (a[0] == '-' && !is_value_option(a)) {
+            fprintf(stderr, "dsv4 mkmodel: unknown option '%s'\n", a);
+            mkmodel_usage(stderr);
+            return 2;
         }
         if (a[0] == '-' && !v) {
             fprintf(stderr, "dsv4 mkmodel: option '%s' needs a value\n", a);

@@ -414,6 +414,8 @@ def test_bad_input(one):
         (("plan", "--config", h48), 1, "multiples of 32"),
         (("mkmodel", "--preset"), 2, "'--preset' needs a value"),
         (("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--out"), 2, "'--out' needs a value"),
+        (("mkmodel", "--bogus"), 2, "unknown option '--bogus'"),
+        (("mkmodel", "--preset", "tiny", "--bogus", "x"), 2, "unknown option '--bogus'"),
         (("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--seed", "x", "--out", out), 2,
          "bad --seed"),
         (("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--shards", "0", "--out", out), 2,
