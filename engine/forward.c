@@ -280,6 +280,28 @@ struct attn_ctx {
     const struct dsv4_rope *rope;
 };
 
+/*
+ * Pooling candidates of compressed entry b (model.md §3.3): for r = 4 the
+ * previous block's tokens with their first halves (offset 0), then block b's
+ * tokens at offset `half` (the second halves; 0 when r = 128, no overlap).
+ * kv_off / gate_off locate the compressor's kv and gate inside a token's
+ * state record.  Returns the candidate count (at most 2r).
+ */
+static int pool_candidates(struct dsv4_fwd *f, int seq, int layer, int64_t b, int r, int64_t kv_off,
+                           int64_t gate_off, int64_t half, const float **kvp, const float **gp)
+{
+    int n = 0;
+
+    for (int64_t q = (r == 4 && b > 0 ? b - 1 : b) * r; q < (b + 1) * r; q++) {
+        const float *rq = dsv4_state_rec(f->st, seq, layer, q);
+        int64_t off = q < b * r ? 0 : half;
+        DSV4_ASSERT(rq);
+        kvp[n] = rq + kv_off + off;
+        gp[n++] = rq + gate_off + off;
+    }
+    return n;
+}
+
 /* Writes token t's window kv and compressor inputs, emits completed entries. */
 static void write_token(struct dsv4_fwd *f, const struct dsv4_layer_w *w, int layer, int t,
                         const struct dsv4_rope *rope)
@@ -310,22 +332,8 @@ static void write_token(struct dsv4_fwd *f, const struct dsv4_layer_w *w, int la
     int64_t b = (p + 1) / r - 1;
     const float *kvp[256], *gp[256];
     float tmp[1024];
-    int n = 0;
     DSV4_ASSERT(2 * r <= 256 && dh <= 1024);
-    if (r == 4 && b > 0)
-        for (int64_t q = (b - 1) * r; q < b * r; q++) {
-            const float *rq = dsv4_state_rec(f->st, seq, layer, q);
-            DSV4_ASSERT(rq);
-            kvp[n] = rq + y->ckv;
-            gp[n++] = rq + y->cgate;
-        }
-    int64_t half = r == 4 ? dh : 0;
-    for (int64_t q = b * r; q < (b + 1) * r; q++) {
-        const float *rq = dsv4_state_rec(f->st, seq, layer, q);
-        DSV4_ASSERT(rq);
-        kvp[n] = rq + y->ckv + half;
-        gp[n++] = rq + y->cgate + half;
-    }
+    int n = pool_candidates(f, seq, layer, b, r, y->ckv, y->cgate, r == 4 ? dh : 0, kvp, gp);
     float *ent = dsv4_state_entry(f->st, seq, layer, b);
     DSV4_ASSERT(ent);
     dsv4_ref_compress_pool(kvp, gp, n, dh, tmp);
@@ -338,18 +346,7 @@ static void write_token(struct dsv4_fwd *f, const struct dsv4_layer_w *w, int la
     if (r != 4)
         return;
     /* indexer key of the same block */
-    n = 0;
-    if (b > 0)
-        for (int64_t q = (b - 1) * r; q < b * r; q++) {
-            const float *rq = dsv4_state_rec(f->st, seq, layer, q);
-            kvp[n] = rq + y->ikv;
-            gp[n++] = rq + y->igate;
-        }
-    for (int64_t q = b * r; q < (b + 1) * r; q++) {
-        const float *rq = dsv4_state_rec(f->st, seq, layer, q);
-        kvp[n] = rq + y->ikv + id;
-        gp[n++] = rq + y->igate + id;
-    }
+    n = pool_candidates(f, seq, layer, b, r, y->ikv, y->igate, id, kvp, gp);
     float *ik = dsv4_state_ikey(f->st, seq, layer, b);
     DSV4_ASSERT(ik);
     dsv4_ref_compress_pool(kvp, gp, n, id, tmp);
