@@ -1,14 +1,14 @@
 /*
  * bench_forward.c - `dsv4 bench forward`: prefill and decode throughput of
- * the CPU forward pass (engine/forward.h) on a checkpoint, next to the
+ * the CPU forward pass (engine/model/forward.h) on a checkpoint, next to the
  * decode roofline: bytes of weights one decode token reads
  * (dsv4_model_decode_bytes) over the measured memory read bandwidth.
  * Single rank; greedy tokens are fed back so the work is a real decode.
  */
-#include "engine/dsv4.h"
-#include "engine/forward.h"
-#include "engine/model.h"
-#include "engine/state.h"
+#include "base/dsv4.h"
+#include "engine/model/forward.h"
+#include "engine/model/model.h"
+#include "engine/model/state.h"
 #include "kernels/cpu/cpu.h"
 #include "tools/cmds.h"
 

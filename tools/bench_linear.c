@@ -23,7 +23,7 @@
  * nothing; the pool is checked up front to hold one copy of the largest
  * selected weight and to fit (twice, source + copy) in physical memory.
  */
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/linear.h"
 #include "tools/cmds.h"

@@ -4,7 +4,7 @@
  * nothing).  Each subject is one line of the table below and one
  * dsv4_bench_* function (declared in tools/cmds.h) in its own file.
  */
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "tools/cmds.h"
 
 #include <stdio.h>

@@ -1,6 +1,6 @@
 /*
  * cmd_convert.c - `dsv4 convert SRC DST`: the upstream MXFP4 checkpoint ->
- * the NVFP4 artifact layout (engine/convert.h does the work; this file
+ * the NVFP4 artifact layout (tools/convert.h does the work; this file
  * parses options, draws progress on a terminal and prints the report).
  *
  * Invariants: bad usage (unknown option, malformed value, wrong operand
@@ -9,8 +9,8 @@
  * converter would read files it is writing, or copy its output into
  * itself), checked on resolved paths before anything is created.
  */
-#include "engine/convert.h"
-#include "engine/dsv4.h"
+#include "tools/convert.h"
+#include "base/dsv4.h"
 #include "tools/cmds.h"
 
 #include <getopt.h>

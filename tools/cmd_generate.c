@@ -1,15 +1,15 @@
 /*
  * cmd_generate.c - `dsv4 generate`: offline generation on CPU with the
- * engine's forward pass (engine/generate.h): prompt ids or text (tokenizer
+ * engine's forward pass (engine/model/generate.h): prompt ids or text (tokenizer
  * of the model directory, optional chat encoding), greedy or sampled, MTP
  * drafting, N ranks as threads; prints tokens, text, tok/s and MTP
  * acceptance, or one JSON object with --json.  --dump-logits / --dump-layers
  * follow the conventions of tests/reference/dsv4_ref.py.
  */
-#include "engine/chat.h"
-#include "engine/dsv4.h"
-#include "engine/generate.h"
-#include "engine/tokenizer.h"
+#include "engine/text/chat.h"
+#include "base/dsv4.h"
+#include "engine/model/generate.h"
+#include "engine/text/tokenizer.h"
 #include "tools/cmds.h"
 
 #include <errno.h>

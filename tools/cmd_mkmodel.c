@@ -2,12 +2,12 @@
  * cmd_mkmodel.c - `dsv4 mkmodel --preset tiny|small | --config FILE
  * [--format mxfp4|nvfp4|fp8] [--tokenizer TOKENIZER_JSON] [--seed N]
  * [--shards N] --out DIR`: writes a synthetic checkpoint directory with the
- * contract's exact layout (engine/mkmodel.h).
+ * contract's exact layout (tools/mkmodel.h).
  */
 #include "dsv4-build.h"
-#include "engine/config.h"
-#include "engine/dsv4.h"
-#include "engine/mkmodel.h"
+#include "engine/io/config.h"
+#include "base/dsv4.h"
+#include "tools/mkmodel.h"
 #include "tools/cmds.h"
 
 #include <stdio.h>

@@ -1,16 +1,16 @@
 /*
  * cmd_plan.c - `dsv4 plan DIR | --config FILE [--ranks N] [--device-mem SIZE]
  * [--reserve SIZE] [--json] [--tensors] [--verbose]`: the parallel layout and memory plan
- * of a checkpoint (engine/plan.h).  With DIR the checkpoint is bound to the
+ * of a checkpoint (tools/plan.h).  With DIR the checkpoint is bound to the
  * contract first (every mismatch listed, exit 1) and bytes come from its
  * tensors; with --config from the contract alone.
  */
 #include "dsv4-build.h"
-#include "engine/config.h"
-#include "engine/contract.h"
-#include "engine/dsv4.h"
-#include "engine/plan.h"
-#include "engine/safetensors.h"
+#include "engine/io/config.h"
+#include "engine/io/contract.h"
+#include "base/dsv4.h"
+#include "tools/plan.h"
+#include "engine/io/safetensors.h"
 #include "tools/cmds.h"
 
 #include <stdio.h>

@@ -16,9 +16,9 @@
  * never beyond MAX_STDIN bytes; ids for --decode are range-checked as
  * doubles before any conversion to int32_t (no out-of-range float cast).
  */
-#include "engine/chat.h"
-#include "engine/dsv4.h"
-#include "engine/tokenizer.h"
+#include "engine/text/chat.h"
+#include "base/dsv4.h"
+#include "engine/text/tokenizer.h"
 #include "tools/cmds.h"
 
 #include <cjson/cJSON.h>

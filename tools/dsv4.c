@@ -9,7 +9,7 @@
  * stdout and exits 0.
  */
 #include "dsv4-build.h"
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "tools/cmds.h"
 
 #include <stdio.h>

@@ -28,7 +28,7 @@
  */
 #include "kernels/cpu/cpu.h"
 
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "kernels/cpu/cpu_int.h"
 #include "kernels/formats.h"
 

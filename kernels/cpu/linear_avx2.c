@@ -19,7 +19,7 @@
  *     2^9; to E2M1 RNE: 1 mantissa bit for |v| >= 1, rint(2v)/2 below,
  *     then saturation at 6.  Tails fall back to the scalar encoders.
  */
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "kernels/cpu/cpu_int.h"
 #include "kernels/formats.h"
 

@@ -9,7 +9,7 @@
  * the batch-1 NVFP4 W4A4 kernel (AVX512-VNNI) and the batch-1 MXFP4 kernel
  * (AVX512-BF16) below when it has those extensions.
  */
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "kernels/cpu/cpu_int.h"
 #include "kernels/formats.h"
 

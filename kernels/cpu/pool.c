@@ -15,7 +15,7 @@
  */
 #include "kernels/cpu/cpu.h"
 
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "kernels/cpu/cpu_int.h"
 
 #include <errno.h>

@@ -4,7 +4,7 @@
  */
 #include "dsv4-build.h"
 #include "kernels/cuda/cuda.h"
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 
 #include <cuda_runtime.h>
 

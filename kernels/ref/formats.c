@@ -15,7 +15,7 @@
  */
 #include "kernels/formats.h"
 
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 
 #include <math.h>
 #include <pthread.h>

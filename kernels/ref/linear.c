@@ -14,7 +14,7 @@
  */
 #include "kernels/linear.h"
 
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "kernels/formats.h"
 
 #include <math.h>

@@ -12,8 +12,8 @@
  * functions count their own failures (the CHECK counters are not
  * thread-safe) and return a status that main CHECKs.
  */
-#include "engine/comm.h"
-#include "engine/dsv4.h"
+#include "engine/model/comm.h"
+#include "base/dsv4.h"
 #include "tests/test.h"
 
 #include <pthread.h>

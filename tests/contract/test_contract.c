@@ -5,11 +5,11 @@
  * rank holds), FP4 block divisibility per layer format, and the plan's
  * V4-Pro/Flash numbers (../shared/spec/model.md §2, §7; formats.md §1.4).
  */
-#include "engine/config.h"
-#include "engine/contract.h"
-#include "engine/dsv4.h"
-#include "engine/mkmodel.h"
-#include "engine/plan.h"
+#include "engine/io/config.h"
+#include "engine/io/contract.h"
+#include "base/dsv4.h"
+#include "tools/mkmodel.h"
+#include "tools/plan.h"
 #include "tests/test.h"
 
 #include <stdlib.h>

@@ -5,8 +5,8 @@
  * crash-safety promise: a failed write or copy leaves neither the final
  * name nor "<path>.tmp" behind (a write past RLIMIT_FSIZE fails mid-way).
  */
-#include "engine/dsv4.h"
-#include "engine/fileio.h"
+#include "base/dsv4.h"
+#include "engine/io/fileio.h"
 #include "tests/test.h"
 
 #include <signal.h>

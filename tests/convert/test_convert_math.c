@@ -1,12 +1,12 @@
 /*
- * test_convert_math.c - the MXFP4 -> NVFP4 block math of engine/convert.h
+ * test_convert_math.c - the MXFP4 -> NVFP4 block math of tools/convert.h
  * on buffers: the lossless cast is bit-exact for every in-range block (checked
  * through the reference dequantizers of kernels/formats.h), its range edges
  * and fallbacks, the recipe's tie rules on both grids, a hand-computed amax
  * example, and the verification metrics.
  */
-#include "engine/convert.h"
-#include "engine/dsv4.h"
+#include "tools/convert.h"
+#include "base/dsv4.h"
 #include "kernels/formats.h"
 #include "tests/test.h"
 

@@ -1,6 +1,6 @@
 /*
  * test_forward.c - consistency of the CPU forward pass on the tiny
- * synthetic checkpoint (engine/mkmodel.h): one prefill of N tokens equals
+ * synthetic checkpoint (tools/mkmodel.h): one prefill of N tokens equals
  * chunked prefill (chunks of 1, 7, 64) and prefill + decode, across the
  * ratio-4 / ratio-128 block boundaries and the 128-token window; batched
  * decode of 8 sequences equals each decoded alone; rollback + re-run equals
@@ -8,11 +8,11 @@
  * three expert formats load and run; rank counts 1, 2, 4 give bitwise equal
  * logits.
  */
-#include "engine/dsv4.h"
-#include "engine/forward.h"
-#include "engine/mkmodel.h"
-#include "engine/model.h"
-#include "engine/state.h"
+#include "base/dsv4.h"
+#include "engine/model/forward.h"
+#include "tools/mkmodel.h"
+#include "engine/model/model.h"
+#include "engine/model/state.h"
 #include "kernels/cpu/cpu.h"
 #include "tests/test.h"
 

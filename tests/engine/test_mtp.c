@@ -11,12 +11,12 @@
  *   - 1, 2 and 4 ranks give bitwise equal logits and tokens;
  *   - sampling with MTP runs and its acceptance statistics are consistent.
  */
-#include "engine/dsv4.h"
-#include "engine/forward.h"
-#include "engine/generate.h"
-#include "engine/mkmodel.h"
-#include "engine/model.h"
-#include "engine/state.h"
+#include "base/dsv4.h"
+#include "engine/model/forward.h"
+#include "engine/model/generate.h"
+#include "tools/mkmodel.h"
+#include "engine/model/model.h"
+#include "engine/model/state.h"
 #include "kernels/cpu/cpu.h"
 #include "tests/test.h"
 

@@ -12,11 +12,11 @@
  * ratio-4 entries (the indexer's top-k path).  Expected count: 0.
  * Skipped (77) under AddressSanitizer, whose allocator cannot be interposed.
  */
-#include "engine/dsv4.h"
-#include "engine/forward.h"
-#include "engine/mkmodel.h"
-#include "engine/model.h"
-#include "engine/state.h"
+#include "base/dsv4.h"
+#include "engine/model/forward.h"
+#include "tools/mkmodel.h"
+#include "engine/model/model.h"
+#include "engine/model/state.h"
 #include "kernels/cpu/cpu.h"
 #include "tests/test.h"
 

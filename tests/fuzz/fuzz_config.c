@@ -5,8 +5,8 @@
  * (the serialisation is exact for every value the parser accepts).
  */
 #include "dsv4-build.h"
-#include "engine/config.h"
-#include "engine/dsv4.h"
+#include "engine/io/config.h"
+#include "base/dsv4.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -11,8 +11,8 @@
  *    fuzzer can mutate JSON without keeping a length prefix consistent.
  */
 #include "dsv4-build.h"
-#include "engine/dsv4.h"
-#include "engine/safetensors.h"
+#include "base/dsv4.h"
+#include "engine/io/safetensors.h"
 
 #include <stdint.h>
 #include <stdlib.h>

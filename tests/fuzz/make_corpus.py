@@ -1,7 +1,7 @@
 """Writes the seed corpora of the io fuzz targets (committed; rerun after edits).
 
 tests/fuzz/corpus/st_header/: whole safetensors files (valid ones and one
-per malformed-file rule of engine/safetensors.c) named *.st, and bare
+per malformed-file rule of engine/io/safetensors.c) named *.st, and bare
 headers describing a 64-byte data section named *.json.
 tests/fuzz/corpus/config/: the real V4 configs, variants (NVFP4 artifact,
 FP8 experts, defaults, tiny models) and malformed ones.

@@ -13,8 +13,8 @@
  * Errors print dsv4_errmsg() and exit 1.
  */
 #include "dsv4-build.h"
-#include "engine/dsv4.h"
-#include "engine/safetensors.h"
+#include "base/dsv4.h"
+#include "engine/io/safetensors.h"
 
 #include <stdio.h>
 #include <string.h>

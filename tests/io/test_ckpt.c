@@ -5,8 +5,8 @@
  * shard disagreement both ways, duplicate names across shards).
  */
 #include "dsv4-build.h"
-#include "engine/dsv4.h"
-#include "engine/safetensors.h"
+#include "base/dsv4.h"
+#include "engine/io/safetensors.h"
 #include "tests/test.h"
 
 #include <sys/stat.h>

@@ -5,8 +5,8 @@
  * mutation per rejection rule (status and a key phrase of the message).
  */
 #include "dsv4-build.h"
-#include "engine/config.h"
-#include "engine/dsv4.h"
+#include "engine/io/config.h"
+#include "base/dsv4.h"
 #include "tests/test.h"
 
 #include <cjson/cJSON.h>

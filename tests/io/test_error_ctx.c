@@ -5,7 +5,7 @@
  * status passed through, and truncation instead of overflow.
  */
 #include "dsv4-build.h"
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "tests/test.h"
 
 #include <string.h>

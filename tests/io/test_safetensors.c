@@ -6,8 +6,8 @@
  * 300k-tensor header.
  */
 #include "dsv4-build.h"
-#include "engine/dsv4.h"
-#include "engine/safetensors.h"
+#include "base/dsv4.h"
+#include "engine/io/safetensors.h"
 #include "tests/test.h"
 
 #include <signal.h>

@@ -7,7 +7,7 @@
  * staying inside the string.
  */
 #include "dsv4-build.h"
-#include "engine/strbuf.h"
+#include "engine/io/strbuf.h"
 #include "tests/test.h"
 
 #include <math.h>

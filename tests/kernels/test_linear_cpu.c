@@ -7,7 +7,7 @@
  * (relative to sum|x*w|) plus a whole-tensor normalised error; NaN inputs
  * must reach the output and fail the comparison.
  */
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "kernels/cpu/cpu.h"
 #include "tests/kernels/lintest.h"
 

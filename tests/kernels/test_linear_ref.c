@@ -5,7 +5,7 @@
  * activation path, on shapes with partial blocks; and the validation of
  * weight views.
  */
-#include "engine/dsv4.h"
+#include "base/dsv4.h"
 #include "tests/kernels/lintest.h"
 
 static const struct {

@@ -10,8 +10,8 @@
  * about p = 1e-6 (Wilson-Hilferty), and each one is shown to reject a wrong
  * distribution, so they can fail.
  */
-#include "engine/sample.h"
-#include "engine/dsv4.h"
+#include "engine/sample/sample.h"
+#include "base/dsv4.h"
 #include "tests/test.h"
 
 #include <stdint.h>

@@ -5,8 +5,8 @@
  * whole or in two pieces split anywhere; the encoder must render or fail
  * with a message, never crash.
  */
-#include "engine/chat.h"
-#include "engine/dsv4.h"
+#include "engine/text/chat.h"
+#include "base/dsv4.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -9,8 +9,8 @@
  * only validity and stream == whole are checked) and, when
  * $DSV4_SHARED_DATA has it, the real DeepSeek tokenizer.json too.
  */
-#include "engine/dsv4.h"
-#include "engine/tokenizer.h"
+#include "base/dsv4.h"
+#include "engine/text/tokenizer.h"
 
 #include <stdint.h>
 #include <stdio.h>

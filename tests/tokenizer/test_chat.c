@@ -7,8 +7,8 @@
  * tool-result ordering, precise errors for bad messages and bad DSML, and
  * linear time when a long tool call arrives in small pieces.
  */
-#include "engine/chat.h"
-#include "engine/dsv4.h"
+#include "engine/text/chat.h"
+#include "base/dsv4.h"
 #include "tests/test.h"
 
 #include <cjson/cJSON.h>

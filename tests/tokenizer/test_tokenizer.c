@@ -8,8 +8,8 @@
  * on 1 MB inputs without spaces (time ratio 1 MB / 100 KB, not absolute
  * times), concurrent encoding from several threads, and precise errors for bad files and ids.
  */
-#include "engine/dsv4.h"
-#include "engine/tokenizer.h"
+#include "base/dsv4.h"
+#include "engine/text/tokenizer.h"
 #include "tests/test.h"
 
 #include <cjson/cJSON.h>

@@ -5,8 +5,8 @@
  *
  * usage: tok_bench TOKENIZER.json TEXT_FILE [REPS] [--ids]
  */
-#include "engine/dsv4.h"
-#include "engine/tokenizer.h"
+#include "base/dsv4.h"
+#include "engine/text/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>

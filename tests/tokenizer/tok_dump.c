@@ -11,8 +11,8 @@
  * (lossy: the tokenizer may drop or add text, e.g. a normalizer or lstrip
  * tokens, so the round trip is not checked)
  */
-#include "engine/dsv4.h"
-#include "engine/tokenizer.h"
+#include "base/dsv4.h"
+#include "engine/text/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>

@@ -1,0 +1,141 @@
+/*
+ * error.c - status strings, the thread-local error message, assertions,
+ * logging and the clock (see dsv4.h).
+ */
+#include "dsv4-build.h"
+#include "base/dsv4.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+static _Thread_local char errbuf[1024];
+
+const char *dsv4_strerror(int status)
+{
+    switch (status) {
+    case DSV4_OK:
+        return "success";
+    case DSV4_EINVAL:
+        return "invalid argument";
+    case DSV4_ENOMEM:
+        return "out of memory";
+    case DSV4_EIO:
+        return "input/output error";
+    case DSV4_EFORMAT:
+        return "malformed data";
+    case DSV4_ENOENT:
+        return "not found";
+    case DSV4_ERANGE:
+        return "out of range";
+    case DSV4_ENOTSUP:
+        return "not supported";
+    case DSV4_EMISMATCH:
+        return "mismatch";
+    case DSV4_EEXIST:
+        return "already exists";
+    case DSV4_ENOSPC:
+        return "no space left on device";
+    case DSV4_EINTERNAL:
+        return "internal error";
+    default:
+        return "unknown error";
+    }
+}
+
+int dsv4_error(int status, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(errbuf, sizeof(errbuf), fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+int dsv4_error_ctx(int status, const char *fmt, ...)
+{
+    char msg[sizeof(errbuf)], ctx[sizeof(errbuf)];
+    va_list ap;
+
+    snprintf(msg, sizeof(msg), "%s", errbuf[0] ? errbuf : dsv4_strerror(status));
+    va_start(ap, fmt);
+    vsnprintf(ctx, sizeof(ctx), fmt, ap);
+    va_end(ap);
+    return dsv4_error(status, "%s: %s", ctx, msg);
+}
+
+const char *dsv4_errmsg(void)
+{
+    return errbuf;
+}
+
+void dsv4_error_clear(void)
+{
+    errbuf[0] = '\0';
+}
+
+void dsv4_assert_fail(const char *expr, const char *file, int line)
+{
+    fprintf(stderr, "dsv4: assertion failed: %s (%s:%d)\n", expr, file, line);
+    fflush(stderr);
+    abort();
+}
+
+static int log_level = -1;
+
+static int log_threshold(void)
+{
+    if (log_level < 0) {
+        const char *e = getenv("DSV4_LOG");
+        log_level = DSV4_LOG_INFO;
+        if (e && !strcasecmp(e, "debug"))
+            log_level = DSV4_LOG_DEBUG;
+        else if (e && !strcasecmp(e, "warn"))
+            log_level = DSV4_LOG_WARN;
+        else if (e && !strcasecmp(e, "error"))
+            log_level = DSV4_LOG_ERROR;
+    }
+    return log_level;
+}
+
+void dsv4_log_set_level(enum dsv4_log_level level)
+{
+    log_level = (int)level;
+}
+
+void dsv4_log(enum dsv4_log_level level, const char *fmt, ...)
+{
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    char line[2048];
+    va_list ap;
+
+    if ((int)level < log_threshold())
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    /* One write per line so that lines of concurrent threads do not interleave. */
+    fprintf(stderr, "dsv4 %s: %s\n", names[level], line);
+}
+
+double dsv4_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+const char *dsv4_version(void)
+{
+    return PACKAGE_VERSION;
+}
+
+const char *dsv4_features(void)
+{
+    return DSV4_FEATURES;
+}
