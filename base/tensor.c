@@ -67,3 +67,27 @@ char *dsv4_shape_str(const int64_t *shape, int ndim, char *buf, size_t len)
         snprintf(buf + off, len - off, "]");
     return buf;
 }
+
+int64_t dsv4_tensor_stride(const struct dsv4_tensor *t, int i)
+{
+    int set = 0;
+    for (int d = 0; d < t->ndim; d++)
+        set |= t->stride[d] != 0;
+    if (set)
+        return t->stride[i];
+    int64_t s = 1;
+    for (int d = t->ndim - 1; d > i; d--)
+        s *= t->shape[d];
+    return s;
+}
+
+int dsv4_tensor_contig(const struct dsv4_tensor *t)
+{
+    int64_t s = 1;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        if (dsv4_tensor_stride(t, d) != s && t->shape[d] != 1)
+            return 0;
+        s *= t->shape[d];
+    }
+    return 1;
+}

@@ -29,6 +29,7 @@
 #ifndef DSV4_LINEAR_H
 #define DSV4_LINEAR_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 enum dsv4_wfmt {
@@ -65,6 +66,14 @@ const char *dsv4_act_name(enum dsv4_act act);
  * is built, the products assert it.
  */
 int dsv4_linear_check(const struct dsv4_qweight *w, enum dsv4_act act);
+
+/*
+ * Rows [r0, r0 + nr) of w as a view of their own (pointer offsets).  False when the
+ * format cannot express it: FP8 scale blocks cover 128 rows, so an FP8 slice must start
+ * on a block boundary (any row for the other formats).
+ */
+bool dsv4_qweight_slice(const struct dsv4_qweight *w, int64_t r0, int64_t nr,
+                        struct dsv4_qweight *out);
 
 /* Bytes of weight data and scales read by one full product. */
 uint64_t dsv4_qweight_bytes(const struct dsv4_qweight *w);

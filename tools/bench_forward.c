@@ -1,14 +1,20 @@
 /*
  * bench_forward.c - `dsv4 bench forward`: prefill and decode throughput of
- * the CPU forward pass (engine/model/forward.h) on a checkpoint, next to the
- * decode roofline: bytes of weights one decode token reads
- * (dsv4_model_decode_bytes) over the measured memory read bandwidth.
- * Single rank; greedy tokens are fed back so the work is a real decode.
+ * the engine through the step API (engine/model/step.h) on a checkpoint,
+ * next to the decode roofline: bytes of weights one decode token reads
+ * (dsv4_model_decode_bytes) over the memory read bandwidth measured in the
+ * same run.  Single rank; greedy decoding, so the work is a real decode.
+ *
+ * Prefill: one sequence per prompt length, fed in chunks of --chunk tokens
+ * (the last chunk samples the first token); tok/s = prompt tokens / time.
+ * Decode: B sequences (16-token prompts, different tokens), then --steps
+ * steps with all B in one plan; tok/s = tokens emitted / time (with --mtp,
+ * accepted drafts count, as a server would count them).
  */
 #include "base/dsv4.h"
-#include "engine/model/forward.h"
 #include "engine/model/model.h"
-#include "engine/model/state.h"
+#include "engine/model/step.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/cpu.h"
 #include "tools/cmds.h"
 
@@ -17,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#define MAX_LIST 16
 
 struct bw_job {
     const double *buf;
@@ -39,40 +47,53 @@ static void bw_task(void *arg, int64_t i, int thread)
     j->sums[i] = s0 + s1 + s2 + s3;
 }
 
-/* Read bandwidth in bytes/s over a 512 MiB buffer with the pool's threads (best of 3). */
-static double read_bandwidth(struct dsv4_pool *pool)
+/* Read bandwidth in bytes/s over a 512 MiB buffer with `threads` threads (best of 3). */
+static double read_bandwidth(int threads)
 {
+    struct dsv4_pool *pool = NULL;
     int64_t n = (512ll << 20) / 8;
-    double *buf = malloc(n * 8), best = 0;
-    int tasks = dsv4_pool_threads(pool) * 4;
-    double *sums = calloc(tasks, sizeof(double));
-    if (!buf || !sums) {
-        free(buf);
-        free(sums);
+    double best = 0;
+    if (dsv4_pool_init(threads, &pool))
         return 0;
-    }
-    for (int64_t i = 0; i < n; i++)
-        buf[i] = (double)(i & 7);
-    struct bw_job j = {buf, n, (n + tasks - 1) / tasks, sums};
-    for (int rep = 0; rep < 3; rep++) {
-        double t = dsv4_now();
-        dsv4_pool_run(pool, bw_task, &j, tasks);
-        t = dsv4_now() - t;
-        if (t > 0 && n * 8 / t > best)
-            best = n * 8 / t;
+    int tasks = threads * 4;
+    double *buf = malloc(n * 8), *sums = calloc(tasks, sizeof(double));
+    if (buf && sums) {
+        for (int64_t i = 0; i < n; i++)
+            buf[i] = (double)(i & 7);
+        struct bw_job j = {buf, n, (n + tasks - 1) / tasks, sums};
+        for (int rep = 0; rep < 3; rep++) {
+            double t = dsv4_now();
+            dsv4_pool_run(pool, bw_task, &j, tasks);
+            t = dsv4_now() - t;
+            if (t > 0 && n * 8 / t > best)
+                best = n * 8 / t;
+        }
     }
     free(buf);
     free(sums);
+    dsv4_pool_free(pool);
     return best;
 }
 
-static int argmax(const float *v, int n)
+/* The CPU model from /proc/cpuinfo ("unknown" elsewhere). */
+static void cpu_model(char *buf, size_t len)
 {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[b])
-            b = i;
-    return b;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    snprintf(buf, len, "unknown");
+    while (f && fgets(line, sizeof line, f)) {
+        char *c = strchr(line, ':');
+        if (!strncmp(line, "model name", 10) && c) {
+            c++;
+            while (*c == ' ' || *c == '\t')
+                c++;
+            c[strcspn(c, "\n")] = 0;
+            snprintf(buf, len, "%s", c);
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
 }
 
 /* Strict option value: the whole string an integer in [lo, hi], else a message and 1. */
@@ -90,10 +111,136 @@ static int opt_int(const char *name, const char *v, long lo, long hi, int *out)
     return 0;
 }
 
+/* "1,8,32" -> list (each in [lo, hi], at most MAX_LIST). */
+static int opt_list(const char *name, const char *v, long lo, long hi, int *list, int *n)
+{
+    char buf[256], *save = NULL;
+    if (strlen(v) >= sizeof buf) {
+        fprintf(stderr, "dsv4 bench forward: %s '%s' is too long\n", name, v);
+        return 1;
+    }
+    strcpy(buf, v);
+    *n = 0;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (*n == MAX_LIST) {
+            fprintf(stderr, "dsv4 bench forward: %s: at most %d values\n", name, MAX_LIST);
+            return 1;
+        }
+        if (opt_int(name, t, lo, hi, &list[(*n)++]))
+            return 1;
+    }
+    if (*n == 0) {
+        fprintf(stderr, "dsv4 bench forward: %s '%s' lists no value\n", name, v);
+        return 1;
+    }
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: dsv4 bench forward --model DIR [--threads N] [--batch 1,8,32,64]\n"
+               "         [--prompt 512,2048,8192] [--steps N] [--chunk N] [--mtp K]\n"
+               "         [--backend cpu|ref] [--json]\n"
+               "  prefill of each prompt length (<= 65536 tokens, in chunks of --chunk),\n"
+               "  then decode --steps steps (default 16) at each batch size (<= 256)\n");
+}
+
+struct bench {
+    struct dsv4_step *step;
+    int V, k;
+    int32_t *toks;
+    uint64_t next_id;
+};
+
+static int prefill(struct bench *b, int P, int chunk, double *secs)
+{
+    struct dsv4_step_entry e = {0};
+    struct dsv4_step_result r;
+    uint64_t id = b->next_id++;
+    int rc = dsv4_step_seq_add(b->step, id);
+    if (rc)
+        return rc;
+    double t0 = dsv4_now();
+    for (int s0 = 0; s0 < P && !rc; s0 += chunk) {
+        e = (struct dsv4_step_entry){.id = id,
+                                     .start = s0,
+                                     .n = DSV4_MIN(chunk, P - s0),
+                                     .tokens = b->toks + s0,
+                                     .max_emit = 1,
+                                     .n_prompt = P,
+                                     .params = dsv4_sample_params_default()};
+        e.params.temperature = 0;
+        e.sample = s0 + e.n == P;
+        rc = dsv4_step_run(b->step, &e, 1, &r);
+    }
+    *secs = dsv4_now() - t0;
+    dsv4_step_seq_free(b->step, id);
+    return rc;
+}
+
+static int decode(struct bench *b, int B, int steps, double *tok_s)
+{
+    struct dsv4_step_entry *e = calloc(B, sizeof *e);
+    struct dsv4_step_result *r = calloc(B, sizeof *r);
+    int32_t *last = calloc(B, sizeof(int32_t));
+    int64_t *pos = calloc(B, sizeof(int64_t));
+    uint64_t id0 = b->next_id;
+    int rc = e && r && last && pos ? 0 : dsv4_error(DSV4_ENOMEM, "bench: out of memory");
+    int sp = 16;
+    for (int i = 0; i < B && !rc; i++) {
+        if ((rc = dsv4_step_seq_add(b->step, id0 + i)))
+            break;
+        e[i] = (struct dsv4_step_entry){.id = id0 + i,
+                                        .n = sp,
+                                        .tokens = b->toks + i * 7,
+                                        .sample = true,
+                                        .max_emit = 1 << 30,
+                                        .n_prompt = sp,
+                                        .params = dsv4_sample_params_default()};
+        e[i].params.temperature = 0;
+    }
+    b->next_id += B;
+    /* the prompts in one step, then decode */
+    if (!rc)
+        rc = dsv4_step_run(b->step, e, B, r);
+    uint64_t emitted = 0;
+    double t0 = dsv4_now();
+    for (int s = 0; s < steps && !rc; s++) {
+        for (int i = 0; i < B; i++) {
+            pos[i] = (s == 0 ? sp : pos[i]) + r[i].n_tokens;
+            last[i] = r[i].tokens[r[i].n_tokens - 1];
+            e[i].start = pos[i] - 1;
+            e[i].n = 1;
+            e[i].tokens = &last[i];
+            e[i].n_drafts = r[i].n_drafts;
+            e[i].drafts = r[i].drafts; /* read before r is rewritten: copied into the batch */
+        }
+        int32_t dr[256][DSV4_STEP_MAX_DRAFTS];
+        for (int i = 0; i < B; i++) {
+            memcpy(dr[i], r[i].drafts, sizeof dr[i]);
+            e[i].drafts = dr[i];
+        }
+        rc = dsv4_step_run(b->step, e, B, r);
+        for (int i = 0; i < B && !rc; i++)
+            emitted += (uint64_t)r[i].n_tokens;
+    }
+    double t = dsv4_now() - t0;
+    *tok_s = t > 0 ? emitted / t : 0;
+    for (int i = 0; i < B; i++)
+        dsv4_step_seq_free(b->step, id0 + i);
+    free(e);
+    free(r);
+    free(last);
+    free(pos);
+    return rc;
+}
+
 int dsv4_bench_forward(int argc, char **argv)
 {
-    const char *dir = NULL;
-    int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), prompt = 256, steps = 16, batch = 8;
+    const char *dir = NULL, *backend = "cpu";
+    int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), steps = 16, chunk = 512, k = 0;
+    int batch[MAX_LIST] = {1, 8, 32, 64}, nb = 4, prompt[MAX_LIST] = {512, 2048, 8192}, np = 3;
+    bool json = false;
     threads = DSV4_MAX(1, DSV4_MIN(threads, 1024));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -103,17 +250,26 @@ int dsv4_bench_forward(int argc, char **argv)
         else if (!strcmp(a, "--threads") && v)
             bad = opt_int(a, argv[++i], 1, 1024, &threads);
         else if (!strcmp(a, "--prompt") && v)
-            bad = opt_int(a, argv[++i], 1, 65536, &prompt);
+            bad = opt_list(a, argv[++i], 1, 65536, prompt, &np);
+        else if (!strcmp(a, "--batch") && v)
+            bad = opt_list(a, argv[++i], 1, 256, batch, &nb);
         else if (!strcmp(a, "--steps") && v)
             bad = opt_int(a, argv[++i], 1, 1 << 20, &steps);
-        else if (!strcmp(a, "--batch") && v)
-            bad = opt_int(a, argv[++i], 1, 64, &batch);
-        else {
-            fprintf(stderr, "usage: dsv4 bench forward --model DIR [--threads N] [--prompt N]"
-                            " [--steps N] [--batch B]\n"
-                            "  prefill of N tokens (<= 65536), then decode at batch 1 and B"
-                            " (default 8, <= 64)\n");
-            return strcmp(a, "--help") ? 2 : 0;
+        else if (!strcmp(a, "--chunk") && v)
+            bad = opt_int(a, argv[++i], 1, 65536, &chunk);
+        else if (!strcmp(a, "--mtp") && v)
+            bad = opt_int(a, argv[++i], 0, DSV4_STEP_MAX_DRAFTS, &k);
+        else if (!strcmp(a, "--backend") && v)
+            backend = argv[++i];
+        else if (!strcmp(a, "--json"))
+            json = true;
+        else if (!strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "dsv4 bench forward: unknown option or missing value: %s\n", a);
+            usage(stderr);
+            return 2;
         }
         if (bad)
             return 2;
@@ -122,96 +278,101 @@ int dsv4_bench_forward(int argc, char **argv)
         fprintf(stderr, "dsv4 bench forward: --model DIR required\n");
         return 2;
     }
+    if (strcmp(backend, "cpu") && strcmp(backend, "ref")) {
+        fprintf(stderr, "dsv4 bench forward: --backend '%s' is not cpu or ref\n", backend);
+        return 2;
+    }
+    int maxP = 0, maxB = 0;
+    for (int i = 0; i < np; i++)
+        maxP = DSV4_MAX(maxP, prompt[i]);
+    for (int i = 0; i < nb; i++)
+        maxB = DSV4_MAX(maxB, batch[i]);
     struct dsv4_model *m = NULL;
-    struct dsv4_pool *pool = NULL;
-    struct dsv4_state *st = NULL;
-    struct dsv4_fwd *f = NULL;
-    float *logits = NULL;
-    int32_t *toks = NULL;
+    struct dsv4_backend *be = NULL;
+    struct bench b = {.k = k, .next_id = 1};
+    double pre[MAX_LIST] = {0}, dec[MAX_LIST] = {0};
     int rc = dsv4_model_open(dir, 0, 1, &m);
     if (!rc)
-        rc = dsv4_pool_init(threads, &pool);
-    if (!rc)
-        rc = dsv4_state_init(m, batch + 1, 4, &st);
-    int T = DSV4_MAX(prompt, batch);
-    if (!rc)
-        rc = dsv4_fwd_init(m, st, pool, NULL, T, prompt + steps + 8, &f);
-    if (rc) {
-        fprintf(stderr, "dsv4 bench forward: %s\n", dsv4_errmsg());
-        goto out;
+        rc = dsv4_backend_create(backend, threads, &be);
+    if (rc)
+        goto fail;
+    const struct dsv4_config *c = dsv4_model_config(m);
+    b.V = c->vocab_size;
+    int64_t ctx = DSV4_MAX((int64_t)maxP + 8, 16 + (int64_t)steps * (k + 1) + k + 8);
+    ctx = DSV4_MIN(ctx, c->max_position_embeddings);
+    struct dsv4_step_opts so = {.max_seqs = maxB,
+                                .max_tokens = DSV4_MAX(DSV4_MAX(chunk, 16 * maxB), maxB * (k + 1)),
+                                .max_ctx = ctx,
+                                .mtp = k,
+                                .threads = 1};
+    /* blocks: the longest prompt, or every decode sequence */
+    so.state_blocks = 0;
+    int64_t bt = 256;
+    so.state_blocks = DSV4_MAX((ctx + bt - 1) / bt + 1, (int64_t)maxB * ((ctx + bt - 1) / bt));
+    so.state_blocks = DSV4_MAX(so.state_blocks, (int64_t)maxB * 2);
+    if ((rc = dsv4_step_create(m, be, NULL, &so, &b.step)))
+        goto fail;
+    int ntok = DSV4_MAX(maxP, 16 + 7 * maxB);
+    b.toks = malloc(sizeof(int32_t) * (size_t)ntok);
+    if (!b.toks) {
+        rc = dsv4_error(DSV4_ENOMEM, "bench: out of memory");
+        goto fail;
     }
-    int V = m->cfg.vocab_size;
-    logits = malloc(sizeof(float) * V * (size_t)batch);
-    toks = malloc(sizeof(int32_t) * (size_t)prompt);
-    if (!logits || !toks) {
-        rc = 1;
-        goto out;
-    }
-    for (int i = 0; i < prompt; i++)
-        toks[i] = (int32_t)((i * 7919 + 17) % V);
-    double bw = read_bandwidth(pool);
+    for (int i = 0; i < ntok; i++)
+        b.toks[i] = (int32_t)((i * 7919 + 17) % b.V);
+    double bw = read_bandwidth(threads);
     uint64_t bytes = dsv4_model_decode_bytes(m);
-    /* prefill */
-    int seqs[64];
-    struct dsv4_fwd_seq b[64];
-    if ((rc = dsv4_state_seq_new(st, &seqs[0])))
-        goto fail;
-    struct dsv4_fwd_seq s = {seqs[0], 0, prompt, toks};
-    double t0 = dsv4_now();
-    if ((rc = dsv4_fwd_trunk(f, &s, 1, logits, false, NULL)))
-        goto fail;
-    double t_pre = dsv4_now() - t0;
-    /* decode batch 1 */
-    int32_t tok = argmax(logits, V);
-    t0 = dsv4_now();
-    for (int i = 0; i < steps; i++) {
-        struct dsv4_fwd_seq d = {seqs[0], prompt + i, 1, &tok};
-        if ((rc = dsv4_fwd_trunk(f, &d, 1, logits, false, NULL)))
-            goto fail;
-        tok = argmax(logits, V);
-    }
-    double t_dec1 = (dsv4_now() - t0) / steps;
-    dsv4_state_seq_free(st, seqs[0]);
-    /* decode batch B: B sequences with a short prompt each */
-    int32_t bt[64];
-    int sp = DSV4_MIN(prompt, 16);
-    for (int i = 0; i < batch; i++) {
-        if ((rc = dsv4_state_seq_new(st, &seqs[i])))
-            goto fail;
-        struct dsv4_fwd_seq p = {seqs[i], 0, sp, toks + i % DSV4_MAX(1, prompt - sp)};
-        if ((rc = dsv4_fwd_trunk(f, &p, 1, logits, false, NULL)))
-            goto fail;
-        bt[i] = argmax(logits, V);
-    }
-    t0 = dsv4_now();
-    for (int k = 0; k < steps; k++) {
-        for (int i = 0; i < batch; i++)
-            b[i] = (struct dsv4_fwd_seq){seqs[i], sp + k, 1, &bt[i]};
-        if ((rc = dsv4_fwd_trunk(f, b, batch, logits, false, NULL)))
-            goto fail;
-        for (int i = 0; i < batch; i++)
-            bt[i] = argmax(logits + (int64_t)i * V, V);
-    }
-    double t_decb = (dsv4_now() - t0) / steps;
     double roof = bw > 0 ? bw / (double)bytes : 0;
-    printf("model %s: %d layers, hidden %d, %d experts (top %d), vocab %d; %d threads (%s)\n", dir,
-           m->cfg.num_hidden_layers, m->cfg.hidden_size, m->cfg.n_routed_experts,
-           m->cfg.num_experts_per_tok, V, threads, dsv4_cpu_isa());
-    printf("prefill %d tokens: %.3f s, %.1f tok/s\n", prompt, t_pre, prompt / t_pre);
-    printf("decode batch 1: %.2f ms/token, %.1f tok/s\n", 1e3 * t_dec1, 1 / t_dec1);
-    printf("decode batch %d: %.2f ms/step, %.1f tok/s\n", batch, 1e3 * t_decb, batch / t_decb);
-    printf("roofline: %.1f MB of weights per decode token, read bandwidth %.2f GB/s -> %.1f tok/s;"
-           " batch-1 decode at %.2fx of it\n",
-           bytes / 1e6, bw / 1e9, roof, roof > 0 ? (1 / t_dec1) / roof : 0);
+    for (int i = 0; i < np; i++) {
+        double t;
+        if (prompt[i] + 2 > ctx) {
+            rc = dsv4_error(DSV4_EINVAL, "bench: prompt %d beyond the model's context", prompt[i]);
+            goto fail;
+        }
+        if ((rc = prefill(&b, prompt[i], chunk, &t)))
+            goto fail;
+        pre[i] = prompt[i] / t;
+    }
+    for (int i = 0; i < nb; i++)
+        if ((rc = decode(&b, batch[i], steps, &dec[i])))
+            goto fail;
+    char cpu[256];
+    cpu_model(cpu, sizeof cpu);
+    const char *isa = !strcmp(backend, "cpu") ? dsv4_cpu_isa() : "scalar";
+    if (json) {
+        printf("{\"model\": \"%s\", \"cpu\": \"%s\", \"isa\": \"%s\", \"backend\": \"%s\", "
+               "\"threads\": %d, \"mtp\": %d,\n \"decode\": [",
+               dir, cpu, isa, backend, threads, k);
+        for (int i = 0; i < nb; i++)
+            printf("%s{\"batch\": %d, \"decode_tok_s\": %.2f}", i ? ", " : "", batch[i], dec[i]);
+        printf("],\n \"prefill\": [");
+        for (int i = 0; i < np; i++)
+            printf("%s{\"prompt\": %d, \"prefill_tok_s\": %.2f}", i ? ", " : "", prompt[i], pre[i]);
+        printf("],\n \"roofline_tok_s\": %.2f, \"read_bandwidth_GBps\": %.3f, "
+               "\"decode_bytes_per_token\": %llu}\n",
+               roof, bw / 1e9, (unsigned long long)bytes);
+    } else {
+        printf("model %s: %d layers, hidden %d, %d experts (top %d), vocab %d\n", dir,
+               c->num_hidden_layers, c->hidden_size, c->n_routed_experts, c->num_experts_per_tok,
+               b.V);
+        printf("cpu: %s; %d threads; backend %s (%s); mtp %d\n", cpu, threads, backend, isa, k);
+        printf("roofline: %.1f MB of weights per decode token, read bandwidth %.2f GB/s -> %.1f "
+               "tok/s\n",
+               bytes / 1e6, bw / 1e9, roof);
+        printf("%8s  %14s\n", "prompt", "prefill tok/s");
+        for (int i = 0; i < np; i++)
+            printf("%8d  %14.1f\n", prompt[i], pre[i]);
+        printf("%8s  %14s  %12s\n", "batch", "decode tok/s", "x roofline");
+        for (int i = 0; i < nb; i++)
+            printf("%8d  %14.1f  %12.2f\n", batch[i], dec[i], roof > 0 ? dec[i] / roof : 0);
+    }
     goto out;
 fail:
     fprintf(stderr, "dsv4 bench forward: %s\n", dsv4_errmsg());
 out:
-    free(logits);
-    free(toks);
-    dsv4_fwd_free(f);
-    dsv4_state_free(st);
-    dsv4_pool_free(pool);
+    free(b.toks);
+    dsv4_step_free(b.step);
+    dsv4_backend_destroy(be);
     dsv4_model_close(m);
     return rc ? 1 : 0;
 }

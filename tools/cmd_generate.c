@@ -9,6 +9,7 @@
 #include "engine/text/chat.h"
 #include "base/dsv4.h"
 #include "engine/model/generate.h"
+#include "engine/io/strbuf.h"
 #include "engine/text/tokenizer.h"
 #include "tools/cmds.h"
 
@@ -25,7 +26,7 @@ static void usage(FILE *f)
                "         [--max-tokens N] [--mtp K] [--temperature T] [--top-p P] [--top-k K]\n"
                "         [--min-p P] [--repetition-penalty R] [--presence-penalty P]\n"
                "         [--frequency-penalty F] [--seed S] [--threads N] [--ranks N] [--chunk N]\n"
-               "         [--no-stop] [--logprobs]\n"
+               "         [--no-stop] [--logprobs] [--backend cpu|ref]\n"
                "         [--json] [--dump-logits FILE] [--dump-layers DIR]\n"
                "diagnostics: --force-layers DIR (replace each layer's prompt output by\n"
                "  DIR/layer_%%02d.f32 after dumping it), --dump-mtp-logits FILE (MTP logits of\n"
@@ -104,27 +105,17 @@ static int parse_ids(const char *s, int32_t **ids, int *n)
     return cnt > 0 ? 0 : -1;
 }
 
-/* JSON string literal of s (malloc'ed). */
+/* JSON string literal of s (malloc'ed; NULL when out of memory). */
 static char *json_str(const char *s)
 {
-    size_t n = strlen(s);
-    char *o = malloc(6 * n + 3), *p = o;
-    if (!o)
+    struct dsv4_strbuf b;
+    dsv4_strbuf_init(&b);
+    dsv4_strbuf_json_str(&b, s, false);
+    if (b.oom) {
+        dsv4_strbuf_free(&b);
         return NULL;
-    *p++ = '"';
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-        if (*c == '"' || *c == '\\') {
-            *p++ = '\\';
-            *p++ = (char)*c;
-        } else if (*c < 0x20) {
-            p += sprintf(p, "\\u%04x", *c);
-        } else {
-            *p++ = (char)*c;
-        }
     }
-    *p++ = '"';
-    *p = 0;
-    return o;
+    return b.p;
 }
 
 struct printer {
@@ -197,7 +188,13 @@ int dsv4_cmd_generate(int argc, char **argv)
             bad = opt_int(a, v, 1, DSV4_GEN_MAX_RANKS, &o.ranks);
         else if (ARG("--chunk"))
             bad = opt_int(a, v, 1, DSV4_GEN_MAX_CHUNK, &o.chunk);
-        else if (ARG("--dump-logits"))
+        else if (ARG("--backend")) {
+            o.backend = v;
+            if (strcmp(v, "cpu") && strcmp(v, "ref")) {
+                fprintf(stderr, "dsv4 generate: --backend '%s' is not cpu or ref\n", v);
+                bad = 1;
+            }
+        } else if (ARG("--dump-logits"))
             dump_f = v;
         else if (ARG("--dump-layers"))
             dump_l = v;
@@ -224,6 +221,16 @@ int dsv4_cmd_generate(int argc, char **argv)
                 !model ? "--model DIR is required"
                        : "give exactly one of --prompt-ids and --prompt");
         usage(stderr);
+        return 2;
+    }
+    if (chat && ids_s) {
+        fprintf(stderr, "dsv4 generate: --chat encodes --prompt TEXT; it cannot apply to "
+                        "--prompt-ids\n");
+        return 2;
+    }
+    /* sampling values out of range are bad usage, like a malformed number */
+    if (dsv4_sample_params_check(&o.sample)) {
+        fprintf(stderr, "dsv4 generate: %s\n", dsv4_msg_body(dsv4_errmsg(), "sample"));
         return 2;
     }
     int rc = 1, n_prompt = 0;
@@ -316,7 +323,7 @@ int dsv4_cmd_generate(int argc, char **argv)
     if (df && fclose(df) != 0 && !grc)
         grc = dsv4_error(DSV4_EIO, "closing %s failed", dump_d);
     if (grc) {
-        fprintf(stderr, "dsv4 generate: %s\n", dsv4_errmsg());
+        fprintf(stderr, "dsv4 generate: %s\n", dsv4_msg_body(dsv4_errmsg(), "generate"));
         goto out;
     }
     if (pr.on) {
@@ -334,6 +341,18 @@ int dsv4_cmd_generate(int argc, char **argv)
         for (int i = 0; i < res.n; i++)
             printf("%s%d", i ? ", " : "", res.tokens[i]);
         printf("]");
+        if (tok) {
+            /* the generated text (the tokenizer of the model directory) */
+            char *txt = NULL;
+            size_t tl = 0;
+            if (dsv4_tokenizer_decode(tok, res.tokens, (size_t)res.n, 0, &txt, &tl) == 0) {
+                char *js = json_str(txt);
+                if (js)
+                    printf(", \"text\": %s", js);
+                free(js);
+            }
+            free(txt);
+        }
         if (logprobs) {
             printf(", \"logprobs\": [");
             for (int i = 0; i < res.n; i++)
@@ -354,6 +373,11 @@ int dsv4_cmd_generate(int argc, char **argv)
         printf("tokens:");
         for (int i = 0; i < res.n; i++)
             printf(" %d", res.tokens[i]);
+        if (logprobs) {
+            printf("\nlogprobs:");
+            for (int i = 0; i < res.n; i++)
+                printf(" %.6g", res.logprobs[i]);
+        }
         printf("\nprompt %d tokens, prefill %.3f s (%.1f tok/s); generated %d tokens, decode "
                "%.3f s (%.2f tok/s), %d steps\n",
                res.n_prompt, res.t_prefill, pre_tps, res.n, res.t_decode, dec_tps, res.steps);

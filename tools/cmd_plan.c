@@ -178,6 +178,18 @@ int dsv4_cmd_plan(int argc, char **argv)
             print_tensor_kinds(con ? con : dsv4_binding_contract(bnd), nranks, stdout);
     }
     rc = fflush(stdout) ? 1 : 0;
+    if (mem && p->kv_tokens == 0) {
+        /* the weights (with the reserve and one sequence's fixed state) do not fit */
+        int worst = 0;
+        for (int r = 1; r < p->nranks; r++)
+            if (p->ranks[r].total > p->ranks[worst].total)
+                worst = r;
+        fprintf(stderr,
+                "dsv4 plan: does not fit: rank %d holds %.2f GiB of weights; with the reserve "
+                "and one sequence's fixed state nothing is left of %.2f GiB per rank\n",
+                worst, p->ranks[worst].total / 1073741824.0, mem_b / 1073741824.0);
+        rc = 1;
+    }
     goto out;
 fail:
     fprintf(stderr, "dsv4 plan: %s\n", dsv4_errmsg());

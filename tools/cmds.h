@@ -24,4 +24,10 @@ int dsv4_cmd_bench(int argc, char **argv);
 int dsv4_bench_linear(int argc, char **argv);
 int dsv4_bench_forward(int argc, char **argv);
 
+/*
+ * The message of a library error without its leading "<module>: " when that module is the
+ * subcommand's own (so "dsv4 generate: generate: bad x" reads "dsv4 generate: bad x").
+ */
+const char *dsv4_msg_body(const char *msg, const char *module);
+
 #endif

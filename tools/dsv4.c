@@ -69,3 +69,11 @@ int main(int argc, char **argv)
     usage(stderr);
     return 2;
 }
+
+const char *dsv4_msg_body(const char *msg, const char *module)
+{
+    size_t n = strlen(module);
+    if (!strncmp(msg, module, n) && msg[n] == ':' && msg[n + 1] == ' ')
+        return msg + n + 2;
+    return msg;
+}

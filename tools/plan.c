@@ -48,6 +48,9 @@ static void kv_sizes(struct dsv4_plan *p)
         if (r > 0)
             p->compressor_bytes += coff * (uint64_t)r * coff * (uint64_t)c->head_dim * 2 * 4;
     }
+    /* the engine's pool layout; a config whose ratios do not divide a block leaves it 0 */
+    if (dsv4_state_sizes(c, c->num_nextn_predict_layers > 0, 2, 0, &p->pool))
+        memset(&p->pool, 0, sizeof p->pool);
 }
 
 static int plan_init(const struct dsv4_contract *c, int nranks, struct dsv4_plan **out)
@@ -275,6 +278,12 @@ void dsv4_plan_print(const struct dsv4_plan *p, FILE *f)
             p->kv_bytes_per_token / 1024.0);
     fprintf(f, "  fixed: window %.2f MiB + compressor state %.2f MiB\n",
             p->window_bytes / 1048576.0, p->compressor_bytes / 1048576.0);
+    fprintf(f,
+            "  engine pool (BF16 window, entries and indexer keys; FP32 compressor blocks): "
+            "%.2f B per token in blocks of %d positions (%" PRIu64 " B), %.2f MiB fixed per "
+            "sequence\n",
+            p->pool.bytes_per_token, p->pool.block_tokens, p->pool.block_bytes,
+            p->pool.slot_bytes / 1048576.0);
     if (p->kv_tokens >= 0) {
         fprintf(f,
                 "\ndevice memory %.2f GiB, workspace reserve %.2f GiB: %" PRId64
@@ -332,8 +341,12 @@ void dsv4_plan_print_json(const struct dsv4_plan *p, FILE *f)
             p->n_hca, p->n_swa);
     fprintf(f,
             " \"fixed_state_bytes_per_sequence\": %" PRIu64 ", \"window_bytes\": %" PRIu64
-            ", \"compressor_state_bytes\": %" PRIu64,
+            ", \"compressor_state_bytes\": %" PRIu64 ",\n",
             p->window_bytes + p->compressor_bytes, p->window_bytes, p->compressor_bytes);
+    fprintf(f,
+            " \"pool_bytes_per_token\": %.4f, \"pool_block_tokens\": %d, "
+            "\"pool_block_bytes\": %" PRIu64 ", \"pool_slot_bytes\": %" PRIu64,
+            p->pool.bytes_per_token, p->pool.block_tokens, p->pool.block_bytes, p->pool.slot_bytes);
     if (p->kv_tokens >= 0)
         fprintf(f,
                 ",\n \"device_mem\": %" PRIu64 ", \"reserve\": %" PRIu64

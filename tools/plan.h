@@ -20,12 +20,18 @@
  *                 kv and gate, coff*d wide (d = head_dim, and index_head_dim
  *                 for the indexer's compressor), coff = 2 for ratio 4.
  *
+ * The engine's own pool (engine/model/state.h) stores window kv, entries and
+ * indexer keys in BF16 (the reference cache's precision) and is printed
+ * next to the FP8 figures as "engine pool" (dsv4_state_sizes: the same
+ * function the pool allocates with).
+ *
  * Ownership: a plan owns its per-rank array.
  */
 #ifndef DSV4_PLAN_H
 #define DSV4_PLAN_H
 
 #include "engine/io/contract.h"
+#include "engine/model/state.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -58,6 +64,9 @@ struct dsv4_plan {
     double kv_bytes_per_token;
     uint64_t window_bytes;     /* fixed per sequence */
     uint64_t compressor_bytes; /* fixed per sequence */
+    /* the engine's state pool layout today (engine/model/state.h: BF16 window, entries and
+     * indexer keys, FP32 compressor partial blocks), MTP depth 1 */
+    struct dsv4_state_sizes pool;
     /* device fit (dsv4_plan_fit) */
     uint64_t device_mem, reserve;
     int64_t kv_tokens; /* min over ranks; -1 when not computed */

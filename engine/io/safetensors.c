@@ -566,7 +566,7 @@ static int open_buffer(const char *label, const uint8_t *buf, size_t len, struct
     f->data = buf + 8 + hlen;
     f->file_size = len;
     for (size_t i = 0; i < f->n; i++)
-        f->t[i].data = f->data + f->begin[i];
+        f->t[i].data = (void *)(f->data + f->begin[i]); /* read-only view (tensor.h) */
     f->path = strdup(label);
     if (!f->path) {
         dsv4_st_close(f);

@@ -1,21 +1,21 @@
 /*
- * generate.c - the generation loop (see engine/model/generate.h).
+ * generate.c - offline generation as a client of the step API (see
+ * engine/model/generate.h).
  *
- * Positions: the prompt occupies 0..P-1; the n-th emitted token (0-based)
- * sits at P + n.  The trunk state always covers the positions before the
- * last emitted token, which is fed at the next step (alone, or followed by
- * k drafts for verification).  The MTP block consumes (trunk streams at t,
- * token at t+1) for every t whose successor is known, and its state is
- * rolled back and redone from the trunk's streams after each verification,
- * so drafts never depend on earlier (possibly rejected) drafts' state.
+ * Each rank (a thread over the shared-memory communicator) creates its
+ * backend, binds its weights and drives one step object through the same
+ * plans: the prompt in chunks (the last one samples the first token), then
+ * one decode entry per step carrying the drafts the previous step returned.
+ * Diagnostics (logits dumps) come from the step's logits hook; layer dumps
+ * and forcing from the forward pass's layer hook during the prefill.
  */
 #include "engine/model/generate.h"
 
-#include "engine/model/comm.h"
 #include "base/dsv4.h"
+#include "engine/model/comm.h"
 #include "engine/model/forward.h"
 #include "engine/model/model.h"
-#include "engine/model/state.h"
+#include "engine/model/step.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -32,22 +32,17 @@ struct gen_job {
 
 struct rank_ctx {
     struct gen_job *job;
-    int rank, N;
-    struct dsv4_model *m;
-    struct dsv4_pool *pool;
-    struct dsv4_state *st;
-    struct dsv4_fwd *f;
-    struct dsv4_sampler *smp;
-    int seq, V, hc, k;
-    int64_t D;
-    float *logits, *hidden, *mhid, *mlog, *p, *q, *mtplog;
+    int rank, N, V, k;
+    struct dsv4_step *step;
     int32_t *out;
-    float *lp; /* logprob of each emitted token */
+    float *lp;
     int n;
-    const char *layers_dir;
     int64_t chunk_start; /* first position of the prefill chunk in flight (layer hook) */
-    bool drafted;        /* the first drafting step is done (--dump-draft-logits) */
     int hook_rc;
+    /* logits dumps: the rows of the step in flight, written once `used` is known */
+    float *rows;
+    int nrows;
+    bool prefill, drafted;
 };
 
 void dsv4_gen_opts_default(struct dsv4_gen_opts *o)
@@ -57,6 +52,7 @@ void dsv4_gen_opts_default(struct dsv4_gen_opts *o)
     o->threads = 1;
     o->ranks = 1;
     o->chunk = 256;
+    o->backend = "cpu";
     o->stop_at_eos = true;
     o->sample = dsv4_sample_params_default();
     o->sample.temperature = 0.0f;
@@ -76,8 +72,8 @@ static void layer_hook(void *ctx, int layer, float *X, int T, int hc, int64_t D)
     const struct dsv4_gen_opts *o = r->job->o;
     char path[4096];
     size_t n = (size_t)T * hc * D;
-    if (r->layers_dir && r->rank == 0) {
-        snprintf(path, sizeof path, "%s/layer_%02d.f32", r->layers_dir, layer);
+    if (o->dump_layers && r->rank == 0) {
+        snprintf(path, sizeof path, "%s/layer_%02d.f32", o->dump_layers, layer);
         FILE *fp = fopen(path, "ab");
         if (!fp || fwrite(X, sizeof(float), n, fp) != n)
             r->hook_rc = dsv4_error(DSV4_EIO, "generate: cannot write %s", path);
@@ -95,9 +91,8 @@ static void layer_hook(void *ctx, int layer, float *X, int T, int hc, int64_t D)
     }
 }
 
-static int dump_rows(struct rank_ctx *r, const float *rows, int n)
+static int write_rows(struct rank_ctx *r, FILE *fp, const float *rows, int n)
 {
-    FILE *fp = r->job->o->dump_logits;
     if (!fp || r->rank != 0 || n <= 0)
         return 0;
     if (fwrite(rows, sizeof(float) * r->V, n, fp) != (size_t)n)
@@ -105,222 +100,158 @@ static int dump_rows(struct rank_ctx *r, const float *rows, int n)
     return 0;
 }
 
-static struct dsv4_sample_history hist(struct rank_ctx *r, const int32_t *pending, int np)
+/* The step's logits hook (rank 0 writes): prompt rows at once, decode rows kept until the
+ * step tells how many positions were accepted. */
+static void logits_hook(void *ctx, enum dsv4_step_rows kind, int entry, int64_t pos,
+                        const float *rows, int n, int V)
 {
-    struct dsv4_sample_history h = {r->job->prompt, (size_t)r->job->np, r->out, (size_t)r->n,
-                                    pending,        (size_t)np};
-    return h;
-}
-
-static bool greedy(const struct dsv4_sample_params *s)
-{
-    return s->temperature < DSV4_SAMPLE_GREEDY_EPS || s->top_k == 1;
-}
-
-/* Emits a token on rank 0's record; returns true when generation must stop. */
-static bool emit(struct rank_ctx *r, int32_t tok, float logprob)
-{
+    struct rank_ctx *r = ctx;
     const struct dsv4_gen_opts *o = r->job->o;
-    r->lp[r->n] = logprob;
-    r->out[r->n++] = tok;
-    if (r->rank == 0 && o->on_token)
-        o->on_token(o->ctx, tok);
-    return r->n >= o->max_tokens || (o->stop_at_eos && tok == r->job->cfg.eos_token_id);
-}
-
-/*
- * MTP: consume positions start..start+n-1 (tokens[i] is the token at start+i+1, hidden rows
- * from `hid`), then draft k tokens recursively; drafts[k], q rows when sampling.
- */
-static int draft(struct rank_ctx *r, int64_t start, int n, const int32_t *tokens, const float *hid,
-                 int32_t *drafts)
-{
-    const struct dsv4_gen_opts *o = r->job->o;
-    int rc;
-    struct dsv4_fwd_seq s = {r->seq, start, n, tokens};
-    if ((rc = dsv4_fwd_mtp(r->f, &s, 1, hid, r->mlog, false, r->mhid)))
-        return rc;
-    const float *last = r->mhid + (int64_t)(n - 1) * r->hc * r->D;
-    FILE *dl = !r->drafted && r->rank == 0 ? o->dump_draft_logits : NULL;
-    r->drafted = true;
-    for (int i = 0; i < r->k; i++) {
-        if (dl && fwrite(r->mlog, sizeof(float), (size_t)r->V, dl) != (size_t)r->V)
-            return dsv4_error(DSV4_EIO, "generate: writing draft logits failed");
-        struct dsv4_sample_result sr;
-        struct dsv4_sample_history h = hist(r, drafts, i);
-        if ((rc = dsv4_sample(r->smp, &o->sample, r->mlog, &h, (uint64_t)(r->n + i),
-                              DSV4_SAMPLE_STREAM_DRAFT, &sr)))
-            return rc;
-        drafts[i] = sr.token;
-        if (!greedy(&o->sample) &&
-            (rc = dsv4_sample_probs(r->smp, &o->sample, r->mlog, &h, r->q + (int64_t)i * r->V)))
-            return rc;
-        if (i + 1 == r->k)
-            break;
-        /* next step: the MTP block on its own output streams and the draft just made */
-        memmove(r->hidden, last, sizeof(float) * r->hc * r->D);
-        struct dsv4_fwd_seq s2 = {r->seq, start + n + i, 1, &drafts[i]};
-        if ((rc = dsv4_fwd_mtp(r->f, &s2, 1, r->hidden, r->mlog, false, r->mhid)))
-            return rc;
-        last = r->mhid;
+    int rc = 0;
+    (void)entry;
+    if (r->hook_rc)
+        return;
+    if (kind == DSV4_STEP_ROWS_TRUNK) {
+        if (r->prefill) {
+            rc = write_rows(r, o->dump_logits, rows, n);
+        } else {
+            memcpy(r->rows, rows, sizeof(float) * (size_t)n * V);
+            r->nrows = n;
+        }
+    } else if (kind == DSV4_STEP_ROWS_MTP && r->prefill) {
+        /* MTP rows of prompt positions 0..P-2 (the last one's successor is generated) */
+        int64_t keep = DSV4_MIN((int64_t)n, (int64_t)r->job->np - 1 - pos);
+        if (keep > 0)
+            rc = write_rows(r, o->dump_mtp_logits, rows, (int)keep);
+    } else if (kind == DSV4_STEP_ROWS_DRAFT && !r->drafted) {
+        rc = write_rows(r, o->dump_draft_logits, rows, n);
     }
-    return 0;
+    if (rc)
+        r->hook_rc = rc;
+}
+
+static bool emit_tokens(struct rank_ctx *r, const struct dsv4_step_result *res)
+{
+    const struct dsv4_gen_opts *o = r->job->o;
+    for (int i = 0; i < res->n_tokens; i++) {
+        r->lp[r->n] = res->logprobs[i];
+        r->out[r->n++] = res->tokens[i];
+        if (r->rank == 0 && o->on_token)
+            o->on_token(o->ctx, res->tokens[i]);
+    }
+    return res->finish != DSV4_FINISH_NONE;
+}
+
+static void entry_base(struct rank_ctx *r, struct dsv4_step_entry *e, const int32_t *stop)
+{
+    const struct dsv4_gen_opts *o = r->job->o;
+    memset(e, 0, sizeof *e);
+    e->id = 1;
+    e->n_prompt = r->job->np;
+    e->params = o->sample;
+    e->n_stop = o->stop_at_eos ? 1 : 0;
+    e->stop_ids = stop;
+    e->max_emit = o->max_tokens - r->n;
 }
 
 static int run_rank(struct rank_ctx *r)
 {
     struct gen_job *job = r->job;
     const struct dsv4_gen_opts *o = job->o;
-    struct dsv4_gen_result stats = {0}, *res = &stats;
+    struct dsv4_gen_result st = {0};
     const int32_t *prompt = job->prompt;
-    int P = job->np, rc, chunk = o->chunk, k = r->k;
-    bool dump = o->dump_logits != NULL;
-    int32_t drafts[DSV4_GEN_MAX_MTP + 1], vt[DSV4_GEN_MAX_MTP + 1], emitted[DSV4_GEN_MAX_MTP + 1];
-    float elp[DSV4_GEN_MAX_MTP + 1];
+    int P = job->np, rc, chunk = o->chunk;
+    int32_t stop[1] = {job->cfg.eos_token_id};
+    struct dsv4_step_entry e;
+    struct dsv4_step_result res;
+    bool dump = o->dump_logits || o->dump_mtp_logits || o->dump_draft_logits;
     double t1 = dsv4_now(), t2 = 0;
-    /* prefill in chunks; the MTP block follows each chunk over the positions whose
-     * successor token is known */
-    if ((r->rank == 0 && r->layers_dir) || o->force_layers)
-        dsv4_fwd_set_layer_hook(r->f, layer_hook, r);
+    if (o->dump_layers || o->force_layers)
+        dsv4_fwd_set_layer_hook(dsv4_step_fwd(r->step), layer_hook, r);
+    if (dump)
+        dsv4_step_set_logits_hook(r->step, logits_hook, r);
+    bool stop_now = false;
+    r->prefill = true;
     for (int s0 = 0; s0 < P; s0 += chunk) {
-        int n = DSV4_MIN(chunk, P - s0);
-        struct dsv4_fwd_seq s = {r->seq, s0, n, prompt + s0};
+        entry_base(r, &e, stop);
+        e.start = s0;
+        e.n = DSV4_MIN(chunk, P - s0);
+        e.tokens = prompt + s0;
+        e.sample = s0 + e.n == P && o->max_tokens > 0;
         r->chunk_start = s0;
-        if ((rc = dsv4_fwd_trunk(r->f, &s, 1, r->logits, dump, k ? r->hidden : NULL)))
+        if ((rc = dsv4_step_run(r->step, &e, 1, &res)))
             return rc;
         if (r->hook_rc)
             return r->hook_rc;
-        if ((rc = dump_rows(r, r->logits, dump ? n : 0)))
-            return rc;
-        if (k) {
-            int nm = DSV4_MIN(n, P - 1 - s0);
-            if (nm > 0) {
-                struct dsv4_fwd_seq sm = {r->seq, s0, nm, prompt + s0 + 1};
-                bool dm = o->dump_mtp_logits && r->rank == 0;
-                if ((rc = dsv4_fwd_mtp(r->f, &sm, 1, r->hidden, dm ? r->mtplog : NULL, true, NULL)))
-                    return rc;
-                if (dm &&
-                    fwrite(r->mtplog, sizeof(float) * r->V, nm, o->dump_mtp_logits) != (size_t)nm)
-                    return dsv4_error(DSV4_EIO, "generate: writing MTP logits failed");
-            }
-            /* keep the streams of the last prompt position for the first draft */
-            memmove(r->hidden, r->hidden + (int64_t)(n - 1) * r->hc * r->D,
-                    sizeof(float) * r->hc * r->D);
+        if (e.sample) {
+            t2 = dsv4_now();
+            stop_now = emit_tokens(r, &res);
         }
     }
-    dsv4_fwd_set_layer_hook(r->f, NULL, NULL);
-    const float *lrow = dump ? r->logits + (int64_t)((P - 1) % chunk) * r->V : r->logits;
+    r->prefill = false;
+    r->drafted = true;
+    dsv4_fwd_set_layer_hook(dsv4_step_fwd(r->step), NULL, NULL);
     if (o->max_tokens <= 0)
         goto done;
-    struct dsv4_sample_result sr;
-    struct dsv4_sample_history h = hist(r, NULL, 0);
-    if ((rc = dsv4_sample(r->smp, &o->sample, lrow, &h, 0, DSV4_SAMPLE_STREAM_TOKEN, &sr)))
-        return rc;
-    t2 = dsv4_now();
-    bool stop = emit(r, sr.token, sr.logprob);
-    if (k && !stop) {
-        if ((rc = draft(r, P - 1, 1, &r->out[0], r->hidden, drafts)))
+    while (!stop_now) {
+        int32_t last = r->out[r->n - 1];
+        entry_base(r, &e, stop);
+        e.start = P + r->n - 1;
+        e.n = 1;
+        e.tokens = &last;
+        e.n_drafts = res.n_drafts;
+        e.drafts = res.drafts;
+        e.sample = true;
+        int32_t drafts[DSV4_STEP_MAX_DRAFTS];
+        memcpy(drafts, res.drafts, sizeof drafts);
+        e.drafts = drafts;
+        st.steps++;
+        if ((rc = dsv4_step_run(r->step, &e, 1, &res)))
             return rc;
+        if (r->hook_rc)
+            return r->hook_rc;
+        st.drafted += (uint64_t)res.drafted;
+        st.accepted += (uint64_t)res.accepted;
+        for (int i = 0; i < res.drafted && i < DSV4_GEN_MAX_MTP; i++) {
+            st.drafted_at[i]++;
+            st.accepted_at[i] += i < res.accepted;
+        }
+        /* rows of the positions that hold the verified inputs */
+        if ((rc = write_rows(r, o->dump_logits, r->rows, DSV4_MIN(res.n_tokens, r->nrows))))
+            return rc;
+        stop_now = emit_tokens(r, &res);
     }
-    while (!stop) {
-        int64_t pos = P + r->n - 1; /* position of the last emitted token */
-        res->steps++;
-        if (!k) {
-            struct dsv4_fwd_seq s = {r->seq, pos, 1, &r->out[r->n - 1]};
-            if ((rc = dsv4_fwd_trunk(r->f, &s, 1, r->logits, false, NULL)))
-                return rc;
-            if ((rc = dump_rows(r, r->logits, 1)))
-                return rc;
-            h = hist(r, NULL, 0);
-            if ((rc = dsv4_sample(r->smp, &o->sample, r->logits, &h, (uint64_t)r->n,
-                                  DSV4_SAMPLE_STREAM_TOKEN, &sr)))
-                return rc;
-            stop = emit(r, sr.token, sr.logprob);
-            continue;
-        }
-        /* verify [last, d_0..d_{k-1}] at pos..pos+k */
-        vt[0] = r->out[r->n - 1];
-        memcpy(vt + 1, drafts, sizeof(int32_t) * k);
-        struct dsv4_fwd_seq s = {r->seq, pos, k + 1, vt};
-        if ((rc = dsv4_fwd_trunk(r->f, &s, 1, r->logits, true, r->hidden)))
-            return rc;
-        int nout = 0;
-        if (greedy(&o->sample)) {
-            for (int i = 0; i <= k; i++) {
-                h = hist(r, drafts, i);
-                if ((rc = dsv4_sample(r->smp, &o->sample, r->logits + (int64_t)i * r->V, &h,
-                                      (uint64_t)(r->n + i), DSV4_SAMPLE_STREAM_TOKEN, &sr)))
-                    return rc;
-                elp[nout] = sr.logprob;
-                emitted[nout++] = sr.token;
-                if (i == k || sr.token != drafts[i])
-                    break;
-            }
-        } else {
-            for (int i = 0; i <= k; i++) {
-                h = hist(r, drafts, i);
-                if ((rc = dsv4_sample_probs(r->smp, &o->sample, r->logits + (int64_t)i * r->V, &h,
-                                            r->p + (int64_t)i * r->V)))
-                    return rc;
-            }
-            if ((rc = dsv4_sample_speculative(r->smp, &o->sample, k, r->p, drafts, r->q,
-                                              (uint64_t)r->n, emitted, elp, &nout)))
-                return rc;
-        }
-        int acc = nout - 1;
-        res->drafted += k;
-        res->accepted += acc;
-        for (int i = 0; i < k && i < DSV4_GEN_MAX_MTP; i++) {
-            res->drafted_at[i]++;
-            res->accepted_at[i] += i < acc;
-        }
-        /* emit (possibly fewer when max_tokens / EOS cut the step short) */
-        int used = 0;
-        while (used < nout && !stop) {
-            stop = emit(r, emitted[used], elp[used]);
-            used++;
-        }
-        if ((rc = dump_rows(r, r->logits, used)))
-            return rc;
-        /* positions pos..pos+used-1 hold accepted tokens; the rest rolls back */
-        if ((rc = dsv4_fwd_rollback(r->f, r->seq, pos + used)))
-            return rc;
-        if (stop)
-            break;
-        if ((rc = draft(r, pos, used, emitted, r->hidden, drafts)))
-            return rc;
-    }
-    res->t_decode = dsv4_now() - t2;
-    if (dump && r->n > 0) {
+    st.t_decode = dsv4_now() - t2;
+    if (o->dump_logits && r->n > 0) {
         /* the row of the last generated token (its own prediction), for the P + G rows */
-        int64_t pos = P + r->n - 1;
-        if ((rc = dsv4_fwd_rollback(r->f, r->seq, pos)))
+        int32_t last = r->out[r->n - 1];
+        entry_base(r, &e, stop);
+        e.start = P + r->n - 1;
+        e.n = 1;
+        e.tokens = &last;
+        if ((rc = dsv4_step_run(r->step, &e, 1, &res)))
             return rc;
-        struct dsv4_fwd_seq s = {r->seq, pos, 1, &r->out[r->n - 1]};
-        if ((rc = dsv4_fwd_trunk(r->f, &s, 1, r->logits, false, NULL)))
-            return rc;
-        if ((rc = dump_rows(r, r->logits, 1)))
+        if ((rc = write_rows(r, o->dump_logits, r->rows, r->nrows)))
             return rc;
     }
 done:
-    res->t_prefill = (t2 > 0 ? t2 : dsv4_now()) - t1;
+    st.t_prefill = (t2 > 0 ? t2 : dsv4_now()) - t1;
     if (r->rank == 0) {
         struct dsv4_gen_result *out = job->res;
-        out->t_prefill = res->t_prefill;
-        out->t_decode = res->t_decode;
-        out->steps = res->steps;
-        out->drafted = res->drafted;
-        out->accepted = res->accepted;
-        memcpy(out->drafted_at, res->drafted_at, sizeof res->drafted_at);
-        memcpy(out->accepted_at, res->accepted_at, sizeof res->accepted_at);
-        res = out;
-        res->tokens = malloc(sizeof(int32_t) * (r->n ? r->n : 1));
-        res->logprobs = malloc(sizeof(float) * (r->n ? r->n : 1));
-        if (!res->tokens || !res->logprobs)
+        out->t_prefill = st.t_prefill;
+        out->t_decode = st.t_decode;
+        out->steps = st.steps;
+        out->drafted = st.drafted;
+        out->accepted = st.accepted;
+        memcpy(out->drafted_at, st.drafted_at, sizeof st.drafted_at);
+        memcpy(out->accepted_at, st.accepted_at, sizeof st.accepted_at);
+        out->tokens = malloc(sizeof(int32_t) * (r->n ? r->n : 1));
+        out->logprobs = malloc(sizeof(float) * (r->n ? r->n : 1));
+        if (!out->tokens || !out->logprobs)
             return dsv4_error(DSV4_ENOMEM, "generate: out of memory");
-        memcpy(res->tokens, r->out, sizeof(int32_t) * r->n);
-        memcpy(res->logprobs, r->lp, sizeof(float) * r->n);
-        res->n = r->n;
+        memcpy(out->tokens, r->out, sizeof(int32_t) * r->n);
+        memcpy(out->logprobs, r->lp, sizeof(float) * r->n);
+        out->n = r->n;
     }
     return 0;
 }
@@ -330,75 +261,55 @@ static int rank_fn(struct dsv4_comm *comm, void *arg)
     struct gen_job *job = arg;
     const struct dsv4_gen_opts *o = job->o;
     struct rank_ctx r = {0};
+    struct dsv4_model *m = NULL;
+    struct dsv4_backend *be = NULL;
     int rc;
     r.job = job;
     r.rank = comm ? dsv4_comm_rank(comm) : 0;
     r.N = comm ? dsv4_comm_size(comm) : 1;
     r.k = o->mtp;
-    r.layers_dir = o->dump_layers;
-    if ((rc = dsv4_model_bind(job->ck, &job->cfg, r.rank, r.N, &r.m)))
+    r.V = job->cfg.vocab_size;
+    if ((rc = dsv4_model_bind(job->ck, &job->cfg, r.rank, r.N, &m)))
         goto out;
-    if (r.k && !r.m->has_mtp) {
+    if (r.k && !dsv4_model_has_mtp(m)) {
         rc = dsv4_error(DSV4_ENOTSUP, "generate: --mtp %d but the checkpoint has no MTP block",
                         r.k);
         goto out;
     }
-    if ((rc = dsv4_pool_init(DSV4_MAX(1, o->threads / r.N), &r.pool)))
+    if ((rc = dsv4_backend_create(o->backend ? o->backend : "cpu", DSV4_MAX(1, o->threads / r.N),
+                                  &be)))
         goto out;
-    if ((rc = dsv4_state_init(r.m, 1, r.k + 2, &r.st)))
+    /* tokens per step: a prefill chunk (never more than the prompt) or 1 + k */
+    struct dsv4_step_opts so = {.max_seqs = 1,
+                                .max_tokens = DSV4_MAX(DSV4_MIN(o->chunk, job->np), r.k + 1),
+                                .max_ctx = (int64_t)job->np + o->max_tokens + r.k + 2,
+                                .mtp = r.k,
+                                .threads = 1};
+    if ((rc = dsv4_step_create(m, be, comm, &so, &r.step)))
         goto out;
-    /* tokens per forward call: a prefill chunk (never more than the prompt) or 1 + k */
-    int T = DSV4_MAX(DSV4_MIN(o->chunk, job->np), r.k + 1);
-    int64_t ctx = (int64_t)job->np + o->max_tokens + r.k + 2;
-    if ((rc = dsv4_fwd_init(r.m, r.st, r.pool, comm, T, ctx, &r.f)))
+    if ((rc = dsv4_step_seq_add(r.step, 1)))
         goto out;
-    r.V = job->cfg.vocab_size;
-    r.hc = job->cfg.hc_mult;
-    r.D = job->cfg.hidden_size;
-    if ((rc = dsv4_sampler_init(r.V, &r.smp)))
-        goto out;
-    if ((rc = dsv4_state_seq_new(r.st, &r.seq)))
-        goto out;
-    /* logits rows: every prompt position only when dumping them, else one per chunk and
-     * k + 1 per verification */
-    r.logits = malloc(sizeof(float) * (o->dump_logits ? T : r.k + 1) * r.V);
-    r.hidden = malloc(sizeof(float) * T * r.hc * r.D);
-    r.mhid = malloc(sizeof(float) * T * r.hc * r.D);
-    r.mlog = malloc(sizeof(float) * r.V);
-    r.p = malloc(sizeof(float) * (r.k + 1) * r.V);
-    r.q = malloc(sizeof(float) * (r.k + 1) * r.V);
     r.out = malloc(sizeof(int32_t) * (o->max_tokens + 1));
     r.lp = malloc(sizeof(float) * (o->max_tokens + 1));
+    r.rows = malloc(sizeof(float) * (size_t)(r.k + 1) * r.V);
+    if (!r.out || !r.lp || !r.rows) {
+        rc = dsv4_error(DSV4_ENOMEM, "generate: out of memory");
+        goto out;
+    }
     if (o->dump_mtp_logits && r.k == 0) {
         rc = dsv4_error(DSV4_EINVAL, "generate: MTP logits need --mtp >= 1");
-        goto out;
-    }
-    if (o->dump_mtp_logits && !(r.mtplog = malloc(sizeof(float) * T * r.V))) {
-        rc = dsv4_error(DSV4_ENOMEM, "generate: out of memory");
-        goto out;
-    }
-    if (!r.logits || !r.hidden || !r.mhid || !r.mlog || !r.p || !r.q || !r.out || !r.lp) {
-        rc = dsv4_error(DSV4_ENOMEM, "generate: out of memory");
         goto out;
     }
     if (r.rank == 0)
         job->res->t_load = dsv4_now() - job->t0;
     rc = run_rank(&r);
 out:
-    free(r.logits);
-    free(r.hidden);
-    free(r.mhid);
-    free(r.mlog);
-    free(r.p);
-    free(r.q);
     free(r.out);
     free(r.lp);
-    free(r.mtplog);
-    dsv4_sampler_free(r.smp);
-    dsv4_fwd_free(r.f);
-    dsv4_state_free(r.st);
-    dsv4_pool_free(r.pool);
-    dsv4_model_close(r.m);
+    free(r.rows);
+    dsv4_step_free(r.step);
+    dsv4_backend_destroy(be);
+    dsv4_model_close(m);
     if (rc)
         dsv4_log(DSV4_LOG_ERROR, "generate: rank %d: %s", r.rank, dsv4_errmsg());
     return rc;
@@ -426,6 +337,8 @@ int dsv4_generate(const char *dir, const int32_t *prompt, int n_prompt,
                           DSV4_GEN_MAX_CHUNK);
     if (o->max_tokens < 0)
         return dsv4_error(DSV4_EINVAL, "generate: max_tokens %d < 0", o->max_tokens);
+    if (o->backend && strcmp(o->backend, "cpu") && strcmp(o->backend, "ref"))
+        return dsv4_error(DSV4_EINVAL, "generate: unknown backend '%s' (cpu, ref)", o->backend);
     if ((rc = dsv4_sample_params_check(&o->sample)))
         return rc;
     job.t0 = dsv4_now();

@@ -14,13 +14,14 @@
 #ifndef DSV4_GENERATE_H
 #define DSV4_GENERATE_H
 
+#include "engine/model/step.h"
 #include "engine/sample/sample.h"
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
-#define DSV4_GEN_MAX_MTP 16
+#define DSV4_GEN_MAX_MTP DSV4_STEP_MAX_DRAFTS
 /* Option bounds (checked by dsv4_generate; anything outside gets DSV4_EINVAL):
  * ranks are threads over the shared-memory communicator (DSV4_COMM_SHM_MAX_RANKS);
  * a prefill chunk sizes the forward scratch (O(chunk * (k+1) * hidden) floats),
@@ -36,12 +37,13 @@ struct dsv4_gen_opts {
     /* tokens to generate (>= 0); prompt + max_tokens + mtp + 2 <= max_position_embeddings
      * and <= DSV4_GEN_MAX_CONTEXT */
     int max_tokens;
-    int mtp;          /* draft depth k in [0, DSV4_GEN_MAX_MTP] (0: no MTP) */
-    int threads;      /* total CPU threads (split over ranks), [1, DSV4_GEN_MAX_THREADS] */
-    int ranks;        /* N in [1, DSV4_GEN_MAX_RANKS]; any N (uneven or empty head/expert
+    int mtp;             /* draft depth k in [0, DSV4_GEN_MAX_MTP] (0: no MTP) */
+    int threads;         /* total CPU threads (split over ranks), [1, DSV4_GEN_MAX_THREADS] */
+    int ranks;           /* N in [1, DSV4_GEN_MAX_RANKS]; any N (uneven or empty head/expert
                   * slices included) gives the same tokens */
-    int chunk;        /* prefill chunk (tokens per forward call), [1, DSV4_GEN_MAX_CHUNK] */
-    bool stop_at_eos; /* stop after emitting eos_token_id */
+    int chunk;           /* prefill chunk (tokens per forward call), [1, DSV4_GEN_MAX_CHUNK] */
+    const char *backend; /* "cpu" (default) or "ref" (the scalar oracle; slow) */
+    bool stop_at_eos;    /* stop after emitting eos_token_id */
     struct dsv4_sample_params sample;
     FILE *dump_logits;       /* FP32 rows: every prompt position and every generated token */
     const char *dump_layers; /* DIR/layer_%02d.f32 of the prompt, or NULL */

@@ -9,11 +9,11 @@
  * tensor parallelism are plain pointer offsets, valid only at scale-block
  * boundaries (128 rows for FP8; any row for FP4 and BF16); that is checked.
  */
-#include "engine/model/model.h"
+#include "engine/model/model_int.h"
 
 #include "base/dsv4.h"
 #include "kernels/formats.h"
-#include "kernels/ref/ops.h"
+#include "engine/io/contract.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -259,7 +259,7 @@ static int bind_lin(struct dsv4_model *m, const char *prefix, int64_t rows, int6
     return 0;
 }
 
-static int bind_hc(struct dsv4_model *m, const char *prefix, int rows, struct dsv4_hc_w *hc)
+static int bind_hc(struct dsv4_model *m, const char *prefix, int rows, struct dsv4_hc_params *hc)
 {
     const struct dsv4_config *c = &m->cfg;
     char n[NAME_MAX_LEN];
@@ -271,20 +271,25 @@ static int bind_hc(struct dsv4_model *m, const char *prefix, int rows, struct ds
     snprintf(n, sizeof n, "%s_base", prefix);
     if ((rc = read_vec(m, n, rows, &v)))
         return rc;
-    memcpy(hc->base, v, sizeof(float) * rows);
+    hc->base = v;
     snprintf(n, sizeof n, "%s_scale", prefix);
     if ((rc = read_vec(m, n, ns, &v)))
         return rc;
     memcpy(hc->scale, v, sizeof(float) * ns);
+    hc->hc = c->hc_mult;
+    hc->iters = c->hc_sinkhorn_iters;
+    hc->norm_eps = (float)c->rms_norm_eps;
+    hc->hc_eps = (float)c->hc_eps;
     return 0;
 }
 
-static int bind_expert(struct dsv4_model *m, const char *prefix, struct dsv4_expert_w *e)
+/* A SwiGLU FFN of width I (routed: moe_intermediate_size; shared: times n_shared_experts). */
+static int bind_expert(struct dsv4_model *m, const char *prefix, int64_t I, struct dsv4_ffn_w *e)
 {
     const struct dsv4_config *c = &m->cfg;
     char n[NAME_MAX_LEN];
     int rc;
-    int64_t D = c->hidden_size, I = c->moe_intermediate_size;
+    int64_t D = c->hidden_size;
     snprintf(n, sizeof n, "%s.w1", prefix);
     if ((rc = bind_lin(m, n, I, D, 0, I, false, &e->w1)))
         return rc;
@@ -326,12 +331,6 @@ static int bind_tid2eid(struct dsv4_model *m, const char *name, struct dsv4_laye
     }
     lw->tid2eid = v;
     return 0;
-}
-
-static void split(int64_t units, int rank, int n, int64_t *b, int64_t *e)
-{
-    *b = units * rank / n;
-    *e = units * (rank + 1) / n;
 }
 
 static int bind_layer(struct dsv4_model *m, int l, struct dsv4_layer_w *lw)
@@ -440,7 +439,8 @@ static int bind_layer(struct dsv4_model *m, int l, struct dsv4_layer_w *lw)
             return rc;
     }
     snprintf(n, sizeof n, "%s.ffn.shared_experts", p);
-    if ((rc = bind_expert(m, n, &lw->shared)))
+    int64_t I = c->moe_intermediate_size;
+    if ((rc = bind_expert(m, n, I * DSV4_MAX(c->n_shared_experts, 1), &lw->shared)))
         return rc;
     int ne = m->e1 - m->e0;
     lw->experts = calloc(ne ? ne : 1, sizeof(*lw->experts));
@@ -448,7 +448,7 @@ static int bind_layer(struct dsv4_model *m, int l, struct dsv4_layer_w *lw)
         return rc;
     for (int e = m->e0; e < m->e1; e++) {
         snprintf(n, sizeof n, "%s.ffn.experts.%d", p, e);
-        if ((rc = bind_expert(m, n, &lw->experts[e - m->e0])))
+        if ((rc = bind_expert(m, n, I, &lw->experts[e - m->e0])))
             return rc;
     }
     /* NVFP4 W4A4: one activation global scale per layer and projection kind, the max of
@@ -512,20 +512,21 @@ int dsv4_model_bind(struct dsv4_ckpt *ckpt, const struct dsv4_config *cfg, int r
     m->nranks = nranks;
     int64_t b, e;
     int hpg = c->num_attention_heads / c->o_groups;
-    split(c->o_groups, rank, nranks, &b, &e);
+    dsv4_contract_split_range(c->o_groups, rank, nranks, &b, &e);
     m->g0 = (int)b;
     m->ng = (int)(e - b);
     m->h0 = m->g0 * hpg;
     m->nh = m->ng * hpg;
-    split(c->index_n_heads, rank, nranks, &b, &e);
+    dsv4_contract_split_range(c->index_n_heads, rank, nranks, &b, &e);
     m->ih0 = (int)b;
     m->inh = (int)(e - b);
-    split(c->n_routed_experts, rank, nranks, &b, &e);
+    dsv4_contract_split_range(c->n_routed_experts, rank, nranks, &b, &e);
     m->e0 = (int)b;
     m->e1 = (int)e;
     m->vchunk = (c->vocab_size + nranks - 1) / nranks;
-    m->v0 = DSV4_MIN((int64_t)c->vocab_size, m->vchunk * rank);
-    m->nv = DSV4_MIN((int64_t)c->vocab_size, m->v0 + m->vchunk) - m->v0;
+    dsv4_contract_split_range_vocab(c->vocab_size, rank, nranks, &b, &e);
+    m->v0 = b;
+    m->nv = e - b;
     int rc;
     int64_t D = c->hidden_size, V = c->vocab_size;
     const struct dsv4_tensor *t;
@@ -612,7 +613,7 @@ static uint64_t lin_bytes(const struct dsv4_lin *l)
     return l->w.w ? dsv4_qweight_bytes(&l->w) : 0;
 }
 
-static uint64_t expert_bytes(const struct dsv4_expert_w *e)
+static uint64_t expert_bytes(const struct dsv4_ffn_w *e)
 {
     return lin_bytes(&e->w1) + lin_bytes(&e->w2) + lin_bytes(&e->w3);
 }
@@ -636,4 +637,43 @@ uint64_t dsv4_model_decode_bytes(const struct dsv4_model *m)
         }
     }
     return b;
+}
+
+const struct dsv4_config *dsv4_model_config(const struct dsv4_model *m)
+{
+    return &m->cfg;
+}
+
+int dsv4_model_rank(const struct dsv4_model *m)
+{
+    return m->rank;
+}
+
+int dsv4_model_nranks(const struct dsv4_model *m)
+{
+    return m->nranks;
+}
+
+bool dsv4_model_has_mtp(const struct dsv4_model *m)
+{
+    return m->has_mtp;
+}
+
+uint64_t dsv4_model_weight_bytes(const struct dsv4_model *m)
+{
+    return m->weight_bytes;
+}
+
+void dsv4_model_expert_range(const struct dsv4_model *m, int *e0, int *e1)
+{
+    *e0 = m->e0;
+    *e1 = m->e1;
+}
+
+const int32_t *dsv4_model_hash_ids(const struct dsv4_model *m, int layer, int32_t token)
+{
+    if (layer < 0 || layer >= m->n_layers || !m->layers[layer].tid2eid || token < 0 ||
+        token >= m->cfg.vocab_size)
+        return NULL;
+    return m->layers[layer].tid2eid + (int64_t)token * m->cfg.num_experts_per_tok;
 }

@@ -624,6 +624,31 @@ int dsv4_sample(struct dsv4_sampler *s, const struct dsv4_sample_params *params,
     return 0;
 }
 
+int dsv4_sample_logprobs(struct dsv4_sampler *s, const struct dsv4_sample_params *params,
+                         const float *logits, const struct dsv4_sample_history *hist, int32_t token,
+                         struct dsv4_sample_result *out)
+{
+    int rc;
+    int32_t amax;
+    if (!s || !out)
+        return dsv4_error(DSV4_EINVAL, "sample_logprobs: no sampler or result");
+    if ((rc = dsv4_sample_params_check(params)))
+        return rc;
+    if (token < 0 || token >= s->vocab)
+        return dsv4_error(DSV4_EINVAL, "sample_logprobs: token %d outside vocab %d", token,
+                          s->vocab);
+    if ((rc = prepare(s, params, logits, hist, &amax)))
+        return rc;
+    bool greedy = is_greedy(params);
+    double total = greedy ? 0.0 : filter(s, params, s->xv[amax], s->p);
+    out->token = token;
+    out->logprob = NAN;
+    out->n_top = 0;
+    if (params->logprobs)
+        fill_logprobs(s, params, logits, greedy, total, out);
+    return 0;
+}
+
 int dsv4_sample_probs(struct dsv4_sampler *s, const struct dsv4_sample_params *params,
                       const float *logits, const struct dsv4_sample_history *hist, float *probs)
 {

@@ -137,6 +137,15 @@ int dsv4_sample(struct dsv4_sampler *s, const struct dsv4_sample_params *params,
                 enum dsv4_sample_stream stream, struct dsv4_sample_result *out);
 
 /*
+ * The logprob and top logprobs (params->logprobs, params->n_top_logprobs) of a given token
+ * under logits[V], exactly as dsv4_sample() reports them had it drawn `token` (for a token
+ * chosen elsewhere, e.g. by speculative verification).  out->token = token.
+ */
+int dsv4_sample_logprobs(struct dsv4_sampler *s, const struct dsv4_sample_params *params,
+                         const float *logits, const struct dsv4_sample_history *hist, int32_t token,
+                         struct dsv4_sample_result *out);
+
+/*
  * The processed distribution P[V] (FP32, sums to 1 up to rounding, 0 for
  * filtered tokens; one-hot on the argmax for greedy) of logits[V] under
  * params and hist: the p_i / q_i input of dsv4_sample_speculative().

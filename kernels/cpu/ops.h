@@ -19,8 +19,14 @@
 #include <stdint.h>
 
 /* Same contract as dsv4_ref_sparse_attn (kernels/ref/ops.h). */
-void dsv4_cpu_sparse_attn(const float *q, int nh, int dh, const float *const *keys, int n,
+void dsv4_cpu_sparse_attn(const float *q, int nh, int dh, const uint16_t *const *keys, int n,
                           const float *sink, float scale, bool bf16_p, float *probs, float *out);
+
+/* Same contracts as dsv4_ref_indexer_scores and dsv4_ref_topk (kernels/cpu/ops_index.c:
+ * FP64 lanes for the scores, a heap for the top-k; same results for inputs without NaN). */
+void dsv4_cpu_indexer_scores(const float *q, const float *w, int nh, int d,
+                             const uint16_t *const *keys, int n, float *scores);
+void dsv4_cpu_topk(const float *v, int n, int k, int *idx);
 
 /* Whether the vector path is in use ("avx2+fma" or "scalar"). */
 const char *dsv4_cpu_ops_isa(void);

@@ -1,13 +1,23 @@
 /*
  * pool.c - the persistent thread pool of the CPU kernels (kernels/cpu/cpu.h).
  *
- * Threads are created once by dsv4_pool_init and sleep on a condition
- * variable between jobs; a job is published by bumping a generation counter,
- * and tasks are claimed with an atomic counter, so a thread slowed down by
- * other load on the machine simply claims fewer tasks.  The calling thread
- * works as thread 0, so a pool of n threads starts n - 1.  Per-thread
- * scratch buffers (and a few shared ones) grow on first use and are kept,
- * so steady-state calls never allocate.
+ * Threads are created once by dsv4_pool_init.  A job is published by
+ * bumping an atomic generation counter; tasks are claimed with an atomic
+ * counter, so a thread slowed down by other load on the machine simply
+ * claims fewer tasks.  The calling thread works as thread 0, so a pool of n
+ * threads starts n - 1.  Per-thread scratch buffers (and a few shared ones)
+ * grow on first use and are kept, so steady-state calls never allocate.
+ *
+ * Why workers spin: a decode step is hundreds of small jobs back to back, and
+ * waking a thread from a condition variable costs tens of microseconds, as
+ * much as a small job itself.  So a worker polls the generation for a short
+ * while (POOL_SPIN pauses, some microseconds) before it sleeps on the
+ * condition variable, and the caller likewise polls for the job's end before
+ * sleeping.  Sleep and wake-up cannot miss each other: the publisher stores
+ * the generation and then reads the sleeper count, a sleeper increments the
+ * count and then reads the generation (both sequentially consistent), so at
+ * least one of them sees the other; the same for `pending` and the caller's
+ * `waiting` flag.
  *
  * Invariant: one job at a time per pool (dsv4_pool_run is not re-entrant and
  * a pool is driven by one thread); `pending` counts workers that have not yet
@@ -19,6 +29,7 @@
 #include "kernels/cpu/cpu_int.h"
 
 #include <errno.h>
+#include <immintrin.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -35,14 +46,16 @@ struct worker {
     int id;
 };
 
+/* Polls before sleeping (each a PAUSE: tens of cycles). */
+#define POOL_SPIN 4000
+
 struct dsv4_pool {
     int n;
     struct worker *w;
     pthread_mutex_t mu;
     pthread_cond_t cv_job, cv_done;
-    uint64_t gen;
-    int pending;
-    int stop;
+    atomic_uint_fast64_t gen;
+    atomic_int pending, sleepers, waiting, stop;
     dsv4_pool_fn fn;
     void *arg;
     int64_t ntasks;
@@ -63,25 +76,47 @@ static void run_tasks(struct dsv4_pool *p, int thread)
     }
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
+}
+
+/* Waits until the generation differs from seen (or stop); returns the new one. */
+static uint64_t wait_job(struct dsv4_pool *p, uint64_t seen)
+{
+    for (int i = 0; i < POOL_SPIN; i++) {
+        uint64_t g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        if (g != seen || atomic_load(&p->stop))
+            return g;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add(&p->sleepers, 1);
+    while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
+        pthread_cond_wait(&p->cv_job, &p->mu);
+    atomic_fetch_sub(&p->sleepers, 1);
+    pthread_mutex_unlock(&p->mu);
+    return atomic_load(&p->gen);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct dsv4_pool *p = w->pool;
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (p->gen == seen && !p->stop)
-            pthread_cond_wait(&p->cv_job, &p->mu);
-        if (p->stop)
+        seen = wait_job(p, seen);
+        if (atomic_load(&p->stop))
             break;
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
         run_tasks(p, w->id);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0)
+        if (atomic_fetch_sub(&p->pending, 1) == 1 && atomic_load(&p->waiting)) {
+            pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -108,6 +143,11 @@ int dsv4_pool_init(int nthreads, struct dsv4_pool **out)
     pthread_cond_init(&p->cv_job, NULL);
     pthread_cond_init(&p->cv_done, NULL);
     atomic_init(&p->next, 0);
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->pending, 0);
+    atomic_init(&p->sleepers, 0);
+    atomic_init(&p->waiting, 0);
+    atomic_init(&p->stop, 0);
     for (int i = 1; i < nthreads; i++) {
         p->w[i].pool = p;
         p->w[i].id = i;
@@ -136,7 +176,7 @@ void dsv4_pool_free(struct dsv4_pool *p)
     if (!p)
         return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->cv_job);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++)
@@ -165,20 +205,28 @@ void dsv4_pool_run(struct dsv4_pool *p, dsv4_pool_fn fn, void *arg, int64_t n)
             fn(arg, i, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
     p->ntasks = n;
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    p->pending = p->n - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->cv_job);
-    pthread_mutex_unlock(&p->mu);
+    atomic_store(&p->pending, p->n - 1);
+    atomic_fetch_add(&p->gen, 1);
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv_job);
+        pthread_mutex_unlock(&p->mu);
+    }
     run_tasks(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0)
-        pthread_cond_wait(&p->cv_done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < POOL_SPIN && atomic_load(&p->pending) > 0; i++)
+        cpu_relax();
+    if (atomic_load(&p->pending) > 0) {
+        pthread_mutex_lock(&p->mu);
+        atomic_store(&p->waiting, 1);
+        while (atomic_load(&p->pending) > 0)
+            pthread_cond_wait(&p->cv_done, &p->mu);
+        atomic_store(&p->waiting, 0);
+        pthread_mutex_unlock(&p->mu);
+    }
 }
 
 static void *grow(struct scratch *s, size_t bytes)

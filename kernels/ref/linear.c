@@ -51,6 +51,38 @@ uint64_t dsv4_qweight_bytes(const struct dsv4_qweight *w)
     return 0;
 }
 
+bool dsv4_qweight_slice(const struct dsv4_qweight *w, int64_t r0, int64_t nr,
+                        struct dsv4_qweight *out)
+{
+    int64_t K = w->cols;
+    DSV4_ASSERT(r0 >= 0 && nr >= 0 && r0 + nr <= w->rows);
+    *out = *w;
+    out->rows = nr;
+    switch (w->fmt) {
+    case DSV4_WFMT_FP8:
+        /* a slice must start on a 128-row scale block */
+        if (r0 % 128)
+            return false;
+        out->w = (const uint8_t *)w->w + r0 * K;
+        out->scale = w->scale + (r0 / 128) * ((K + 127) / 128);
+        return true;
+    case DSV4_WFMT_BF16:
+        out->w = (const uint8_t *)w->w + r0 * K * 2;
+        return true;
+    case DSV4_WFMT_F32:
+        out->w = (const uint8_t *)w->w + r0 * K * 4;
+        return true;
+    case DSV4_WFMT_MXFP4:
+    case DSV4_WFMT_NVFP4: {
+        int bs = w->fmt == DSV4_WFMT_MXFP4 ? 32 : 16;
+        out->w = (const uint8_t *)w->w + r0 * ((K + 1) / 2);
+        out->scale = w->scale + r0 * ((K + bs - 1) / bs);
+        return true;
+    }
+    }
+    return false;
+}
+
 const char *dsv4_wfmt_name(enum dsv4_wfmt fmt)
 {
     static const char *names[] = {"f32", "bf16", "fp8", "mxfp4", "nvfp4"};

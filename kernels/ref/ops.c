@@ -25,8 +25,8 @@ void dsv4_ref_rmsnorm(const float *x, const float *w, int64_t n, float eps, floa
         y[i] = w ? w[i] * (x[i] * rho) : x[i] * rho;
 }
 
-int dsv4_ref_rope_init(struct dsv4_rope *r, int dim, double theta, bool yarn, double factor,
-                       double beta_fast, double beta_slow, double orig_max_pos)
+int dsv4_rope_init(struct dsv4_rope *r, int dim, double theta, bool yarn, double factor,
+                   double beta_fast, double beta_slow, double orig_max_pos)
 {
     if (dim <= 0 || dim % 2 || dim / 2 > DSV4_ROPE_MAX_PAIRS || theta <= 1.0)
         return -1;
@@ -192,7 +192,15 @@ void dsv4_ref_hc_head(const float *X, int hc, int64_t D, const float *fn, float 
     }
 }
 
-void dsv4_ref_sparse_attn(const float *q, int nh, int dh, const float *const *keys, int n,
+static float bf(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void dsv4_ref_sparse_attn(const float *q, int nh, int dh, const uint16_t *const *keys, int n,
                           const float *sink, float scale, bool bf16_p, float *probs, float *out)
 {
     for (int h = 0; h < nh; h++) {
@@ -206,7 +214,7 @@ void dsv4_ref_sparse_attn(const float *q, int nh, int dh, const float *const *ke
         for (int s = 0; s < n; s++) {
             double z = 0.0;
             for (int i = 0; i < dh; i++)
-                z += (double)qh[i] * keys[s][i];
+                z += (double)qh[i] * bf(keys[s][i]);
             probs[s] = (float)z * scale;
             mx = fmaxf(mx, probs[s]);
         }
@@ -225,9 +233,9 @@ void dsv4_ref_sparse_attn(const float *q, int nh, int dh, const float *const *ke
             int w = dh - i0 < 64 ? dh - i0 : 64;
             for (int s = 0; s < n; s++) {
                 double pr = probs[s];
-                const float *k = keys[s] + i0;
+                const uint16_t *k = keys[s] + i0;
                 for (int i = 0; i < w; i++)
-                    acc[i] += pr * k[i];
+                    acc[i] += pr * bf(k[i]);
             }
             for (int i = 0; i < w; i++)
                 oh[i0 + i] = (float)acc[i] / fden;
@@ -271,7 +279,7 @@ void dsv4_ref_hadamard(float *x, int n)
 }
 
 void dsv4_ref_indexer_scores(const float *q, const float *w, int nh, int d,
-                             const float *const *keys, int n, float *scores)
+                             const uint16_t *const *keys, int n, float *scores)
 {
     for (int b = 0; b < n; b++) {
         double acc = 0.0;
@@ -279,7 +287,7 @@ void dsv4_ref_indexer_scores(const float *q, const float *w, int nh, int d,
             const float *qh = q + (int64_t)h * d;
             double dot = 0.0;
             for (int i = 0; i < d; i++)
-                dot += (double)qh[i] * keys[b][i];
+                dot += (double)qh[i] * bf(keys[b][i]);
             acc += (double)w[h] * fmaxf((float)dot, 0.0f);
         }
         scores[b] = (float)acc;

@@ -14,27 +14,13 @@
 #ifndef DSV4_REF_OPS_H
 #define DSV4_REF_OPS_H
 
+#include "kernels/backend.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 
 /* y[i] = w[i] * x[i] / sqrt(mean(x^2) + eps); w == NULL means weightless.  y may alias x. */
 void dsv4_ref_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y);
-
-/* Rotary table of one layer kind: freq[i] = omega'_i for the rope_dim/2 pairs. */
-#define DSV4_ROPE_MAX_PAIRS 64
-struct dsv4_rope {
-    int dim; /* rotary dims (64); pairs = dim / 2 */
-    float freq[DSV4_ROPE_MAX_PAIRS];
-};
-
-/*
- * omega_i = theta^(-2i/dim); with YaRN (model.md §3.4):
- * corr(n) = dim ln(L0 / (2 pi n)) / (2 ln theta), lo = max(floor(corr(beta_fast)), 0),
- * hi = min(ceil(corr(beta_slow)), dim - 1), ramp_i = clamp((i - lo) / (hi - lo), 0, 1),
- * omega'_i = omega_i / factor * ramp_i + omega_i * (1 - ramp_i).  Returns -1 on a bad dim.
- */
-int dsv4_ref_rope_init(struct dsv4_rope *r, int dim, double theta, bool yarn, double factor,
-                       double beta_fast, double beta_slow, double orig_max_pos);
 
 /*
  * Rotates x[0..dim) in place, interleaved pairs (x[2i], x[2i+1]) by phi = pos * freq[i]
@@ -71,13 +57,14 @@ void dsv4_ref_hc_head(const float *X, int hc, int64_t D, const float *fn, float 
                       const float *base, const float *mix, float norm_eps, float hc_eps, float *y);
 
 /*
- * Sparse attention with sink for one query over n keys (K = V):
- * q: [nh, dh]; keys[s] points at dh floats; z_s = (q_h . k_s) * scale; M = max_s z_s (sink
- * excluded); P_s = exp(z_s - M), rounded to BF16 when bf16_p (the reference's P.V operand);
- * out_h = sum_s P_s k_s / (sum_s exp(z_s - M) + exp(sink_h - M)).  out: [nh, dh].
+ * Sparse attention with sink for one query over n keys (K = V), keys in BF16
+ * (the state's storage; every value converts to FP32 exactly):
+ * q: [nh, dh]; keys[s] points at dh BF16 values; z_s = (q_h . k_s) * scale; M = max_s z_s
+ * (sink excluded); P_s = exp(z_s - M), rounded to BF16 when bf16_p (the reference's P.V
+ * operand); out_h = sum_s P_s k_s / (sum_s exp(z_s - M) + exp(sink_h - M)).  out: [nh, dh].
  * n == 0 gives zeros.  `probs` is scratch of n floats.
  */
-void dsv4_ref_sparse_attn(const float *q, int nh, int dh, const float *const *keys, int n,
+void dsv4_ref_sparse_attn(const float *q, int nh, int dh, const uint16_t *const *keys, int n,
                           const float *sink, float scale, bool bf16_p, float *probs, float *out);
 
 /*
@@ -92,23 +79,17 @@ void dsv4_ref_compress_pool(const float *const *kv, const float *const *gate, in
 void dsv4_ref_hadamard(float *x, int n);
 
 /*
- * Lightning-indexer scores: q: [nh, d], w: [nh], keys[b] -> d floats;
+ * Lightning-indexer scores: q: [nh, d], w: [nh], keys[b] -> d BF16 values;
  * score_b = sum_h w_h * max(q_h . k_b, 0).
  */
 void dsv4_ref_indexer_scores(const float *q, const float *w, int nh, int d,
-                             const float *const *keys, int n, float *scores);
+                             const uint16_t *const *keys, int n, float *scores);
 
 /*
  * Indices of the k largest of v[0..n) (k <= n), by value descending, ties to the lower
  * index; idx[k].  O(n k), fine for the oracle.
  */
 void dsv4_ref_topk(const float *v, int n, int k, int *idx);
-
-enum dsv4_score_func {
-    DSV4_SCORE_SQRTSOFTPLUS = 0,
-    DSV4_SCORE_SIGMOID = 1,
-    DSV4_SCORE_SOFTMAX = 2
-};
 
 /*
  * MoE routing of one token (model.md §3.5): logits[E] (FP32 router output);

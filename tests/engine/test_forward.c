@@ -9,12 +9,9 @@
  * logits.
  */
 #include "base/dsv4.h"
-#include "engine/model/forward.h"
-#include "tools/mkmodel.h"
-#include "engine/model/model.h"
-#include "engine/model/state.h"
-#include "kernels/cpu/cpu.h"
+#include "tests/engine/rt.h"
 #include "tests/test.h"
+#include "tools/mkmodel.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -23,36 +20,6 @@
 
 #define VOCAB 1280
 #define NTOK  300
-
-struct rt {
-    struct dsv4_model *m;
-    struct dsv4_pool *pool;
-    struct dsv4_state *st;
-    struct dsv4_fwd *f;
-};
-
-static int rt_open(struct rt *r, const char *dir, int maxseq, int T)
-{
-    memset(r, 0, sizeof *r);
-    int rc = dsv4_model_open(dir, 0, 1, &r->m);
-    if (!rc)
-        rc = dsv4_pool_init(2, &r->pool);
-    if (!rc)
-        rc = dsv4_state_init(r->m, maxseq, 8, &r->st);
-    if (!rc)
-        rc = dsv4_fwd_init(r->m, r->st, r->pool, NULL, T, 4096, &r->f);
-    if (rc)
-        fprintf(stderr, "rt_open: %s\n", dsv4_errmsg());
-    return rc;
-}
-
-static void rt_close(struct rt *r)
-{
-    dsv4_fwd_free(r->f);
-    dsv4_state_free(r->st);
-    dsv4_pool_free(r->pool);
-    dsv4_model_close(r->m);
-}
 
 static double max_rel(const float *a, const float *b, int64_t n)
 {
@@ -73,7 +40,7 @@ static int run_chunks(struct rt *r, const int32_t *toks, int n, int chunk, float
         return rc;
     for (int s0 = 0; s0 < n && !rc; s0 += chunk) {
         struct dsv4_fwd_seq s = {seq, s0, DSV4_MIN(chunk, n - s0), toks + s0};
-        rc = dsv4_fwd_trunk(r->f, &s, 1, out + (int64_t)s0 * VOCAB, true, NULL);
+        rc = rt_trunk(r, &s, 1, out + (int64_t)s0 * VOCAB, true, NULL);
     }
     dsv4_state_seq_free(r->st, seq);
     if (rc)
@@ -87,16 +54,16 @@ struct route_rec {
     int bad, seen;
 };
 
-static void route_hook(void *ctx, int layer, int T, int k, const int *ids, const int32_t *tids)
+static void route_hook(void *ctx, int layer, int T, int k, const int32_t *ids, const int32_t *tids)
 {
     struct route_rec *rr = ctx;
-    const struct dsv4_layer_w *w = &rr->m->layers[layer];
-    if (!w->hash)
+    if (!dsv4_model_hash_ids(rr->m, layer, 0))
         return;
     for (int t = 0; t < T; t++) {
         int want[64], got[64];
+        const int32_t *h = dsv4_model_hash_ids(rr->m, layer, tids[t]);
         for (int i = 0; i < k; i++) {
-            want[i] = w->tid2eid[(int64_t)tids[t] * k + i];
+            want[i] = h[i];
             got[i] = ids[t * k + i];
         }
         /* compare as sets (the engine sorts its selection by id) */
@@ -123,27 +90,16 @@ static void make(const char *dir, enum dsv4_expert_fmt fmt)
     CHECK_INT(rc, 0);
 }
 
-int main(void)
+/* The invariants of one kernel set (scalar, AVX2, AVX-512): each exactly, within the set. */
+static void invariants(const char *dir, const int32_t *toks, const char *isa, float *ref,
+                       float *got)
 {
-    char dir[4096], dir2[4096], dir3[4096];
-    snprintf(dir, sizeof dir, "%s/tiny-mxfp4", test_tmpdir());
-    snprintf(dir2, sizeof dir2, "%s/tiny-nvfp4", test_tmpdir());
-    snprintf(dir3, sizeof dir3, "%s/tiny-fp8", test_tmpdir());
-    make(dir, DSV4_EXPERT_MXFP4);
-    if (test_failures)
-        TEST_DONE();
-    int32_t toks[NTOK];
-    uint64_t x = 12345;
-    for (int i = 0; i < NTOK; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        toks[i] = (int32_t)((x >> 33) % VOCAB);
-    }
-    float *ref = malloc(sizeof(float) * NTOK * VOCAB);
-    float *got = malloc(sizeof(float) * NTOK * VOCAB);
     struct rt r;
+    fprintf(stderr, "kernel set %s\n", isa);
+    CHECK_INT(dsv4_cpu_force_isa(isa), 0);
     if (rt_open(&r, dir, 9, 160)) {
         CHECK(0);
-        TEST_DONE();
+        return;
     }
     /* hash routing observed on the one-shot prefill */
     struct route_rec rr = {r.m, toks, 0, 0};
@@ -161,27 +117,28 @@ int main(void)
     for (size_t c = 0; c < DSV4_ARRAY_LEN(chunks); c++) {
         CHECK_INT(run_chunks(&r, toks, NTOK, chunks[c], got), 0);
         double e = max_rel(got, ref, (int64_t)NTOK * VOCAB);
-        CHECKF(e == 0.0, "chunk %d: normalised error %g (expected bitwise equal)", chunks[c], e);
+        CHECKF(e == 0.0, "%s: chunk %d: normalised error %g (expected bitwise equal)", isa,
+               chunks[c], e);
     }
     /* rollback: run 200, roll back to 150 after a 5-token detour, continue */
     {
         int seq;
         CHECK_INT(dsv4_state_seq_new(r.st, &seq), 0);
         struct dsv4_fwd_seq s = {seq, 0, 128, toks};
-        CHECK_INT(dsv4_fwd_trunk(r.f, &s, 1, NULL, false, NULL), 0);
+        CHECK_INT(rt_trunk(&r, &s, 1, NULL, false, NULL), 0);
         struct dsv4_fwd_seq s2 = {seq, 128, 5, toks + 1};
-        CHECK_INT(dsv4_fwd_trunk(r.f, &s2, 1, NULL, false, NULL), 0);
+        CHECK_INT(rt_trunk(&r, &s2, 1, NULL, false, NULL), 0);
         int rrc = dsv4_fwd_rollback(r.f, seq, 128);
         CHECKF(rrc == 0, "rollback: %s", dsv4_errmsg());
         struct dsv4_fwd_seq s3 = {seq, 128, 126, toks + 128};
-        CHECK_INT(dsv4_fwd_trunk(r.f, &s3, 1, got + 128 * VOCAB, true, NULL), 0);
+        CHECK_INT(rt_trunk(&r, &s3, 1, got + 128 * VOCAB, true, NULL), 0);
         double e = max_rel(got + 128 * VOCAB, ref + 128 * VOCAB, (int64_t)126 * VOCAB);
         CHECKF(e == 0.0, "rollback: error %g", e);
         /* a detour of 8 positions straddling a ratio-4 block and then verify-style restart */
         struct dsv4_fwd_seq s4 = {seq, 254, 8, toks + 3};
-        CHECK_INT(dsv4_fwd_trunk(r.f, &s4, 1, NULL, false, NULL), 0);
+        CHECK_INT(rt_trunk(&r, &s4, 1, NULL, false, NULL), 0);
         struct dsv4_fwd_seq s5 = {seq, 254, NTOK - 254, toks + 254};
-        CHECK_INT(dsv4_fwd_trunk(r.f, &s5, 1, got + 254 * VOCAB, true, NULL), 0);
+        CHECK_INT(rt_trunk(&r, &s5, 1, got + 254 * VOCAB, true, NULL), 0);
         e = max_rel(got + 254 * VOCAB, ref + 254 * VOCAB, (int64_t)(NTOK - 254) * VOCAB);
         CHECKF(e == 0.0, "restart inside the state: error %g", e);
         dsv4_state_seq_free(r.st, seq);
@@ -201,29 +158,29 @@ int main(void)
             int seq;
             CHECK_INT(dsv4_state_seq_new(r.st, &seq), 0);
             struct dsv4_fwd_seq s = {seq, 0, P - i * 3, toks + i};
-            CHECK_INT(dsv4_fwd_trunk(r.f, &s, 1, NULL, false, NULL), 0);
+            CHECK_INT(rt_trunk(&r, &s, 1, NULL, false, NULL), 0);
             for (int j = 0; j < 12; j++) {
                 struct dsv4_fwd_seq d = {seq, P - i * 3 + j, 1, &dec[i][j]};
-                CHECK_INT(dsv4_fwd_trunk(r.f, &d, 1, alone + (i * 12 + j) * VOCAB, false, NULL), 0);
+                CHECK_INT(rt_trunk(&r, &d, 1, alone + (i * 12 + j) * VOCAB, false, NULL), 0);
             }
             dsv4_state_seq_free(r.st, seq);
         }
         for (int i = 0; i < 8; i++) {
             CHECK_INT(dsv4_state_seq_new(r.st, &seqs[i]), 0);
             struct dsv4_fwd_seq s = {seqs[i], 0, P - i * 3, toks + i};
-            CHECK_INT(dsv4_fwd_trunk(r.f, &s, 1, NULL, false, NULL), 0);
+            CHECK_INT(rt_trunk(&r, &s, 1, NULL, false, NULL), 0);
         }
         double worst = 0;
         for (int j = 0; j < 12; j++) {
             for (int i = 0; i < 8; i++)
                 b[i] = (struct dsv4_fwd_seq){seqs[i], P - i * 3 + j, 1, &dec[i][j]};
-            CHECK_INT(dsv4_fwd_trunk(r.f, b, 8, blog, false, NULL), 0);
+            CHECK_INT(rt_trunk(&r, b, 8, blog, false, NULL), 0);
             for (int i = 0; i < 8; i++) {
                 double e = max_rel(blog + i * VOCAB, alone + (i * 12 + j) * VOCAB, VOCAB);
                 worst = e > worst ? e : worst;
             }
         }
-        CHECKF(worst == 0.0, "batched decode: worst error %g", worst);
+        CHECKF(worst == 0.0, "%s: batched decode: worst error %g", isa, worst);
         for (int i = 0; i < 8; i++)
             dsv4_state_seq_free(r.st, seqs[i]);
         free(blog);
@@ -235,13 +192,42 @@ int main(void)
         CHECK_INT(dsv4_state_seq_new(r.st, &seq), 0);
         int32_t badtok = VOCAB;
         struct dsv4_fwd_seq s = {seq, 0, 1, &badtok};
-        CHECK_INT(dsv4_fwd_trunk(r.f, &s, 1, NULL, false, NULL), DSV4_EINVAL);
+        CHECK_INT(rt_trunk(&r, &s, 1, NULL, false, NULL), DSV4_EINVAL);
         struct dsv4_fwd_seq s2 = {seq, 5, 1, toks};
-        CHECK_INT(dsv4_fwd_trunk(r.f, &s2, 1, NULL, false, NULL), DSV4_EINVAL);
+        CHECK_INT(rt_trunk(&r, &s2, 1, NULL, false, NULL), DSV4_EINVAL);
         struct dsv4_fwd_seq s3 = {seq, 0, 161, toks};
-        CHECK_INT(dsv4_fwd_trunk(r.f, &s3, 1, NULL, false, NULL), DSV4_EINVAL);
+        CHECK_INT(rt_trunk(&r, &s3, 1, NULL, false, NULL), DSV4_EINVAL);
         dsv4_state_seq_free(r.st, seq);
     }
+    rt_close(&r);
+}
+
+int main(void)
+{
+    char dir[4096], dir2[4096], dir3[4096];
+    snprintf(dir, sizeof dir, "%s/tiny-mxfp4", test_tmpdir());
+    snprintf(dir2, sizeof dir2, "%s/tiny-nvfp4", test_tmpdir());
+    snprintf(dir3, sizeof dir3, "%s/tiny-fp8", test_tmpdir());
+    make(dir, DSV4_EXPERT_MXFP4);
+    if (test_failures)
+        TEST_DONE();
+    int32_t toks[NTOK];
+    uint64_t x = 12345;
+    for (int i = 0; i < NTOK; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        toks[i] = (int32_t)((x >> 33) % VOCAB);
+    }
+    float *ref = malloc(sizeof(float) * NTOK * VOCAB);
+    float *got = malloc(sizeof(float) * NTOK * VOCAB);
+    const char *isas[3];
+    int nisa = rt_isas(isas);
+    for (int i = 0; i < nisa; i++)
+        invariants(dir, toks, isas[i], ref, got);
+    dsv4_cpu_force_isa(isas[nisa - 1]);
+    struct rt r;
+    /* the reference logits of the best kernel set, for the format comparisons */
+    CHECK_INT(rt_open(&r, dir, 1, 160), 0);
+    CHECK_INT(run_chunks(&r, toks, NTOK, 128, ref), 0);
     rt_close(&r);
     /* the other two expert formats load and run; NVFP4 (lossless from the same MXFP4
      * values, W4A4 activations) stays close to MXFP4; FP8 experts (lossless cast,

@@ -12,13 +12,10 @@
  *   - sampling with MTP runs and its acceptance statistics are consistent.
  */
 #include "base/dsv4.h"
-#include "engine/model/forward.h"
 #include "engine/model/generate.h"
-#include "tools/mkmodel.h"
-#include "engine/model/model.h"
-#include "engine/model/state.h"
-#include "kernels/cpu/cpu.h"
+#include "tests/engine/rt.h"
 #include "tests/test.h"
+#include "tools/mkmodel.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -41,20 +38,11 @@ static int argmax(const float *v, int n)
 /* Oracle-draft verification at the forward level. */
 static void verify_oracle(const char *dir)
 {
-    struct dsv4_model *m = NULL;
-    struct dsv4_pool *pool = NULL;
-    struct dsv4_state *st = NULL;
-    struct dsv4_fwd *f = NULL;
-    int rc = dsv4_model_open(dir, 0, 1, &m);
-    if (!rc)
-        rc = dsv4_pool_init(2, &pool);
-    if (!rc)
-        rc = dsv4_state_init(m, 2, 8, &st);
-    if (!rc)
-        rc = dsv4_fwd_init(m, st, pool, NULL, 128, 1024, &f);
+    struct rt r;
+    int rc = rt_open_be(&r, dir, "cpu", 2, 128, 8, 1024);
     CHECKF(rc == 0, "open: %s", dsv4_errmsg());
     if (rc)
-        goto out;
+        return;
     enum { P = 120, G = 200, K = 4 };
     int32_t toks[P + G + K + 1];
     for (int i = 0; i < P; i++)
@@ -62,20 +50,20 @@ static void verify_oracle(const char *dir)
     float *ref = malloc(sizeof(float) * (G + K) * VOCAB), *vl = malloc(sizeof(float) * 5 * VOCAB);
     /* plain greedy decoding: logits row j predicts toks[P + j] */
     int seq;
-    CHECK_INT(dsv4_state_seq_new(st, &seq), 0);
+    CHECK_INT(dsv4_state_seq_new(r.st, &seq), 0);
     struct dsv4_fwd_seq s = {seq, 0, P, toks};
-    CHECK_INT(dsv4_fwd_trunk(f, &s, 1, ref, false, NULL), 0);
+    CHECK_INT(rt_trunk(&r, &s, 1, ref, false, NULL), 0);
     toks[P] = argmax(ref, VOCAB);
     for (int j = 1; j < G + K; j++) {
         struct dsv4_fwd_seq d = {seq, P + j - 1, 1, &toks[P + j - 1]};
-        CHECK_INT(dsv4_fwd_trunk(f, &d, 1, ref + (int64_t)j * VOCAB, false, NULL), 0);
+        CHECK_INT(rt_trunk(&r, &d, 1, ref + (int64_t)j * VOCAB, false, NULL), 0);
         toks[P + j] = argmax(ref + (int64_t)j * VOCAB, VOCAB);
     }
-    dsv4_state_seq_free(st, seq);
+    dsv4_state_seq_free(r.st, seq);
     /* speculative: at each step feed [last, d0..d3] with d = the true continuation,
      * corrupted at position (step % 5) (5 = none corrupted: all accepted) */
-    CHECK_INT(dsv4_state_seq_new(st, &seq), 0);
-    CHECK_INT(dsv4_fwd_trunk(f, &s, 1, vl, false, NULL), 0);
+    CHECK_INT(dsv4_state_seq_new(r.st, &seq), 0);
+    CHECK_INT(rt_trunk(&r, &s, 1, vl, false, NULL), 0);
     int n = 1, step = 0, bad = 0, accepted_total = 0; /* toks[P .. P+n) emitted */
     while (n < G) {
         int32_t in[K + 1];
@@ -84,7 +72,7 @@ static void verify_oracle(const char *dir)
         for (int i = 0; i < K; i++)
             in[i + 1] = i == corrupt ? (toks[P + n + i] + 1) % VOCAB : toks[P + n + i];
         struct dsv4_fwd_seq v = {seq, P + n - 1, K + 1, in};
-        CHECK_INT(dsv4_fwd_trunk(f, &v, 1, vl, true, NULL), 0);
+        CHECK_INT(rt_trunk(&r, &v, 1, vl, true, NULL), 0);
         int acc = 0;
         while (acc < K && argmax(vl + (int64_t)acc * VOCAB, VOCAB) == in[acc + 1])
             acc++;
@@ -97,18 +85,14 @@ static void verify_oracle(const char *dir)
                 bad++;
         accepted_total += acc;
         n += acc + 1;
-        CHECK_INT(dsv4_fwd_rollback(f, seq, P + n - 1), 0);
+        CHECK_INT(dsv4_fwd_rollback(r.f, seq, P + n - 1), 0);
         step++;
     }
     CHECKF(bad == 0, "oracle verification: %d mismatches over %d steps", bad, step);
     CHECKF(accepted_total > G / 2, "accepted %d drafts", accepted_total);
     free(ref);
     free(vl);
-out:
-    dsv4_fwd_free(f);
-    dsv4_state_free(st);
-    dsv4_pool_free(pool);
-    dsv4_model_close(m);
+    rt_close(&r);
 }
 
 static int gen(const char *dir, const int32_t *prompt, int np, int ntok, int mtp, int ranks,
@@ -150,10 +134,20 @@ int main(void)
         for (int i = 0; i < lens[p]; i++)
             prompts[p][i] = (i * (p + 3) * 17 + p * 101) % VOCAB;
     for (int p = 0; p < 3; p++) {
-        struct dsv4_gen_result base, r1, r3;
-        CHECK_INT(gen(dir, prompts[p], lens[p], NGEN, 0, 1, 0, NULL, &base), 0);
-        CHECK_INT(gen(dir, prompts[p], lens[p], NGEN, 1, 1, 0, NULL, &r1), 0);
-        CHECK_INT(gen(dir, prompts[p], lens[p], NGEN, 3, 1, 0, NULL, &r3), 0);
+        struct dsv4_gen_result base = {0}, r1 = {0}, r3 = {0};
+        int g0 = gen(dir, prompts[p], lens[p], NGEN, 0, 1, 0, NULL, &base);
+        int g1 = gen(dir, prompts[p], lens[p], NGEN, 1, 1, 0, NULL, &r1);
+        int g3 = gen(dir, prompts[p], lens[p], NGEN, 3, 1, 0, NULL, &r3);
+        CHECK_INT(g0, 0);
+        CHECK_INT(g1, 0);
+        CHECK_INT(g3, 0);
+        if (g0 || g1 || g3) {
+            /* a failed generation has no tokens to compare: report, do not crash */
+            dsv4_gen_result_free(&base);
+            dsv4_gen_result_free(&r1);
+            dsv4_gen_result_free(&r3);
+            continue;
+        }
         CHECK_INT(base.n, NGEN);
         CHECK_INT(r1.n, NGEN);
         CHECK_INT(r3.n, NGEN);
@@ -179,11 +173,16 @@ int main(void)
         char path[4200];
         snprintf(path, sizeof path, "%s/logits%d.f32", test_tmpdir(), nr[i]);
         FILE *fp = fopen(path, "wb+");
-        struct dsv4_gen_result r;
+        struct dsv4_gen_result r = {0};
         CHECK(fp != NULL);
         if (!fp)
             continue;
-        CHECK_INT(gen(dir, prompts[1], lens[1], NSHORT, 2, nr[i], 0, fp, &r), 0);
+        int grc = gen(dir, prompts[1], lens[1], NSHORT, 2, nr[i], 0, fp, &r);
+        CHECK_INT(grc, 0);
+        if (grc) {
+            fclose(fp);
+            continue;
+        }
         len[i] = (size_t)ftell(fp);
         lg[i] = malloc(len[i] + 1);
         rewind(fp);
@@ -206,8 +205,11 @@ int main(void)
         free(tk[i]);
     }
     /* sampling with MTP (rejection sampling) */
-    struct dsv4_gen_result rs;
-    CHECK_INT(gen(dir, prompts[0], lens[0], NSHORT, 2, 1, 0.8f, NULL, &rs), 0);
+    struct dsv4_gen_result rs = {0};
+    int grc = gen(dir, prompts[0], lens[0], NSHORT, 2, 1, 0.8f, NULL, &rs);
+    CHECK_INT(grc, 0);
+    if (grc)
+        TEST_DONE();
     CHECK_INT(rs.n, NSHORT);
     CHECK(rs.accepted <= rs.drafted && rs.accepted_at[1] <= rs.accepted_at[0] &&
           rs.drafted_at[0] == rs.drafted_at[1] && rs.drafted == 2 * rs.drafted_at[0]);

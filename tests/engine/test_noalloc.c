@@ -1,24 +1,26 @@
 /*
- * test_noalloc.c - the per-token paths do not allocate (STYLE.md, forward.h:
- * "calls do not allocate except state blocks, once per block of positions").
+ * test_noalloc.c - the per-token paths do not allocate (STYLE.md; step.h,
+ * forward.h, state.h: the state pool is sized at creation, calls never
+ * allocate).
  *
  * The program interposes malloc/calloc/realloc/posix_memalign/aligned_alloc
  * (glibc's __libc_* underneath) and counts calls while a flag is set.  On the
  * tiny synthetic checkpoint (all three expert formats, so every GEMM path:
- * FP8 GEMV, MXFP4 batch-1, NVFP4 W4A4), after a prefill of positions 0..39, it
- * counts the allocations of: trunk decode steps (n = 1, the first one included),
- * MTP steps, verification of 1 + 3 positions with rollback, all inside one
- * record block (positions < 64) and with more than index_topk visible
- * ratio-4 entries (the indexer's top-k path).  Expected count: 0.
+ * FP8 GEMV, MXFP4 batch-1, NVFP4 W4A4), after a prefill of sequence A's 250
+ * positions, it counts the allocations of 24 mixed steps of the step API:
+ * A decodes with 3 MTP drafts to verify (greedy), crossing its 256-position
+ * state block, while sequence B's prompt arrives in prefill chunks in the
+ * same steps and B then decodes too (sampled, with top-p, a penalty and
+ * logprobs: every sampler path); more than index_topk ratio-4 entries are
+ * visible (the indexer's top-k path).  Expected count: 0.
  * Skipped (77) under AddressSanitizer, whose allocator cannot be interposed.
  */
 #include "base/dsv4.h"
-#include "engine/model/forward.h"
-#include "tools/mkmodel.h"
 #include "engine/model/model.h"
-#include "engine/model/state.h"
-#include "kernels/cpu/cpu.h"
+#include "engine/model/step.h"
+#include "kernels/backend.h"
 #include "tests/test.h"
+#include "tools/mkmodel.h"
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -86,6 +88,15 @@ void *aligned_alloc(size_t a, size_t n)
 }
 #endif
 
+/* Runs one step; returns its status (test failures are counted by the caller). */
+static int step(struct dsv4_step *st, struct dsv4_step_entry *e, int n, struct dsv4_step_result *r)
+{
+    int rc = dsv4_step_run(st, e, n, r);
+    if (rc)
+        fprintf(stderr, "step: %s\n", dsv4_errmsg());
+    return rc;
+}
+
 static void run_format(enum dsv4_expert_fmt fmt, const char *name)
 {
     char dir[4096];
@@ -98,70 +109,103 @@ static void run_format(enum dsv4_expert_fmt fmt, const char *name)
     if (rc)
         return;
     struct dsv4_model *m = NULL;
-    struct dsv4_pool *pool = NULL;
-    struct dsv4_state *st = NULL;
-    struct dsv4_fwd *f = NULL;
-    int seq = -1, T = 40, k = 3;
-    float *logits = malloc(sizeof(float) * T * VOCAB);
-    float *hid = malloc(sizeof(float) * T * 4 * 256 * 2);
-    float *hout = malloc(sizeof(float) * T * 4 * 256 * 2);
-    int32_t toks[64];
-    for (int i = 0; i < 64; i++)
+    struct dsv4_backend *be = NULL;
+    struct dsv4_step *st = NULL;
+    enum { PA = 250, PB = 100, K = 3 };
+    int32_t toks[PA + PB];
+    for (int i = 0; i < PA + PB; i++)
         toks[i] = (int32_t)((i * 977 + 13) % VOCAB);
-    CHECK(logits && hid && hout);
     rc = dsv4_model_open(dir, 0, 1, &m);
     if (!rc)
-        rc = dsv4_pool_init(2, &pool);
+        rc = dsv4_backend_create("cpu", 2, &be);
+    struct dsv4_step_opts so = {.max_seqs = 2, .max_tokens = 64, .max_ctx = 600, .mtp = K};
     if (!rc)
-        rc = dsv4_state_init(m, 1, k + 2, &st);
+        rc = dsv4_step_create(m, be, NULL, &so, &st);
     if (!rc)
-        rc = dsv4_fwd_init(m, st, pool, NULL, T, 256, &f);
+        rc = dsv4_step_seq_add(st, 1);
     if (!rc)
-        rc = dsv4_state_seq_new(st, &seq);
+        rc = dsv4_step_seq_add(st, 2);
     CHECKF(rc == 0, "%s: setup: %s", name, dsv4_errmsg());
-    CHECK(cfg.hc_mult * cfg.hidden_size <= 4 * 256 * 2);
-    if (rc || !logits || !hid || !hout)
+    if (rc)
         goto out;
-    /* prefill 0..39 (trunk + MTP); then everything is counted */
-    struct dsv4_fwd_seq s = {seq, 0, T, toks};
-    CHECK_INT(dsv4_fwd_trunk(f, &s, 1, logits, false, hid), 0);
-    struct dsv4_fwd_seq sm = {seq, 0, T - 1, toks + 1};
-    CHECK_INT(dsv4_fwd_mtp(f, &sm, 1, hid, logits, false, hout), 0);
+    /* A: greedy; B: sampled with filters, penalties and logprobs (every sampler path) */
+    struct dsv4_step_entry e[2] = {0};
+    struct dsv4_step_result r[2];
+    e[0] = (struct dsv4_step_entry){
+            .id = 1, .n_prompt = PA, .max_emit = 1 << 20, .params = dsv4_sample_params_default()};
+    e[0].params.temperature = 0;
+    e[1] = (struct dsv4_step_entry){
+            .id = 2, .n_prompt = PB, .max_emit = 1 << 20, .params = dsv4_sample_params_default()};
+    e[1].params.temperature = 0.8f;
+    e[1].params.top_p = 0.9f;
+    e[1].params.presence_penalty = 0.5f;
+    e[1].params.logprobs = true;
+    e[1].params.n_top_logprobs = 5;
+    e[1].params.seed = 7;
+    /* warm-up, not counted: A's prompt in chunks of 64, sampling at the end */
+    for (int s0 = 0; s0 < PA && !rc; s0 += 64) {
+        e[0].start = s0;
+        e[0].n = s0 + 64 < PA ? 64 : PA - s0;
+        e[0].tokens = toks + s0;
+        e[0].sample = s0 + e[0].n == PA;
+        rc = step(st, e, 1, r);
+    }
+    CHECK_INT(rc, 0);
+    /* counted: A decodes across its 256-position block boundary with drafts while B's
+     * prompt arrives in chunks and B then decodes too: mixed steps */
     atomic_store(&n_alloc, 0);
     atomic_store(&counting, 1);
-    struct dsv4_fwd_seq s1 = {seq, 40, 1, toks + 40};
-    CHECK_INT(dsv4_fwd_trunk(f, &s1, 1, logits, false, hid), 0);
-    int64_t pos = 41;
-    for (int step = 0; step < 4 && !test_failures; step++) {
-        /* MTP over its next position, then one recursive draft step */
-        int64_t mp = dsv4_fwd_mtp_len(f, seq);
-        struct dsv4_fwd_seq a = {seq, mp, 1, toks + mp + 1};
-        CHECK_INT(dsv4_fwd_mtp(f, &a, 1, hid, logits, false, hout), 0);
-        struct dsv4_fwd_seq b = {seq, mp + 1, 1, toks + mp + 2};
-        CHECK_INT(dsv4_fwd_mtp(f, &b, 1, hout, logits, false, NULL), 0);
-        /* verify 1 + k positions with every row's logits, keep 2, roll back */
-        struct dsv4_fwd_seq v = {seq, pos, k + 1, toks + pos};
-        CHECK_INT(dsv4_fwd_trunk(f, &v, 1, logits, true, hid), 0);
-        CHECK_INT(dsv4_fwd_rollback(f, seq, pos + 2), 0);
-        /* a plain decode step */
-        struct dsv4_fwd_seq d = {seq, pos + 2, 1, toks + pos + 2};
-        CHECK_INT(dsv4_fwd_trunk(f, &d, 1, logits, false, hid), 0);
-        pos += 3;
+    int64_t posA = PA + r[0].n_tokens, posB = 0;
+    int32_t lastA = r[0].tokens[r[0].n_tokens - 1], lastB = 0, dA[K], dB[K];
+    int ndA = r[0].n_drafts, ndB = 0;
+    memcpy(dA, r[0].drafts, sizeof dA);
+    for (int it = 0; it < 24 && !rc; it++) {
+        e[0].start = posA - 1;
+        e[0].n = 1;
+        e[0].tokens = &lastA;
+        e[0].n_drafts = ndA;
+        e[0].drafts = dA;
+        e[0].sample = true;
+        if (posB < PB) {
+            e[1].start = posB;
+            e[1].n = posB + 32 < PB ? 32 : (int)(PB - posB);
+            e[1].tokens = toks + PA + posB;
+            e[1].sample = posB + e[1].n == PB;
+            e[1].n_drafts = 0;
+        } else {
+            e[1].start = posB - 1;
+            e[1].n = 1;
+            e[1].tokens = &lastB;
+            e[1].n_drafts = ndB;
+            e[1].drafts = dB;
+            e[1].sample = true;
+        }
+        if ((rc = step(st, e, 2, r)))
+            break;
+        posA += r[0].n_tokens;
+        lastA = r[0].tokens[r[0].n_tokens - 1];
+        ndA = r[0].n_drafts;
+        memcpy(dA, r[0].drafts, sizeof dA);
+        posB = posB < PB ? posB + e[1].n : posB;
+        if (r[1].n_tokens) {
+            posB += r[1].n_tokens;
+            lastB = r[1].tokens[r[1].n_tokens - 1];
+        }
+        ndB = r[1].n_drafts;
+        memcpy(dB, r[1].drafts, sizeof dB);
     }
     atomic_store(&counting, 0);
-    CHECK(pos + k < 64);
+    CHECK_INT(rc, 0);
+    CHECKF(posA > 256 + K, "%s: A reached only position %lld", name, (long long)posA);
+    CHECK(posB > PB);
 #ifdef NOALLOC_ACTIVE
-    CHECKF(atomic_load(&n_alloc) == 0, "%s: %d allocations in the decode steps", name,
+    CHECKF(atomic_load(&n_alloc) == 0, "%s: %d allocations in the mixed steps", name,
            atomic_load(&n_alloc));
 #endif
 out:
-    dsv4_fwd_free(f);
-    dsv4_state_free(st);
-    dsv4_pool_free(pool);
+    dsv4_step_free(st);
+    dsv4_backend_destroy(be);
     dsv4_model_close(m);
-    free(logits);
-    free(hid);
-    free(hout);
 }
 
 int main(void)

@@ -8,6 +8,7 @@
  * ids, renormalised weights), SwiGLU clamps, BF16 rounding.
  */
 #include "kernels/cpu/ops.h"
+#include "kernels/formats.h"
 #include "kernels/ref/ops.h"
 #include "tests/test.h"
 
@@ -31,10 +32,10 @@ int main(void)
 
     /* RoPE: inverse undoes, dot products depend only on the position difference */
     struct dsv4_rope r, ry;
-    CHECK_INT(dsv4_ref_rope_init(&r, 64, 10000.0, false, 1, 1, 1, 1), 0);
-    CHECK_INT(dsv4_ref_rope_init(&ry, 64, 160000.0, true, 16, 32, 1, 65536), 0);
-    CHECK_INT(dsv4_ref_rope_init(&r, 63, 10000.0, false, 1, 1, 1, 1), -1);
-    CHECK_INT(dsv4_ref_rope_init(&r, 64, 10000.0, false, 1, 1, 1, 1), 0);
+    CHECK_INT(dsv4_rope_init(&r, 64, 10000.0, false, 1, 1, 1, 1), 0);
+    CHECK_INT(dsv4_rope_init(&ry, 64, 160000.0, true, 16, 32, 1, 65536), 0);
+    CHECK_INT(dsv4_rope_init(&r, 63, 10000.0, false, 1, 1, 1, 1), -1);
+    CHECK_INT(dsv4_rope_init(&r, 64, 10000.0, false, 1, 1, 1, 1), 0);
     float a[64], b[64], a2[64];
     for (int i = 0; i < 64; i++) {
         a[i] = cosf(i * 1.1f);
@@ -103,8 +104,9 @@ int main(void)
     CHECK(Xo[8 + 3] == X[3] && Xo[3] == 0);
 
     /* attention: sink = -inf gives plain softmax; a huge sink gives ~0 output */
-    float keys[3][4] = {{1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 1, 0}};
-    const float *kp[3] = {keys[0], keys[1], keys[2]};
+    /* keys are BF16 (the state's storage): 0x3f80 = 1.0 */
+    uint16_t keys[3][4] = {{0x3f80, 0, 0, 0}, {0, 0x3f80, 0, 0}, {0, 0, 0x3f80, 0}};
+    const uint16_t *kp[3] = {keys[0], keys[1], keys[2]};
     float q[4] = {1, 2, 3, 0}, o[4], probs[3], sink = -INFINITY;
     dsv4_ref_sparse_attn(q, 1, 4, kp, 3, &sink, 1.0f, false, probs, o);
     double e1 = exp(1), e2 = exp(2), e3 = exp(3), den = e1 + e2 + e3;
@@ -171,19 +173,20 @@ int main(void)
 
     /* fast CPU attention == oracle: 2 heads of 512 over 300 keys */
     {
-        static float kbuf[300][512], qv[2 * 512], o1[2 * 512], o2[2 * 512], pr[300];
-        const float *kk[300];
+        static uint16_t kbuf[300][512];
+        static float qv[2 * 512], o1[2 * 512], o2[2 * 512], pr[300];
+        const uint16_t *kk[300];
         float sk[2] = {0.3f, -1.0f};
         uint32_t st = 1;
         for (int s = 0; s < 300; s++) {
             for (int i = 0; i < 512; i++) {
                 st = st * 1664525u + 1013904223u;
-                kbuf[s][i] = ((int)(st >> 9) - (1 << 22)) / (float)(1 << 22);
+                kbuf[s][i] = dsv4_f32_to_bf16(((int)(st >> 9) - (1 << 22)) / (float)(1 << 22));
             }
             kk[s] = kbuf[s];
         }
         for (int i = 0; i < 1024; i++)
-            qv[i] = kbuf[i % 300][(i * 7) % 512] * 3;
+            qv[i] = dsv4_bf16_to_f32(kbuf[i % 300][(i * 7) % 512]) * 3;
         dsv4_ref_sparse_attn(qv, 2, 512, kk, 300, sk, 1.0f / sqrtf(512), true, pr, o1);
         dsv4_cpu_sparse_attn(qv, 2, 512, kk, 300, sk, 1.0f / sqrtf(512), true, pr, o2);
         int same = 0;
@@ -194,6 +197,57 @@ int main(void)
         }
         CHECKF(same >= 1014 && md < 1e-6, "cpu attention (%s): %d of 1024 equal, max diff %g",
                dsv4_cpu_ops_isa(), same, md);
+    }
+
+    /* fast top-k == the oracle's insertion: random values with many ties, k = 1..n */
+    {
+        static float v[700];
+        static int i1[700], i2[700];
+        uint32_t st = 7;
+        int bad = 0;
+        for (int rep = 0; rep < 40; rep++) {
+            int n = 1 + rep * 17 % 700, k = 1 + (rep * 131) % n;
+            for (int i = 0; i < n; i++) {
+                st = st * 1664525u + 1013904223u;
+                v[i] = (float)((st >> 20) % (rep % 3 ? 50 : 5)); /* few distinct values: ties */
+            }
+            dsv4_ref_topk(v, n, k, i1);
+            dsv4_cpu_topk(v, n, k, i2);
+            bad += memcmp(i1, i2, sizeof(int) * k) != 0;
+        }
+        CHECKF(bad == 0, "cpu top-k differs from the oracle in %d of 40 cases", bad);
+    }
+
+    /* fast indexer scores == oracle: 8 heads of 128 over 257 BF16 keys, FP4-like queries */
+    {
+        static uint16_t kb[257][128];
+        static float qv[8 * 128], w[8], s1[257], s2[257];
+        const uint16_t *kk[257];
+        uint32_t st = 3;
+        for (int b = 0; b < 257; b++) {
+            for (int i = 0; i < 128; i++) {
+                st = st * 1664525u + 1013904223u;
+                kb[b][i] = dsv4_f32_to_bf16(((int)(st >> 9) - (1 << 22)) / (float)(1 << 20));
+            }
+            kk[b] = kb[b];
+        }
+        static const float e2m1[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
+        for (int i = 0; i < 8 * 128; i++) {
+            st = st * 1664525u + 1013904223u;
+            qv[i] = e2m1[(st >> 13) & 7] * ((st >> 17) & 1 ? -0.25f : 0.125f);
+        }
+        for (int h = 0; h < 8; h++)
+            w[h] = 0.1f * (h + 1) - 0.3f;
+        dsv4_ref_indexer_scores(qv, w, 8, 128, kk, 257, s1);
+        dsv4_cpu_indexer_scores(qv, w, 8, 128, kk, 257, s2);
+        int same = 0;
+        double md = 0;
+        for (int b = 0; b < 257; b++) {
+            same += s1[b] == s2[b];
+            md = fmax(md, fabs(s1[b] - s2[b]) / fmax(1e-30, fabs(s1[b])));
+        }
+        CHECKF(same >= 250 && md < 1e-6, "cpu indexer scores: %d of 257 equal, max rel diff %g",
+               same, md);
     }
 
     /* BF16 rounding: RNE */
