@@ -7,7 +7,7 @@
  * ranks learn about it instead of waiting forever (see comm.h).  Only a
  * missing handle is refused here, since then there is no group to tell.
  */
-#include "engine/model/comm.h"
+#include "engine/model/comm_int.h"
 #include "base/dsv4.h"
 
 #define NEED_HANDLE(c)                                                             \

@@ -125,27 +125,6 @@ size_t dsv4_comm_shm_slot_bytes(const struct dsv4_comm_shm *g);
 typedef int (*dsv4_comm_rank_fn)(struct dsv4_comm *comm, void *arg);
 int dsv4_comm_run_threads(int n, size_t slot_bytes, dsv4_comm_rank_fn fn, void *arg);
 
-/* ---- backend interface (for engine/comm_*.c only) ---- */
-struct dsv4_comm_ops {
-    const char *name;
-    int (*barrier)(struct dsv4_comm *c);
-    int (*all_reduce_sum_f32)(struct dsv4_comm *c, float *buf, size_t n);
-    int (*all_gather)(struct dsv4_comm *c, const void *send, void *recv, size_t bytes);
-    int (*all_to_all)(struct dsv4_comm *c, const void *send, void *recv, size_t bytes);
-    int (*all_to_allv)(struct dsv4_comm *c, const void *send, const size_t *send_bytes,
-                       const size_t *send_offs, void *recv, const size_t *recv_bytes,
-                       const size_t *recv_offs);
-    int (*broadcast)(struct dsv4_comm *c, void *buf, size_t bytes, int root);
-    void (*free)(struct dsv4_comm *c);
-};
-
-/* Backends embed this as the first member of their handle. */
-struct dsv4_comm {
-    const struct dsv4_comm_ops *ops;
-    int rank;
-    int size;
-};
-
 #ifdef __cplusplus
 }
 #endif

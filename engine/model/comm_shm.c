@@ -33,7 +33,7 @@
  * on the generation (shared, not FUTEX_PRIVATE, so it also works across
  * processes).  Waits time out every 100 ms to notice an abort.
  */
-#include "engine/model/comm.h"
+#include "engine/model/comm_int.h"
 #include "base/dsv4.h"
 
 #include <errno.h>

@@ -53,6 +53,38 @@ static int need(struct dsv4_model *m, const char *name, const struct dsv4_tensor
     return 0;
 }
 
+/*
+ * The contract's description of tensor `name` (engine/io/contract.h: the one table of every
+ * tensor): its logical [rows, cols] (cols unpacked for FP4; 1 for vectors) and the rows
+ * [*r0, *r0 + *nr) this rank holds under the tensor's split (everything when replicated).
+ */
+static int geom(struct dsv4_model *m, const char *name, int64_t *rows, int64_t *cols, int64_t *r0,
+                int64_t *nr)
+{
+    size_t si;
+    int e;
+    if (dsv4_contract_lookup(m->con, name, &si, &e))
+        return dsv4_error(DSV4_EFORMAT, "model: %s is not a tensor of this config's contract",
+                          name);
+    const struct dsv4_tspec *t = dsv4_contract_spec(m->con, si);
+    int64_t b, en;
+    *rows = t->ndim > 0 ? t->shape[0] : 1;
+    *cols = t->ndim > 1 ? (t->logical_cols ? t->logical_cols : t->shape[1]) : 1;
+    *r0 = 0;
+    *nr = *rows;
+    if (t->split == DSV4_SPLIT_ROWS) {
+        int64_t per = *rows / t->split_units;
+        dsv4_contract_split_range(t->split_units, m->rank, m->nranks, &b, &en);
+        *r0 = b * per;
+        *nr = (en - b) * per;
+    } else if (t->split == DSV4_SPLIT_VOCAB) {
+        dsv4_contract_split_range_vocab(*rows, m->rank, m->nranks, &b, &en);
+        *r0 = b;
+        *nr = en - b;
+    }
+    return 0;
+}
+
 static int check_shape(const struct dsv4_tensor *t, int64_t r, int64_t c)
 {
     if (t->ndim != 2 || t->shape[0] != r || t->shape[1] != c) {
@@ -108,9 +140,14 @@ static int read_vec_n(struct dsv4_model *m, const char *name, int64_t off, int64
     return 0;
 }
 
-static int read_vec(struct dsv4_model *m, const char *name, int64_t n, float **out)
+/* A vector (or small matrix) of the contract: this rank's part as FP32. */
+static int read_vec(struct dsv4_model *m, const char *name, float **out)
 {
-    return read_vec_n(m, name, 0, n, n, out);
+    int64_t rows, cols, r0, nr;
+    int rc = geom(m, name, &rows, &cols, &r0, &nr);
+    if (rc)
+        return rc;
+    return read_vec_n(m, name, r0 * cols, nr * cols, rows * cols, out);
 }
 
 /* F32 matrix [rows, cols] used in place when aligned, else copied. */
@@ -138,17 +175,17 @@ static int read_f32_mat(struct dsv4_model *m, const char *name, int64_t rows, in
 }
 
 /*
- * Binds rows [r0, r0+nr) of the matrix `prefix`.weight, logical [rows, cols].
- * act_f32: force the FP32 activation path (router, compressor, head, wo_a).
+ * Binds this rank's rows of the matrix `prefix`.weight (its shape and split from the
+ * contract).  act_f32: force the FP32 activation path (router, compressor, head, wo_a).
  */
-static int bind_lin(struct dsv4_model *m, const char *prefix, int64_t rows, int64_t cols,
-                    int64_t r0, int64_t nr, bool act_f32, struct dsv4_lin *out)
+static int bind_lin(struct dsv4_model *m, const char *prefix, bool act_f32, struct dsv4_lin *out)
 {
     char n[NAME_MAX_LEN], ns[NAME_MAX_LEN];
     const struct dsv4_tensor *w, *s;
+    int64_t rows, cols, r0, nr;
     int rc;
     snprintf(n, sizeof n, "%s.weight", prefix);
-    if ((rc = need(m, n, &w)))
+    if ((rc = geom(m, n, &rows, &cols, &r0, &nr)) || (rc = need(m, n, &w)))
         return rc;
     memset(out, 0, sizeof *out);
     struct dsv4_qweight *q = &out->w;
@@ -269,11 +306,11 @@ static int bind_hc(struct dsv4_model *m, const char *prefix, int rows, struct ds
     if ((rc = read_f32_mat(m, n, rows, (int64_t)c->hc_mult * c->hidden_size, &hc->fn)))
         return rc;
     snprintf(n, sizeof n, "%s_base", prefix);
-    if ((rc = read_vec(m, n, rows, &v)))
+    if ((rc = read_vec(m, n, &v)))
         return rc;
     hc->base = v;
     snprintf(n, sizeof n, "%s_scale", prefix);
-    if ((rc = read_vec(m, n, ns, &v)))
+    if ((rc = read_vec(m, n, &v)))
         return rc;
     memcpy(hc->scale, v, sizeof(float) * ns);
     hc->hc = c->hc_mult;
@@ -283,21 +320,19 @@ static int bind_hc(struct dsv4_model *m, const char *prefix, int rows, struct ds
     return 0;
 }
 
-/* A SwiGLU FFN of width I (routed: moe_intermediate_size; shared: times n_shared_experts). */
-static int bind_expert(struct dsv4_model *m, const char *prefix, int64_t I, struct dsv4_ffn_w *e)
+/* A SwiGLU FFN (routed or shared expert; widths from the contract). */
+static int bind_expert(struct dsv4_model *m, const char *prefix, struct dsv4_ffn_w *e)
 {
-    const struct dsv4_config *c = &m->cfg;
     char n[NAME_MAX_LEN];
     int rc;
-    int64_t D = c->hidden_size;
     snprintf(n, sizeof n, "%s.w1", prefix);
-    if ((rc = bind_lin(m, n, I, D, 0, I, false, &e->w1)))
+    if ((rc = bind_lin(m, n, false, &e->w1)))
         return rc;
     snprintf(n, sizeof n, "%s.w3", prefix);
-    if ((rc = bind_lin(m, n, I, D, 0, I, false, &e->w3)))
+    if ((rc = bind_lin(m, n, false, &e->w3)))
         return rc;
     snprintf(n, sizeof n, "%s.w2", prefix);
-    return bind_lin(m, n, D, I, 0, D, false, &e->w2);
+    return bind_lin(m, n, false, &e->w2);
 }
 
 static int bind_tid2eid(struct dsv4_model *m, const char *name, struct dsv4_layer_w *lw)
@@ -339,8 +374,6 @@ static int bind_layer(struct dsv4_model *m, int l, struct dsv4_layer_w *lw)
     int L = c->num_hidden_layers;
     char p[64], n[NAME_MAX_LEN];
     int rc;
-    int64_t D = c->hidden_size, dh = c->head_dim, Rq = c->q_lora_rank, Ro = c->o_lora_rank;
-    int64_t H = c->num_attention_heads, G = c->o_groups, hpg = H / G;
     if (l < L)
         snprintf(p, sizeof p, "layers.%d", l);
     else
@@ -356,76 +389,74 @@ static int bind_layer(struct dsv4_model *m, int l, struct dsv4_layer_w *lw)
     if ((rc = bind_hc(m, n, (2 + c->hc_mult) * c->hc_mult, &lw->hc_ffn)))
         return rc;
     snprintf(n, sizeof n, "%s.attn_norm.weight", p);
-    if ((rc = read_vec(m, n, D, &lw->attn_norm)))
+    if ((rc = read_vec(m, n, &lw->attn_norm)))
         return rc;
     snprintf(n, sizeof n, "%s.ffn_norm.weight", p);
-    if ((rc = read_vec(m, n, D, &lw->ffn_norm)))
+    if ((rc = read_vec(m, n, &lw->ffn_norm)))
         return rc;
     /* attention */
     snprintf(n, sizeof n, "%s.attn.wq_a", p);
-    if ((rc = bind_lin(m, n, Rq, D, 0, Rq, false, &lw->wq_a)))
+    if ((rc = bind_lin(m, n, false, &lw->wq_a)))
         return rc;
     snprintf(n, sizeof n, "%s.attn.wq_b", p);
-    if ((rc = bind_lin(m, n, H * dh, Rq, m->h0 * dh, m->nh * dh, false, &lw->wq_b)))
+    if ((rc = bind_lin(m, n, false, &lw->wq_b)))
         return rc;
     snprintf(n, sizeof n, "%s.attn.wkv", p);
-    if ((rc = bind_lin(m, n, dh, D, 0, dh, false, &lw->wkv)))
+    if ((rc = bind_lin(m, n, false, &lw->wkv)))
         return rc;
     snprintf(n, sizeof n, "%s.attn.wo_a", p);
-    if ((rc = bind_lin(m, n, G * Ro, hpg * dh, m->g0 * Ro, m->ng * Ro, true, &lw->wo_a)))
+    if ((rc = bind_lin(m, n, true, &lw->wo_a)))
         return rc;
     snprintf(n, sizeof n, "%s.attn.wo_b", p);
-    if ((rc = bind_lin(m, n, D, G * Ro, 0, D, false, &lw->wo_b)))
+    if ((rc = bind_lin(m, n, false, &lw->wo_b)))
         return rc;
     snprintf(n, sizeof n, "%s.attn.q_norm.weight", p);
-    if ((rc = read_vec(m, n, Rq, &lw->q_norm)))
+    if ((rc = read_vec(m, n, &lw->q_norm)))
         return rc;
     snprintf(n, sizeof n, "%s.attn.kv_norm.weight", p);
-    if ((rc = read_vec(m, n, dh, &lw->kv_norm)))
+    if ((rc = read_vec(m, n, &lw->kv_norm)))
         return rc;
     snprintf(n, sizeof n, "%s.attn.attn_sink", p);
-    if ((rc = read_vec_n(m, n, m->h0, m->nh, H, &lw->sink)))
+    if ((rc = read_vec(m, n, &lw->sink)))
         return rc;
     if (lw->ratio > 0) {
-        int64_t coff = lw->ratio == 4 ? 2 : 1;
         snprintf(n, sizeof n, "%s.attn.compressor.wkv", p);
-        if ((rc = bind_lin(m, n, coff * dh, D, 0, coff * dh, true, &lw->c_wkv)))
+        if ((rc = bind_lin(m, n, true, &lw->c_wkv)))
             return rc;
         snprintf(n, sizeof n, "%s.attn.compressor.wgate", p);
-        if ((rc = bind_lin(m, n, coff * dh, D, 0, coff * dh, true, &lw->c_wgate)))
+        if ((rc = bind_lin(m, n, true, &lw->c_wgate)))
             return rc;
         snprintf(n, sizeof n, "%s.attn.compressor.ape", p);
-        if ((rc = read_vec(m, n, lw->ratio * coff * dh, &lw->c_ape)))
+        if ((rc = read_vec(m, n, &lw->c_ape)))
             return rc;
         snprintf(n, sizeof n, "%s.attn.compressor.norm.weight", p);
-        if ((rc = read_vec(m, n, dh, &lw->c_norm)))
+        if ((rc = read_vec(m, n, &lw->c_norm)))
             return rc;
     }
     if (lw->ratio == 4) {
-        int64_t IH = c->index_n_heads, id = c->index_head_dim;
         snprintf(n, sizeof n, "%s.attn.indexer.wq_b", p);
-        if ((rc = bind_lin(m, n, IH * id, Rq, m->ih0 * id, m->inh * id, false, &lw->i_wq_b)))
+        if ((rc = bind_lin(m, n, false, &lw->i_wq_b)))
             return rc;
         snprintf(n, sizeof n, "%s.attn.indexer.weights_proj", p);
-        if ((rc = bind_lin(m, n, IH, D, m->ih0, m->inh, true, &lw->i_wproj)))
+        if ((rc = bind_lin(m, n, true, &lw->i_wproj)))
             return rc;
         snprintf(n, sizeof n, "%s.attn.indexer.compressor.wkv", p);
-        if ((rc = bind_lin(m, n, 2 * id, D, 0, 2 * id, true, &lw->ic_wkv)))
+        if ((rc = bind_lin(m, n, true, &lw->ic_wkv)))
             return rc;
         snprintf(n, sizeof n, "%s.attn.indexer.compressor.wgate", p);
-        if ((rc = bind_lin(m, n, 2 * id, D, 0, 2 * id, true, &lw->ic_wgate)))
+        if ((rc = bind_lin(m, n, true, &lw->ic_wgate)))
             return rc;
         snprintf(n, sizeof n, "%s.attn.indexer.compressor.ape", p);
-        if ((rc = read_vec(m, n, 4 * 2 * id, &lw->ic_ape)))
+        if ((rc = read_vec(m, n, &lw->ic_ape)))
             return rc;
         snprintf(n, sizeof n, "%s.attn.indexer.compressor.norm.weight", p);
-        if ((rc = read_vec(m, n, id, &lw->ic_norm)))
+        if ((rc = read_vec(m, n, &lw->ic_norm)))
             return rc;
     }
     /* MoE */
     int64_t E = c->n_routed_experts;
     snprintf(n, sizeof n, "%s.ffn.gate", p);
-    if ((rc = bind_lin(m, n, E, D, 0, E, true, &lw->gate)))
+    if ((rc = bind_lin(m, n, true, &lw->gate)))
         return rc;
     if (lw->hash) {
         snprintf(n, sizeof n, "%s.ffn.gate.tid2eid", p);
@@ -435,12 +466,11 @@ static int bind_layer(struct dsv4_model *m, int l, struct dsv4_layer_w *lw)
         /* selection bias of every score-routed layer (model.md §2.2, §3.5): required, since
          * routing without it silently picks other experts */
         snprintf(n, sizeof n, "%s.ffn.gate.bias", p);
-        if ((rc = read_vec(m, n, E, &lw->gate_bias)))
+        if ((rc = read_vec(m, n, &lw->gate_bias)))
             return rc;
     }
     snprintf(n, sizeof n, "%s.ffn.shared_experts", p);
-    int64_t I = c->moe_intermediate_size;
-    if ((rc = bind_expert(m, n, I * DSV4_MAX(c->n_shared_experts, 1), &lw->shared)))
+    if ((rc = bind_expert(m, n, &lw->shared)))
         return rc;
     int ne = m->e1 - m->e0;
     lw->experts = calloc(ne ? ne : 1, sizeof(*lw->experts));
@@ -448,7 +478,7 @@ static int bind_layer(struct dsv4_model *m, int l, struct dsv4_layer_w *lw)
         return rc;
     for (int e = m->e0; e < m->e1; e++) {
         snprintf(n, sizeof n, "%s.ffn.experts.%d", p, e);
-        if ((rc = bind_expert(m, n, I, &lw->experts[e - m->e0])))
+        if ((rc = bind_expert(m, n, &lw->experts[e - m->e0])))
             return rc;
     }
     /* NVFP4 W4A4: one activation global scale per layer and projection kind, the max of
@@ -508,6 +538,11 @@ int dsv4_model_bind(struct dsv4_ckpt *ckpt, const struct dsv4_config *cfg, int r
         return dsv4_error(DSV4_ENOMEM, "model: out of memory");
     m->cfg = *cfg;
     m->ckpt = ckpt;
+    int rc;
+    if ((rc = dsv4_contract_build(&m->cfg, -1, &m->con))) {
+        free(m);
+        return rc;
+    }
     m->rank = rank;
     m->nranks = nranks;
     int64_t b, e;
@@ -527,7 +562,6 @@ int dsv4_model_bind(struct dsv4_ckpt *ckpt, const struct dsv4_config *cfg, int r
     dsv4_contract_split_range_vocab(c->vocab_size, rank, nranks, &b, &e);
     m->v0 = b;
     m->nv = e - b;
-    int rc;
     int64_t D = c->hidden_size, V = c->vocab_size;
     const struct dsv4_tensor *t;
     if ((rc = need(m, "embed.weight", &t)))
@@ -540,9 +574,9 @@ int dsv4_model_bind(struct dsv4_ckpt *ckpt, const struct dsv4_config *cfg, int r
     }
     m->embed = (const uint16_t *)t->data + m->v0 * D;
     m->weight_bytes += m->nv * D * 2;
-    if ((rc = bind_lin(m, "head", V, D, m->v0, m->nv, true, &m->head)))
+    if ((rc = bind_lin(m, "head", true, &m->head)))
         goto fail;
-    if ((rc = read_vec(m, "norm.weight", D, &m->norm)))
+    if ((rc = read_vec(m, "norm.weight", &m->norm)))
         goto fail;
     if ((rc = bind_hc(m, "hc_head", c->hc_mult, &m->hc_head)))
         goto fail;
@@ -557,11 +591,11 @@ int dsv4_model_bind(struct dsv4_ckpt *ckpt, const struct dsv4_config *cfg, int r
         int l = c->num_hidden_layers;
         if ((rc = bind_layer(m, l, &m->layers[l])))
             goto fail;
-        if ((rc = bind_lin(m, "mtp.0.e_proj", D, D, 0, D, false, &m->e_proj)) ||
-            (rc = bind_lin(m, "mtp.0.h_proj", D, D, 0, D, false, &m->h_proj)) ||
-            (rc = read_vec(m, "mtp.0.enorm.weight", D, &m->enorm)) ||
-            (rc = read_vec(m, "mtp.0.hnorm.weight", D, &m->hnorm)) ||
-            (rc = read_vec(m, "mtp.0.norm.weight", D, &m->mtp_norm)) ||
+        if ((rc = bind_lin(m, "mtp.0.e_proj", false, &m->e_proj)) ||
+            (rc = bind_lin(m, "mtp.0.h_proj", false, &m->h_proj)) ||
+            (rc = read_vec(m, "mtp.0.enorm.weight", &m->enorm)) ||
+            (rc = read_vec(m, "mtp.0.hnorm.weight", &m->hnorm)) ||
+            (rc = read_vec(m, "mtp.0.norm.weight", &m->mtp_norm)) ||
             (rc = bind_hc(m, "mtp.0.hc_head", c->hc_mult, &m->mtp_hc_head)))
             goto fail;
         m->has_mtp = true;
@@ -600,6 +634,7 @@ void dsv4_model_close(struct dsv4_model *m)
 {
     if (!m)
         return;
+    dsv4_contract_free(m->con);
     for (int i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m->owned);

@@ -10,6 +10,7 @@
 #ifndef DSV4_MODEL_INT_H
 #define DSV4_MODEL_INT_H
 
+#include "engine/io/contract.h"
 #include "engine/model/model.h"
 #include "kernels/backend.h"
 
@@ -40,6 +41,7 @@ struct dsv4_layer_w {
 
 struct dsv4_model {
     struct dsv4_config cfg;
+    struct dsv4_contract *con; /* the tensor table the binding reads shapes and splits from */
     struct dsv4_ckpt *ckpt;
     bool own_ckpt;
     int rank, nranks;

@@ -52,23 +52,23 @@ struct job {
     _Atomic long counter;
 };
 
-#define FAILF(...)                                 \
-    do {                                           \
-        if (fails++ < 5) {                         \
-            fprintf(stderr, "rank %d: ", c->rank); \
-            fprintf(stderr, __VA_ARGS__);          \
-            fputc('\n', stderr);                   \
-        }                                          \
+#define FAILF(...)                                           \
+    do {                                                     \
+        if (fails++ < 5) {                                   \
+            fprintf(stderr, "rank %d: ", dsv4_comm_rank(c)); \
+            fprintf(stderr, __VA_ARGS__);                    \
+            fputc('\n', stderr);                             \
+        }                                                    \
     } while (0)
 
 /* ---- one of each collective ---- */
 
 static int do_all_reduce(struct dsv4_comm *c, uint64_t call, size_t n, long *order_sensitive)
 {
-    int fails = 0, R = c->size;
+    int fails = 0, R = dsv4_comm_size(c);
     float *buf = malloc((n ? n : 1) * sizeof(float));
     for (size_t i = 0; i < n; i++)
-        buf[i] = fval(call, c->rank, i);
+        buf[i] = fval(call, dsv4_comm_rank(c), i);
     int rc = dsv4_comm_all_reduce_sum_f32(c, buf, n);
     if (rc)
         FAILF("all_reduce(%zu): %s", n, dsv4_errmsg());
@@ -89,12 +89,12 @@ static int do_all_reduce(struct dsv4_comm *c, uint64_t call, size_t n, long *ord
 
 static int do_all_gather(struct dsv4_comm *c, uint64_t call, size_t bytes, int in_place)
 {
-    int fails = 0, R = c->size;
+    int fails = 0, R = dsv4_comm_size(c);
     uint8_t *send = malloc(bytes ? bytes : 1), *recv = malloc(bytes * R + 1);
-    uint8_t *src = in_place ? recv + (size_t)c->rank * bytes : send;
+    uint8_t *src = in_place ? recv + (size_t)dsv4_comm_rank(c) * bytes : send;
     memset(recv, 0xEE, bytes * R + 1);
     for (size_t i = 0; i < bytes; i++)
-        src[i] = bval(call, c->rank, i);
+        src[i] = bval(call, dsv4_comm_rank(c), i);
     int rc = dsv4_comm_all_gather(c, src, recv, bytes);
     if (rc)
         FAILF("all_gather(%zu): %s", bytes, dsv4_errmsg());
@@ -116,7 +116,7 @@ static int do_broadcast(struct dsv4_comm *c, uint64_t call, size_t bytes, int ro
     int fails = 0;
     uint8_t *buf = malloc(bytes + 1);
     for (size_t i = 0; i < bytes; i++)
-        buf[i] = c->rank == root ? bval(call, root, i) : 0;
+        buf[i] = dsv4_comm_rank(c) == root ? bval(call, root, i) : 0;
     buf[bytes] = 0x5A;
     int rc = dsv4_comm_broadcast(c, buf, bytes, root);
     if (rc)
@@ -140,17 +140,17 @@ static uint8_t msg_byte(uint64_t call, int from, int to, size_t i)
 
 static int do_all_to_all(struct dsv4_comm *c, uint64_t call, size_t bytes)
 {
-    int fails = 0, R = c->size;
+    int fails = 0, R = dsv4_comm_size(c);
     uint8_t *send = calloc(bytes * R + 1, 1), *recv = malloc(bytes * R + 1);
     for (int j = 0; j < R; j++)
         for (size_t i = 0; i < bytes; i++)
-            send[(size_t)j * bytes + i] = msg_byte(call, c->rank, j, i);
+            send[(size_t)j * bytes + i] = msg_byte(call, dsv4_comm_rank(c), j, i);
     int rc = dsv4_comm_all_to_all(c, send, recv, bytes);
     if (rc)
         FAILF("all_to_all(%zu): %s", bytes, dsv4_errmsg());
     for (int r = 0; r < R && !rc; r++)
         for (size_t i = 0; i < bytes; i++)
-            if (recv[(size_t)r * bytes + i] != msg_byte(call, r, c->rank, i)) {
+            if (recv[(size_t)r * bytes + i] != msg_byte(call, r, dsv4_comm_rank(c), i)) {
                 FAILF("all_to_all(%zu) from %d byte %zu", bytes, r, i);
                 break;
             }
@@ -170,14 +170,14 @@ static size_t a2av_count(uint64_t call, int from, int to, size_t max)
 
 static int do_all_to_allv(struct dsv4_comm *c, uint64_t call, size_t max)
 {
-    int fails = 0, R = c->size;
+    int fails = 0, R = dsv4_comm_size(c);
     size_t scnt[64], soff[64], rcnt[64], roff[64], stot = 0, rtot = 0;
     /* messages laid out in reverse peer order with gaps, to test offsets */
     for (int j = R - 1; j >= 0; j--) {
-        scnt[j] = a2av_count(call, c->rank, j, max);
+        scnt[j] = a2av_count(call, dsv4_comm_rank(c), j, max);
         soff[j] = stot + 3;
         stot += scnt[j] + 3;
-        rcnt[j] = a2av_count(call, j, c->rank, max);
+        rcnt[j] = a2av_count(call, j, dsv4_comm_rank(c), max);
         roff[j] = rtot + 5;
         rtot += rcnt[j] + 5;
     }
@@ -186,14 +186,14 @@ static int do_all_to_allv(struct dsv4_comm *c, uint64_t call, size_t max)
     memset(recv, 0xC3, rtot + 1);
     for (int j = 0; j < R; j++)
         for (size_t i = 0; i < scnt[j]; i++)
-            send[soff[j] + i] = msg_byte(call, c->rank, j, i);
+            send[soff[j] + i] = msg_byte(call, dsv4_comm_rank(c), j, i);
     int rc = dsv4_comm_all_to_allv(c, send, scnt, soff, recv, rcnt, roff);
     if (rc)
         FAILF("all_to_allv(max %zu): %s", max, dsv4_errmsg());
     size_t gap_bad = 0;
     for (int r = 0; r < R && !rc; r++) {
         for (size_t i = 0; i < rcnt[r]; i++)
-            if (recv[roff[r] + i] != msg_byte(call, r, c->rank, i)) {
+            if (recv[roff[r] + i] != msg_byte(call, r, dsv4_comm_rank(c), i)) {
                 FAILF("all_to_allv from %d byte %zu of %zu", r, i, rcnt[r]);
                 break;
             }
@@ -214,7 +214,7 @@ static int do_barrier(struct dsv4_comm *c, struct job *j, long round)
     if (dsv4_comm_barrier(c))
         FAILF("barrier: %s", dsv4_errmsg());
     long v = atomic_load(&j->counter);
-    if (v < (round + 1) * c->size)
+    if (v < (round + 1) * dsv4_comm_size(c))
         FAILF("barrier %ld passed with counter %ld", round, v);
     if (dsv4_comm_barrier(c)) /* nobody increments for the next round before all have read */
         FAILF("barrier: %s", dsv4_errmsg());
@@ -235,7 +235,7 @@ static int rank_all_ops(struct dsv4_comm *c, void *arg)
     struct job *j = arg;
     int fails = 0;
     long order_sensitive = 0;
-    if (dsv4_comm_rank(c) != c->rank || dsv4_comm_size(c) < 1 ||
+    if (dsv4_comm_rank(c) != dsv4_comm_rank(c) || dsv4_comm_size(c) < 1 ||
         strcmp(dsv4_comm_backend(c), "shm") != 0)
         FAILF("handle accessors");
     uint64_t call = 1;
@@ -246,11 +246,11 @@ static int rank_all_ops(struct dsv4_comm *c, void *arg)
         fails += do_all_gather(c, call++, n, 1);
         fails += do_all_to_all(c, call++, n);
         fails += do_all_to_allv(c, call++, n);
-        for (int root = 0; root < c->size; root++)
+        for (int root = 0; root < dsv4_comm_size(c); root++)
             fails += do_broadcast(c, call++, n, root);
         fails += do_barrier(c, j, s);
     }
-    if (c->size > 2 && order_sensitive == 0)
+    if (dsv4_comm_size(c) > 2 && order_sensitive == 0)
         FAILF("no all-reduce element depended on the summation order: the check is weak");
     return finish(c, fails, "all ops");
 }
@@ -259,13 +259,13 @@ static int rank_errors(struct dsv4_comm *c, void *arg)
 {
     int fails = 0, rc;
     float buf[64] = {0};
-    if (c->size > 1) {
+    if (dsv4_comm_size(c) > 1) {
         /* mismatched sizes: every rank gets EMISMATCH, nobody hangs */
-        rc = dsv4_comm_all_reduce_sum_f32(c, buf, 10 + (size_t)c->rank);
+        rc = dsv4_comm_all_reduce_sum_f32(c, buf, 10 + (size_t)dsv4_comm_rank(c));
         if (rc != DSV4_EMISMATCH)
             FAILF("mismatched all_reduce gave %d", rc);
         /* different collectives at the same point */
-        if (c->rank == 0)
+        if (dsv4_comm_rank(c) == 0)
             rc = dsv4_comm_barrier(c);
         else
             rc = dsv4_comm_broadcast(c, buf, 8, 0);
@@ -274,12 +274,14 @@ static int rank_errors(struct dsv4_comm *c, void *arg)
         /* sizes that take different paths: one round (small) on rank 0,
          * chunked through the 4 KiB arena elsewhere */
         float *big = calloc(4096, sizeof(float));
-        rc = big ? dsv4_comm_all_reduce_sum_f32(c, big, c->rank == 0 ? 10 : 4096) : DSV4_ENOMEM;
+        rc = big ? dsv4_comm_all_reduce_sum_f32(c, big, dsv4_comm_rank(c) == 0 ? 10 : 4096)
+                 : DSV4_ENOMEM;
         if (rc != DSV4_EMISMATCH)
             FAILF("small vs chunked all_reduce gave %d", rc);
         /* multi-chunk all_gather sizes that differ */
-        float *all = calloc((size_t)c->size * 4096, sizeof(float));
-        rc = big && all ? dsv4_comm_all_gather(c, big, all, 4096 * sizeof(float) - (size_t)c->rank)
+        float *all = calloc((size_t)dsv4_comm_size(c) * 4096, sizeof(float));
+        rc = big && all ? dsv4_comm_all_gather(c, big, all,
+                                               4096 * sizeof(float) - (size_t)dsv4_comm_rank(c))
                         : DSV4_ENOMEM;
         if (rc != DSV4_EMISMATCH)
             FAILF("mismatched multi-chunk all_gather gave %d", rc);
@@ -287,26 +289,26 @@ static int rank_errors(struct dsv4_comm *c, void *arg)
         free(big);
     }
     /* one rank without a receive buffer: EINVAL everywhere */
-    rc = dsv4_comm_all_to_all(c, buf, c->rank == 0 ? NULL : buf, 4);
+    rc = dsv4_comm_all_to_all(c, buf, dsv4_comm_rank(c) == 0 ? NULL : buf, 4);
     if (rc != DSV4_EINVAL)
         FAILF("all_to_all with a NULL recv on rank 0 gave %d", rc);
     /* one rank with a NULL buffer: EINVAL everywhere */
-    rc = dsv4_comm_all_gather(c, c->rank == c->size - 1 ? NULL : buf, buf, 4);
+    rc = dsv4_comm_all_gather(c, dsv4_comm_rank(c) == dsv4_comm_size(c) - 1 ? NULL : buf, buf, 4);
     if (rc != DSV4_EINVAL)
         FAILF("all_gather with a NULL send on the last rank gave %d", rc);
-    rc = dsv4_comm_broadcast(c, buf, 4, c->size); /* bad root on every rank */
+    rc = dsv4_comm_broadcast(c, buf, 4, dsv4_comm_size(c)); /* bad root on every rank */
     if (rc != DSV4_EINVAL)
         FAILF("broadcast with a bad root gave %d", rc);
     /* all_to_allv where a receiver expects a different count */
     size_t sc[64], so[64], rcn[64], ro[64];
-    for (int j = 0; j < c->size; j++) {
+    for (int j = 0; j < dsv4_comm_size(c); j++) {
         sc[j] = 4;
         rcn[j] = 4;
         so[j] = 0;
         ro[j] = 0;
     }
-    if (c->rank == 0)
-        rcn[c->size - 1] = 3;
+    if (dsv4_comm_rank(c) == 0)
+        rcn[dsv4_comm_size(c) - 1] = 3;
     uint8_t s8[8] = {0}, r8[8];
     rc = dsv4_comm_all_to_allv(c, s8, sc, so, r8, rcn, ro);
     if (rc != DSV4_EMISMATCH)
@@ -315,8 +317,8 @@ static int rank_errors(struct dsv4_comm *c, void *arg)
     if (rc != DSV4_EINVAL)
         FAILF("all_to_allv without counts gave %d", rc);
     /* an offset + count that wraps around on the last rank only */
-    rcn[c->size - 1] = 4;
-    if (c->rank == c->size - 1)
+    rcn[dsv4_comm_size(c) - 1] = 4;
+    if (dsv4_comm_rank(c) == dsv4_comm_size(c) - 1)
         so[0] = SIZE_MAX - 1;
     rc = dsv4_comm_all_to_allv(c, s8, sc, so, r8, rcn, ro);
     if (rc != DSV4_EINVAL)
@@ -324,20 +326,20 @@ static int rank_errors(struct dsv4_comm *c, void *arg)
     so[0] = 0;
     /* and the group still works afterwards */
     for (int i = 0; i < 64; i++)
-        buf[i] = (float)(c->rank + i);
+        buf[i] = (float)(dsv4_comm_rank(c) + i);
     if ((rc = dsv4_comm_all_reduce_sum_f32(c, buf, 64)))
         FAILF("all_reduce after errors: %d", rc);
     float e0 = 0;
-    for (int r = 0; r < c->size; r++)
+    for (int r = 0; r < dsv4_comm_size(c); r++)
         e0 += (float)r;
-    if (buf[0] != e0 || buf[63] != e0 + 63.0f * c->size)
+    if (buf[0] != e0 || buf[63] != e0 + 63.0f * dsv4_comm_size(c))
         FAILF("all_reduce after errors: %g %g", buf[0], buf[63]);
     return finish(c, fails, "error paths");
 }
 
 static int rank_fails_early(struct dsv4_comm *c, void *arg)
 {
-    if (c->rank == 1)
+    if (dsv4_comm_rank(c) == 1)
         return dsv4_error(DSV4_ENOENT, "deliberate failure");
     /* the others wait in collectives until the abort releases them */
     for (int i = 0; i < 1000; i++) {
@@ -371,7 +373,7 @@ static int rank_stress(struct dsv4_comm *c, void *arg)
             fails += do_all_to_allv(c, call, n);
             break;
         case 4:
-            fails += do_broadcast(c, call, n, (int)((h >> 32) % (uint64_t)c->size));
+            fails += do_broadcast(c, call, n, (int)((h >> 32) % (uint64_t)dsv4_comm_size(c)));
             break;
         default:
             if (dsv4_comm_barrier(c))
