@@ -73,6 +73,11 @@ enum dsv4_log_level {
 void dsv4_log(enum dsv4_log_level level, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));
 void dsv4_log_set_level(enum dsv4_log_level level);
+/* Syslog mode (daemons): lines "<prio>tag: message" that journald understands; tag names
+ * the process ("dsv4d", "dsv4d[rank 1]").  Off: "tag level: message". */
+void dsv4_log_set_syslog(int on, const char *tag);
+/* "debug" | "info" | "warn" | "error" -> level; DSV4_EINVAL otherwise. */
+int dsv4_log_parse_level(const char *s, enum dsv4_log_level *out);
 
 /* Monotonic clock in seconds. */
 double dsv4_now(void);

@@ -107,6 +107,26 @@ void dsv4_log_set_level(enum dsv4_log_level level)
     log_level = (int)level;
 }
 
+static int log_syslog;
+static char log_tag[64] = "dsv4";
+
+void dsv4_log_set_syslog(int on, const char *tag)
+{
+    log_syslog = on;
+    snprintf(log_tag, sizeof(log_tag), "%s", tag ? tag : "dsv4");
+}
+
+int dsv4_log_parse_level(const char *s, enum dsv4_log_level *out)
+{
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++)
+        if (s && !strcasecmp(s, names[i])) {
+            *out = (enum dsv4_log_level)i;
+            return 0;
+        }
+    return dsv4_error(DSV4_EINVAL, "log level '%s' is not debug, info, warn or error", s ? s : "");
+}
+
 void dsv4_log(enum dsv4_log_level level, const char *fmt, ...)
 {
     static const char *names[] = {"debug", "info", "warn", "error"};
@@ -118,8 +138,14 @@ void dsv4_log(enum dsv4_log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    /* One write per line so that lines of concurrent threads do not interleave. */
-    fprintf(stderr, "dsv4 %s: %s\n", names[level], line);
+    /* One write per line so that lines of concurrent threads do not interleave.  In
+     * syslog mode the line starts with its priority (<7> debug .. <3> err), which journald
+     * and systemd's stderr capture understand. */
+    static const int prio[] = {7, 6, 4, 3};
+    if (log_syslog)
+        fprintf(stderr, "<%d>%s: %s\n", prio[level], log_tag, line);
+    else
+        fprintf(stderr, "%s %s: %s\n", log_tag, names[level], line);
 }
 
 double dsv4_now(void)

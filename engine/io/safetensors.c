@@ -867,7 +867,8 @@ static int check_index(struct dsv4_ckpt *c, const char *path, const cJSON *root)
     return 0;
 }
 
-int dsv4_ckpt_open(const char *dir, struct dsv4_ckpt **out)
+/* A checkpoint of `path` alone (single = true) or of the directory `dir`. */
+static int ckpt_open(const char *dir, bool single, struct dsv4_ckpt **out)
 {
     struct dsv4_ckpt *c;
     char *path = NULL;
@@ -882,7 +883,12 @@ int dsv4_ckpt_open(const char *dir, struct dsv4_ckpt **out)
         goto fail;
     }
     snprintf(path, strlen(dir) + PATH_EXTRA, "%s/model.safetensors.index.json", dir);
-    if (file_exists(path)) {
+    if (single) {
+        size_t cap = 0;
+        rc = add_shard_name(c, &cap, "model.safetensors");
+        if (rc)
+            rc = dsv4_error(DSV4_ENOMEM, "%s: out of memory", dir);
+    } else if (file_exists(path)) {
         rc = read_index(c, path, &index);
     } else {
         snprintf(path, strlen(dir) + PATH_EXTRA, "%s/model.safetensors", dir);
@@ -903,7 +909,10 @@ int dsv4_ckpt_open(const char *dir, struct dsv4_ckpt **out)
         goto fail;
     }
     for (size_t s = 0; s < c->n_shards; s++) {
-        snprintf(path, strlen(dir) + PATH_EXTRA, "%s/%s", dir, c->shard_names[s]);
+        if (single)
+            snprintf(path, strlen(dir) + PATH_EXTRA, "%s", dir);
+        else
+            snprintf(path, strlen(dir) + PATH_EXTRA, "%s/%s", dir, c->shard_names[s]);
         if (index && !file_exists(path)) {
             rc = dsv4_error(DSV4_ENOENT,
                             "%s/model.safetensors.index.json names shard %.200s, which does not "
@@ -955,4 +964,14 @@ fail:
     free(path);
     dsv4_ckpt_close(c);
     return rc;
+}
+
+int dsv4_ckpt_open(const char *dir, struct dsv4_ckpt **out)
+{
+    return ckpt_open(dir, false, out);
+}
+
+int dsv4_ckpt_open_file(const char *path, struct dsv4_ckpt **out)
+{
+    return ckpt_open(path, true, out);
 }

@@ -101,6 +101,9 @@ int dsv4_st_parse_header(const char *json, size_t len, uint64_t data_len,
 struct dsv4_st_writer;
 
 int dsv4_st_writer_open(const char *path, struct dsv4_st_writer **out);
+/* The same straight into an open file (e.g. a memfd; the fd is dup'ed, the caller keeps
+ * its own): no temporary name, no rename, no fsync; `label` names it in messages. */
+int dsv4_st_writer_open_fd(int fd, const char *label, struct dsv4_st_writer **out);
 int dsv4_st_writer_metadata(struct dsv4_st_writer *w, const char *key, const char *value);
 int dsv4_st_writer_declare(struct dsv4_st_writer *w, const char *name, enum dsv4_dtype dtype,
                            int ndim, const int64_t *shape);
@@ -128,6 +131,8 @@ int dsv4_st_write_file(const char *path, const struct dsv4_tensor *tensors, size
 struct dsv4_ckpt;
 
 int dsv4_ckpt_open(const char *dir, struct dsv4_ckpt **out);
+/* A checkpoint made of one safetensors file (any path, e.g. /proc/self/fd/N of a memfd). */
+int dsv4_ckpt_open_file(const char *path, struct dsv4_ckpt **out);
 void dsv4_ckpt_close(struct dsv4_ckpt *c);
 size_t dsv4_ckpt_count(const struct dsv4_ckpt *c);
 const struct dsv4_tensor *dsv4_ckpt_tensor(const struct dsv4_ckpt *c, size_t i);

@@ -74,7 +74,7 @@ struct wdecl {
 enum wstate { W_DECLARE, W_WRITE, W_FAILED };
 
 struct dsv4_st_writer {
-    char *path, *tmp;
+    char *path, *tmp; /* tmp NULL: writing straight into a caller's fd (open_fd) */
     int fd;
     enum wstate state;
     struct wdecl *t;
@@ -113,7 +113,8 @@ static int writer_fail(struct dsv4_st_writer *w, const char *what, int e)
         close(w->fd);
         w->fd = -1;
     }
-    unlink(w->tmp);
+    if (w->tmp)
+        unlink(w->tmp);
     w->state = W_FAILED;
     return dsv4_error(st, "%s: %s: %s%s; nothing written under the final name", w->path, what,
                       strerror(e), st == DSV4_ENOSPC ? " (no space left)" : "");
@@ -153,6 +154,30 @@ static bool utf8_ok(const char *s)
     size_t n = strlen(s);
 
     return st_utf8_check((const uint8_t *)s, n) == n;
+}
+
+int dsv4_st_writer_open_fd(int fd, const char *label, struct dsv4_st_writer **out)
+{
+    struct dsv4_st_writer *w;
+
+    *out = NULL;
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return dsv4_error(DSV4_ENOMEM, "%s: out of memory", label);
+    w->fd = -1;
+    w->path = strdup(label);
+    if (!w->path || hash_init(&w->hash, 64)) {
+        writer_free(w);
+        return dsv4_error(DSV4_ENOMEM, "%s: out of memory", label);
+    }
+    w->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (w->fd < 0) {
+        int e = errno;
+        writer_free(w);
+        return dsv4_error(DSV4_EIO, "%s: dup: %s", label, strerror(e));
+    }
+    *out = w;
+    return 0;
 }
 
 int dsv4_st_writer_metadata(struct dsv4_st_writer *w, const char *key, const char *value)
@@ -363,7 +388,7 @@ int dsv4_st_writer_commit(struct dsv4_st_writer *w)
                             (unsigned long long)w->t[i].nbytes);
             goto fail;
         }
-    if (fsync(w->fd) < 0) {
+    if (w->tmp && fsync(w->fd) < 0) {
         rc = writer_fail(w, "fsync", errno);
         goto fail;
     }
@@ -373,6 +398,10 @@ int dsv4_st_writer_commit(struct dsv4_st_writer *w)
         goto fail;
     }
     w->fd = -1;
+    if (!w->tmp) {
+        writer_free(w);
+        return 0;
+    }
     if (rename(w->tmp, w->path) < 0) {
         rc = writer_fail(w, "rename", errno);
         goto fail;
@@ -393,7 +422,7 @@ void dsv4_st_writer_abort(struct dsv4_st_writer *w)
         close(w->fd);
         w->fd = -1;
     }
-    if (w->state != W_FAILED)
+    if (w->state != W_FAILED && w->tmp)
         unlink(w->tmp);
     writer_free(w);
 }

@@ -46,6 +46,18 @@ int dsv4_model_bind(struct dsv4_ckpt *ckpt, const struct dsv4_config *cfg, int r
                     struct dsv4_model **out);
 void dsv4_model_close(struct dsv4_model *m);
 
+/*
+ * Weights that outlive the process (engine/model/shard.c): export_shard writes this rank's
+ * share of the checkpoint (every tensor but other ranks' routed experts) and config_json
+ * (the checkpoint's config.json text) as one safetensors image into fd, e.g. a memfd, and
+ * reports its data bytes (progress, may be NULL, every 64 MiB); open_shard binds rank/nranks from such an image (fd stays the
+ * caller's; the image is mapped read-only) without touching the checkpoint.
+ */
+typedef void (*dsv4_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+int dsv4_model_export_shard(const struct dsv4_model *m, const char *config_json, int fd,
+                            dsv4_progress_fn progress, void *ctx, uint64_t *bytes);
+int dsv4_model_open_shard(int fd, int rank, int nranks, struct dsv4_model **out);
+
 const struct dsv4_config *dsv4_model_config(const struct dsv4_model *m);
 int dsv4_model_rank(const struct dsv4_model *m);
 int dsv4_model_nranks(const struct dsv4_model *m);

@@ -1,0 +1,355 @@
+/*
+ * worker.c - a dsv4d worker process: one tensor/expert-parallel rank
+ * (DESIGN.md §1).  Started by the supervisor (fork + exec of `dsv4d
+ * --worker ...`), never by hand.
+ *
+ * Life: dial the supervisor's control socket, say Hello; bind the rank's
+ * weights, from the supervisor's image of them when it passed one (a
+ * restart: no checkpoint file is opened), else from the checkpoint, copying
+ * them into a sealed memfd image that goes to the supervisor (SCM_RIGHTS) so
+ * that the next incarnation skips the checkpoint; create the backend and the
+ * step object; say Ready; then run every Plan the supervisor sends (same
+ * plan on every rank; the shared-memory communicator joins the ranks) and
+ * answer with a Result (rank 0 with the tokens), until Shutdown.
+ *
+ * A second thread sends a Heartbeat every DSV4D_HEARTBEAT_MS, so the
+ * supervisor can tell a stopped or wedged process (no heartbeats) from a
+ * slow step.  The worker exits when its parent dies (PR_SET_PDEATHSIG set
+ * before exec, and the parent pid re-checked after), when the control
+ * socket fails, or on Shutdown.
+ */
+#include "daemon/worker.h"
+
+#include "base/dsv4.h"
+#include "daemon/config.h"
+#include "daemon/fdpass.h"
+#include "daemon/wire.h"
+#include "engine/io/fileio.h"
+#include "engine/model/comm.h"
+#include "engine/model/model.h"
+#include "engine/model/step.h"
+#include "kernels/backend.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <nng/nng.h>
+#include <nng/protocol/pair1/pair.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+struct worker {
+    struct dsv4d_config cfg;
+    int rank, nranks, comm_fd, fd_sock, image_fd;
+    pid_t ppid;
+    uint64_t generation;
+    char control[DSV4D_PATH_MAX + 16];
+    nng_socket sock;
+    pthread_mutex_t send_mu;
+    atomic_uint_fast64_t step_in_flight;
+    atomic_int quit;
+    struct dsv4_comm_shm *group;
+    struct dsv4_comm *comm;
+    struct dsv4_model *m;
+    struct dsv4_backend *be;
+    struct dsv4_step *step;
+    struct dsv4_step_result *res;
+    int max_seqs;
+};
+
+static int send_buf(struct worker *w, void *buf, size_t len)
+{
+    pthread_mutex_lock(&w->send_mu);
+    int rv = nng_send(w->sock, buf, len, 0);
+    pthread_mutex_unlock(&w->send_mu);
+    free(buf);
+    if (rv)
+        return dsv4_error(DSV4_EIO, "worker: send: %s", nng_strerror(rv));
+    return 0;
+}
+
+static void *heartbeat_main(void *arg)
+{
+    struct worker *w = arg;
+    uint64_t seq = 0;
+    while (!atomic_load(&w->quit)) {
+        struct dsv4d_heartbeat h = {++seq, atomic_load(&w->step_in_flight), w->rank};
+        void *buf;
+        size_t len;
+        if (dsv4d_wire_heartbeat(&h, &buf, &len) == 0 && send_buf(w, buf, len))
+            break;
+        if (getppid() != w->ppid)
+            _exit(1); /* the supervisor is gone */
+        usleep(DSV4D_HEARTBEAT_MS * 1000);
+    }
+    return NULL;
+}
+
+static void progress(void *ctx, uint64_t done, uint64_t total)
+{
+    struct worker *w = ctx;
+    struct dsv4d_progress p = {.bytes_done = done, .bytes_total = total};
+    snprintf(p.phase, sizeof p.phase, "loading");
+    void *buf;
+    size_t len;
+    if (dsv4d_wire_progress(&p, &buf, &len) == 0)
+        send_buf(w, buf, len);
+}
+
+/* Cold load: the checkpoint, then a sealed memfd image for the supervisor. */
+static int load_checkpoint(struct worker *w, uint64_t *image_bytes)
+{
+    char path[DSV4D_PATH_MAX + 32];
+    char *cfg_json = NULL;
+    size_t cfg_len = 0;
+    int rc, fd = -1;
+    snprintf(path, sizeof path, "%s/config.json", w->cfg.model);
+    if ((rc = dsv4_file_read(path, 16 << 20, &cfg_json, &cfg_len)))
+        return rc;
+    if ((rc = dsv4_model_open(w->cfg.model, w->rank, w->nranks, &w->m)))
+        goto out;
+    char name[64];
+    snprintf(name, sizeof name, "dsv4d-weights-rank-%d", w->rank);
+    fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        rc = dsv4_error(DSV4_EIO, "worker: memfd_create: %s", strerror(errno));
+        goto out;
+    }
+    if ((rc = dsv4_model_export_shard(w->m, cfg_json, fd, progress, w, image_bytes)))
+        goto out;
+    /* read-only from now on: nobody may change the weights under a running rank */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+        rc = dsv4_error(DSV4_EIO, "worker: sealing the weights image: %s", strerror(errno));
+        goto out;
+    }
+    if ((rc = dsv4d_fd_send(w->fd_sock, fd, ((uint64_t)w->generation << 16) | (uint64_t)w->rank)))
+        goto out;
+out:
+    if (fd >= 0)
+        close(fd);
+    free(cfg_json);
+    return rc;
+}
+
+static int setup(struct worker *w, struct dsv4d_ready *ready)
+{
+    double t0 = dsv4_now();
+    int rc;
+    uint64_t image_bytes = 0;
+    if (w->nranks > 1) {
+        if ((rc = dsv4_comm_shm_open_fd(w->comm_fd, &w->group)) ||
+            (rc = dsv4_comm_shm_attach(w->group, w->rank, &w->comm)))
+            return dsv4_error_ctx(rc, "worker: communicator");
+    }
+    if (w->image_fd >= 0) {
+        rc = dsv4_model_open_shard(w->image_fd, w->rank, w->nranks, &w->m);
+        ready->from_image = true;
+        off_t end = lseek(w->image_fd, 0, SEEK_END);
+        image_bytes = end > 0 ? (uint64_t)end : 0;
+    } else {
+        rc = load_checkpoint(w, &image_bytes);
+    }
+    if (rc)
+        return rc;
+    const struct dsv4_config *c = dsv4_model_config(w->m);
+    int threads = w->cfg.threads_per_worker;
+    if (threads <= 0)
+        threads = (int)DSV4_MAX(1L, sysconf(_SC_NPROCESSORS_ONLN) / w->nranks);
+    if ((rc = dsv4_backend_create("cpu", threads, &w->be)))
+        return rc;
+    int mtp = w->cfg.mtp < 0 ? (dsv4_model_has_mtp(w->m) ? 1 : 0) : w->cfg.mtp;
+    int64_t ctx = w->cfg.max_model_len > 0 ? w->cfg.max_model_len
+                                           : DSV4_MIN(c->max_position_embeddings, (int64_t)32768);
+    struct dsv4_step_opts so = {.max_seqs = w->cfg.max_seqs,
+                                .max_tokens = w->cfg.max_batch_tokens,
+                                .max_ctx = ctx,
+                                .mtp = mtp,
+                                .state_bytes = w->cfg.state_mem,
+                                .threads = 1};
+    if ((rc = dsv4_step_create(w->m, w->be, w->comm, &so, &w->step)))
+        return rc;
+    w->max_seqs = w->cfg.max_seqs;
+    w->res = calloc((size_t)w->max_seqs, sizeof *w->res);
+    if (!w->res)
+        return dsv4_error(DSV4_ENOMEM, "worker: out of memory");
+    struct dsv4_step_stats st;
+    dsv4_step_get_stats(w->step, &st);
+    ready->total_blocks = (uint64_t)st.total_blocks;
+    ready->block_tokens = st.block_tokens;
+    ready->max_seqs = st.max_seqs;
+    ready->state_bytes = st.state_bytes;
+    ready->load_seconds = dsv4_now() - t0;
+    ready->image_bytes = image_bytes;
+    ready->vocab_size = c->vocab_size;
+    ready->max_context = ctx;
+    ready->mtp_depth = mtp;
+    return 0;
+}
+
+/* One plan: lifecycle, then the step; the result goes back (rank 0 with the tokens). */
+static int run_plan(struct worker *w, const struct dsv4d_plan *p)
+{
+    struct dsv4d_result r = {.step = p->step, .rank = w->rank};
+    int rc = 0;
+    atomic_store(&w->step_in_flight, p->step);
+    for (int i = 0; i < p->n_free; i++)
+        dsv4_step_seq_free(w->step, p->free[i]);
+    for (int i = 0; i < p->n_drop && !rc; i++)
+        rc = dsv4_step_seq_drop(w->step, p->drop[i]);
+    for (int i = 0; i < p->n_add && !rc; i++)
+        rc = dsv4_step_seq_add(w->step, p->add[i]);
+    if (!rc && p->n_entries > 0) {
+        if (p->n_entries > w->max_seqs)
+            rc = dsv4_error(DSV4_EINVAL, "worker: plan of %d entries, at most %d", p->n_entries,
+                            w->max_seqs);
+        else
+            rc = dsv4_step_run(w->step, p->entries, p->n_entries, w->res);
+    }
+    r.status = rc;
+    if (rc)
+        snprintf(r.message, sizeof r.message, "%s", dsv4_errmsg());
+    else if (w->rank == 0) {
+        r.results = w->res;
+        r.n_results = p->n_entries;
+    }
+    struct dsv4_step_stats st;
+    dsv4_step_get_stats(w->step, &st);
+    r.free_blocks = (uint64_t)st.free_blocks;
+    atomic_store(&w->step_in_flight, 0);
+    void *buf;
+    size_t len;
+    int erc = dsv4d_wire_result(&r, &buf, &len);
+    return erc ? erc : send_buf(w, buf, len);
+}
+
+static int parse(struct worker *w, int argc, char **argv)
+{
+    dsv4d_config_defaults(&w->cfg);
+    w->comm_fd = w->fd_sock = w->image_fd = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = dsv4d_config_flag(&w->cfg, argc, argv, &i);
+        if (rc < 0)
+            return rc;
+        if (rc == 1)
+            continue;
+        if (!strcmp(a, "--worker"))
+            continue;
+#define ARG(name) (!strcmp(a, name) && v && (i++, 1))
+        if (ARG("--rank"))
+            w->rank = atoi(v);
+        else if (ARG("--nranks"))
+            w->nranks = atoi(v);
+        else if (ARG("--control"))
+            snprintf(w->control, sizeof w->control, "%s", v);
+        else if (ARG("--comm-fd"))
+            w->comm_fd = atoi(v);
+        else if (ARG("--fd-sock"))
+            w->fd_sock = atoi(v);
+        else if (ARG("--image-fd"))
+            w->image_fd = atoi(v);
+        else if (ARG("--ppid"))
+            w->ppid = (pid_t)atoi(v);
+        else if (ARG("--generation"))
+            w->generation = strtoull(v, NULL, 10);
+        else
+            return dsv4_error(DSV4_EINVAL, "worker: unknown option %s", a);
+#undef ARG
+    }
+    if (w->nranks < 1 || w->rank < 0 || w->rank >= w->nranks || !w->control[0] || w->ppid <= 1)
+        return dsv4_error(DSV4_EINVAL, "worker: started without its rank, control socket or "
+                                       "parent (dsv4d --worker is not run by hand)");
+    return 0;
+}
+
+int dsv4d_worker_main(int argc, char **argv)
+{
+    struct worker w;
+    memset(&w, 0, sizeof w);
+    int rc = parse(&w, argc, argv);
+    if (rc) {
+        fprintf(stderr, "dsv4d: %s\n", dsv4_errmsg());
+        return 2;
+    }
+    char tag[64];
+    snprintf(tag, sizeof tag, "dsv4d[rank %d]", w.rank);
+    dsv4_log_set_syslog(getenv("DSV4D_SYSLOG") != NULL, tag);
+    enum dsv4_log_level lv;
+    if (!dsv4_log_parse_level(w.cfg.log_level, &lv))
+        dsv4_log_set_level(lv);
+    /* the parent may have died between fork and exec */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != w.ppid)
+        return 1;
+    pthread_mutex_init(&w.send_mu, NULL);
+    int rv = nng_pair1_open(&w.sock);
+    if (!rv)
+        rv = nng_dial(w.sock, w.control, NULL, 0);
+    if (rv) {
+        dsv4_log(DSV4_LOG_ERROR, "cannot reach the supervisor at %s: %s", w.control,
+                 nng_strerror(rv));
+        return 1;
+    }
+    struct dsv4d_hello h = {DSV4D_PROTOCOL_VERSION, w.rank, w.nranks, (int)getpid(), w.generation};
+    void *buf;
+    size_t len;
+    if ((rc = dsv4d_wire_hello(&h, &buf, &len)) || (rc = send_buf(&w, buf, len)))
+        goto out;
+    pthread_t hb;
+    bool hb_started = pthread_create(&hb, NULL, heartbeat_main, &w) == 0;
+    struct dsv4d_ready ready = {0};
+    if ((rc = setup(&w, &ready))) {
+        dsv4_log(DSV4_LOG_ERROR, "load failed: %s", dsv4_errmsg());
+        goto stop;
+    }
+    dsv4_log(DSV4_LOG_INFO, "ready in %.3f s (%s), %llu state blocks", ready.load_seconds,
+             ready.from_image ? "weights image" : "checkpoint",
+             (unsigned long long)ready.total_blocks);
+    if ((rc = dsv4d_wire_ready(&ready, &buf, &len)) || (rc = send_buf(&w, buf, len)))
+        goto stop;
+    for (;;) {
+        void *msg = NULL;
+        size_t mlen = 0;
+        rv = nng_recv(w.sock, &msg, &mlen, NNG_FLAG_ALLOC);
+        if (rv) {
+            rc = dsv4_error(DSV4_EIO, "worker: control socket: %s", nng_strerror(rv));
+            break;
+        }
+        struct dsv4d_msg m;
+        rc = dsv4d_wire_decode(msg, mlen, &m);
+        nng_free(msg, mlen);
+        if (rc)
+            break;
+        if (m.kind == DSV4D_MSG_SHUTDOWN) {
+            dsv4d_msg_free(&m);
+            rc = 0;
+            break;
+        }
+        if (m.kind == DSV4D_MSG_PLAN)
+            rc = run_plan(&w, &m.u.plan);
+        dsv4d_msg_free(&m);
+        if (rc)
+            break;
+    }
+stop:
+    atomic_store(&w.quit, 1);
+    if (hb_started)
+        pthread_join(hb, NULL);
+out:
+    if (rc)
+        dsv4_log(DSV4_LOG_ERROR, "%s", dsv4_errmsg());
+    nng_close(w.sock);
+    dsv4_step_free(w.step);
+    dsv4_backend_destroy(w.be);
+    dsv4_model_close(w.m);
+    dsv4_comm_free(w.comm);
+    dsv4_comm_shm_destroy(w.group);
+    free(w.res);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,520 @@
+/*
+ * test_daemon.c - the dsv4d supervisor in process (daemon/sup.h) with real
+ * worker processes (the built dsv4d, --worker), driven through its service
+ * table as the front ends drive it, on the tiny synthetic checkpoint:
+ *   - 1, 2 and 4 workers give the tokens of single-process dsv4_generate
+ *     (greedy), with MTP on;
+ *   - 64 concurrent requests on 2 workers, each equal to the same request
+ *     alone, with a state pool small enough to force preemptions;
+ *   - crash and hang injection: 2 and 4 workers, a worker SIGKILLed or
+ *     SIGSTOPped at random points (load, warm-up, prefill, decode), 24
+ *     rounds: every request completes with the uninterrupted output (or a
+ *     retryable error), and afterwards no process, fd or shared memory is
+ *     left;
+ *   - a request whose deadline passes while a hung rank is being replaced
+ *     ends with a retryable error;
+ *   - restart from the weights images: the checkpoint directory is moved
+ *     away before a rank is killed, and the group still comes back;
+ *   - too many crashes: degraded for good, with the reason, new work refused;
+ *   - bad requests: clear statuses, nothing breaks.
+ * Everything is bounded in time; the sockets live in the test's directory.
+ */
+#include "base/dsv4.h"
+#include "daemon/config.h"
+#include "daemon/sched.h"
+#include "daemon/sup.h"
+#include "engine/model/generate.h"
+#include "engine/model/state.h"
+#include "tests/test.h"
+#include "tools/mkmodel.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define VOCAB  1280
+#define MAXOUT 64
+#define NREQ   64
+
+struct rec {
+    pthread_mutex_t mu;
+    int32_t toks[MAXOUT];
+    int n;
+    bool done, error, retryable;
+    int status;
+    enum dsv4_svc_finish finish;
+    char msg[256];
+};
+
+static void on_event(void *ctx, uint64_t id, const struct dsv4_svc_event *ev)
+{
+    struct rec *r = ctx;
+    (void)id;
+    pthread_mutex_lock(&r->mu);
+    if (ev->kind == DSV4_SVC_EV_TOKENS) {
+        for (size_t i = 0; i < ev->n_ids && r->n < MAXOUT; i++)
+            r->toks[r->n++] = ev->ids[i];
+    } else {
+        r->done = true;
+        r->error = ev->kind == DSV4_SVC_EV_ERROR;
+        r->finish = ev->finish;
+        r->status = ev->status;
+        r->retryable = ev->retryable;
+        snprintf(r->msg, sizeof r->msg, "%s", ev->message ? ev->message : "");
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static char model_dir[900], worker_exe[900];
+
+static void base_config(struct dsv4d_config *c, int workers)
+{
+    dsv4d_config_defaults(c);
+    snprintf(c->model, sizeof c->model, "%s", model_dir);
+    snprintf(c->runtime_dir, sizeof c->runtime_dir, "%s/run", test_tmpdir());
+    snprintf(c->worker_exe, sizeof c->worker_exe, "%s", worker_exe);
+    c->workers = workers;
+    c->threads_per_worker = 1;
+    c->max_seqs = 16;
+    c->max_batch_tokens = 256;
+    c->max_model_len = 512;
+    c->heartbeat_timeout = 1.0;
+    c->max_restarts = 1000;
+    snprintf(c->log_level, sizeof c->log_level, "warn");
+}
+
+static bool wait_state(struct dsv4d_sup *s, enum dsv4_svc_state want, double secs)
+{
+    double end = dsv4_now() + secs;
+    while (dsv4_now() < end) {
+        if (dsv4d_sup_state(s, NULL, 0) == want)
+            return true;
+        usleep(10000);
+    }
+    return false;
+}
+
+static void prompt_of(int i, int32_t *p, int *n)
+{
+    *n = 3 + (i * 29) % 60;
+    for (int j = 0; j < *n; j++)
+        p[j] = (int32_t)((j * (i + 5) * 13 + i * 71 + 7) % VOCAB);
+}
+
+/* Reference continuation of prompt i (single process, greedy, no MTP). */
+static int reference(int i, int max_tokens, int32_t *out)
+{
+    int32_t p[128];
+    int n;
+    prompt_of(i, p, &n);
+    struct dsv4_gen_opts o;
+    dsv4_gen_opts_default(&o);
+    o.max_tokens = max_tokens;
+    o.stop_at_eos = false;
+    o.threads = 1;
+    struct dsv4_gen_result r;
+    int rc = dsv4_generate(model_dir, p, n, &o, &r);
+    if (rc) {
+        fprintf(stderr, "reference: %s\n", dsv4_errmsg());
+        return rc;
+    }
+    memcpy(out, r.tokens, sizeof(int32_t) * r.n);
+    dsv4_gen_result_free(&r);
+    return 0;
+}
+
+static int submit(struct dsv4_svc *svc, int i, int max_tokens, double timeout, struct rec *r,
+                  uint64_t *id)
+{
+    int32_t p[128];
+    int n;
+    prompt_of(i, p, &n);
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->mu, NULL);
+    struct dsv4_svc_request q = {.ids = p,
+                                 .n_ids = (size_t)n,
+                                 .max_tokens = max_tokens,
+                                 .sample = dsv4_sample_params_default(),
+                                 .ignore_eos = true,
+                                 .timeout_s = timeout};
+    q.sample.temperature = 0;
+    return svc->ops->submit(svc, &q, on_event, r, id);
+}
+
+static bool wait_done(struct rec *r, int n, double secs)
+{
+    double end = dsv4_now() + secs;
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < n; i++) {
+            pthread_mutex_lock(&r[i].mu);
+            done += r[i].done;
+            pthread_mutex_unlock(&r[i].mu);
+        }
+        if (done == n)
+            return true;
+        if (dsv4_now() > end)
+            return false;
+        usleep(5000);
+    }
+}
+
+static int count_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
+}
+
+/* Children of this process still alive (zombies included). */
+static int count_children(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc");
+    pid_t me = getpid();
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char path[300], buf[512];
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(buf, sizeof buf, f)) {
+            char *rp = strrchr(buf, ')');
+            int ppid = 0;
+            if (rp && sscanf(rp + 2, "%*c %d", &ppid) == 1 && ppid == me)
+                n++;
+        }
+        fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static int count_dir(const char *path)
+{
+    int n = 0;
+    DIR *d = opendir(path);
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static int32_t ref_toks[NREQ][MAXOUT];
+
+/* N workers: every output equals the reference. */
+static void equal_outputs(int workers, int nreq, int max_tokens)
+{
+    struct dsv4d_config c;
+    base_config(&c, workers);
+    struct dsv4d_sup *s = NULL;
+    CHECKF(dsv4d_sup_start(&c, &s) == 0, "start %d workers: %s", workers, dsv4_errmsg());
+    if (!s)
+        return;
+    CHECKF(wait_state(s, DSV4_SVC_READY, 60), "%d workers: not ready", workers);
+    struct dsv4_svc *svc = dsv4d_sup_svc(s);
+    static struct rec r[NREQ];
+    uint64_t id;
+    for (int i = 0; i < nreq; i++)
+        CHECK_INT(submit(svc, i, max_tokens, 0, &r[i], &id), 0);
+    CHECKF(wait_done(r, nreq, 120), "%d workers: requests did not finish", workers);
+    int bad = 0;
+    for (int i = 0; i < nreq; i++)
+        bad += r[i].error || r[i].n != max_tokens ||
+               memcmp(r[i].toks, ref_toks[i], sizeof(int32_t) * max_tokens);
+    CHECKF(bad == 0, "%d workers: %d of %d outputs differ from dsv4_generate", workers, bad, nreq);
+    dsv4d_sup_free(s);
+}
+
+/* 64 concurrent requests, small pool: preemptions happen, outputs stay exact. */
+static void load_with_preemption(const struct dsv4_config *mc)
+{
+    struct dsv4d_config c;
+    base_config(&c, 2);
+    c.max_seqs = 16;
+    c.max_batch_tokens = 160;
+    c.max_queue = 64;
+    /* the pool: the 16 slots and 12 blocks (engine/model/state.h's layout, MTP depth 1), so
+     * 16 running sequences cannot all hold their blocks */
+    struct dsv4_state_sizes z;
+    CHECK_INT(dsv4_state_sizes(mc, true, 2, 0, &z), 0);
+    c.state_mem = 16 * z.slot_bytes + 12 * z.block_bytes + z.block_bytes / 2;
+    struct dsv4d_sup *s = NULL;
+    CHECKF(dsv4d_sup_start(&c, &s) == 0, "load: start: %s", dsv4_errmsg());
+    if (!s)
+        return;
+    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    struct dsv4d_sched_counts cnt;
+    dsv4d_sup_counts(s, &cnt);
+    CHECK_INT(cnt.total_blocks, 12);
+    struct dsv4_svc *svc = dsv4d_sup_svc(s);
+    static struct rec r[NREQ];
+    uint64_t id;
+    for (int i = 0; i < NREQ; i++)
+        CHECK_INT(submit(svc, i, 24, 0, &r[i], &id), 0);
+    CHECKF(wait_done(r, NREQ, 300), "load: requests did not finish");
+    dsv4d_sup_counts(s, &cnt);
+    int bad = 0;
+    for (int i = 0; i < NREQ; i++)
+        bad += r[i].error || r[i].n != 24 || memcmp(r[i].toks, ref_toks[i], sizeof(int32_t) * 24);
+    CHECKF(bad == 0, "load: %d of %d outputs differ from the request alone", bad, NREQ);
+    CHECKF(cnt.preempted_total > 0, "load: no preemption happened (pool of %lld blocks)",
+           (long long)cnt.total_blocks);
+    fprintf(stderr, "load: 64 requests on a pool of %lld blocks, %d preemptions\n",
+            (long long)cnt.total_blocks, cnt.preempted_total);
+    dsv4d_sup_free(s);
+}
+
+/* Kill or stop a worker at random points; every request ends right. */
+static void faults(int workers, int rounds, uint64_t seed)
+{
+    struct dsv4d_config c;
+    base_config(&c, workers);
+    struct dsv4d_sup *s = NULL;
+    CHECKF(dsv4d_sup_start(&c, &s) == 0, "faults: start: %s", dsv4_errmsg());
+    if (!s)
+        return;
+    struct dsv4_svc *svc = dsv4d_sup_svc(s);
+    uint64_t x = seed;
+    int bad = 0, retry = 0, kills = 0, stops = 0, not_ready_kills = 0;
+    for (int round = 0; round < rounds; round++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        int victim = (int)((x >> 33) % (uint64_t)workers);
+        bool hang = ((x >> 40) & 3) == 0;
+        int delay_ms = (int)((x >> 20) % 400);
+        bool before_ready = ((x >> 50) & 7) == 0; /* during load / warm-up */
+        if (!before_ready && !wait_state(s, DSV4_SVC_READY, 60)) {
+            CHECKF(0, "faults: round %d: not ready", round);
+            break;
+        }
+        struct rec r[4];
+        uint64_t id;
+        int nr = 0;
+        if (!before_ready)
+            for (int i = 0; i < 4; i++)
+                if (submit(svc, (round * 4 + i) % NREQ, 20, 0, &r[nr], &id) == 0)
+                    nr++;
+        usleep((useconds_t)delay_ms * 1000);
+        pid_t pids[8] = {0};
+        dsv4d_sup_worker_pids(s, pids, workers);
+        if (pids[victim] > 0) {
+            kill(pids[victim], hang ? SIGSTOP : SIGKILL);
+            hang ? stops++ : kills++;
+            not_ready_kills += before_ready;
+        }
+        if (nr && !wait_done(r, nr, 120)) {
+            CHECKF(0, "faults: round %d: requests did not finish", round);
+            break;
+        }
+        for (int i = 0; i < nr; i++) {
+            int k = (round * 4 + i) % NREQ;
+            if (r[i].error) {
+                retry += r[i].retryable;
+                bad += !r[i].retryable;
+                if (!r[i].retryable)
+                    fprintf(stderr, "faults: round %d: error %s\n", round, r[i].msg);
+            } else if (r[i].n != 20 || memcmp(r[i].toks, ref_toks[k], sizeof(int32_t) * 20)) {
+                bad++;
+                fprintf(stderr, "faults: round %d request %d: output differs\n", round, i);
+            }
+        }
+        /* when the victim was killed before ready, the next round waits for recovery */
+    }
+    CHECKF(wait_state(s, DSV4_SVC_READY, 60), "faults: not ready after the last round");
+    uint64_t restarts = dsv4d_sup_restarts(s);
+    fprintf(stderr,
+            "faults (%d workers): %d rounds, %d kills, %d stops (%d before ready), %llu "
+            "restarts, %d retryable errors, %d wrong\n",
+            workers, rounds, kills, stops, not_ready_kills, (unsigned long long)restarts, retry,
+            bad);
+    CHECKF(bad == 0, "faults: %d requests ended wrong", bad);
+    CHECK(restarts >= (uint64_t)(kills + stops) / 2);
+    dsv4d_sup_free(s);
+}
+
+/* A hung rank is replaced; a request whose deadline passes meanwhile gets a retryable error. */
+static void deadline_during_recovery(void)
+{
+    struct dsv4d_config c;
+    base_config(&c, 2);
+    c.heartbeat_timeout = 1.0;
+    struct dsv4d_sup *s = NULL;
+    CHECK(dsv4d_sup_start(&c, &s) == 0);
+    if (!s)
+        return;
+    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    struct dsv4_svc *svc = dsv4d_sup_svc(s);
+    pid_t pids[2];
+    dsv4d_sup_worker_pids(s, pids, 2);
+    kill(pids[1], SIGSTOP);
+    struct rec r;
+    uint64_t id;
+    CHECK_INT(submit(svc, 5, 20, 0.5, &r, &id), 0);
+    CHECK(wait_done(&r, 1, 30));
+    CHECKF(r.error && r.retryable && strstr(r.msg, "deadline"), "deadline: error %d '%s'", r.error,
+           r.msg);
+    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    CHECK(dsv4d_sup_restarts(s) >= 1);
+    dsv4d_sup_free(s);
+}
+
+/* The checkpoint moves away; a killed rank comes back from the supervisor's image. */
+static void restart_from_image(void)
+{
+    struct dsv4d_config c;
+    base_config(&c, 2);
+    struct dsv4d_sup *s = NULL;
+    char moved[4200];
+    snprintf(moved, sizeof moved, "%s.moved", model_dir);
+    CHECK(dsv4d_sup_start(&c, &s) == 0);
+    if (!s)
+        return;
+    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    double cold = 0, warm = 0;
+    bool img = true;
+    dsv4d_sup_rank_info(s, 0, &cold, &img);
+    CHECK(!img);
+    CHECK_INT(rename(model_dir, moved), 0);
+    pid_t pids[2];
+    dsv4d_sup_worker_pids(s, pids, 2);
+    kill(pids[0], SIGKILL);
+    CHECK(wait_state(s, DSV4_SVC_DEGRADED, 10));
+    CHECKF(wait_state(s, DSV4_SVC_READY, 60), "no recovery without the checkpoint");
+    dsv4d_sup_rank_info(s, 0, &warm, &img);
+    CHECKF(img, "the restarted rank did not load from the image");
+    fprintf(stderr, "restart: cold load %.3f s, from the image %.3f s (%.1fx)\n", cold, warm,
+            warm > 0 ? cold / warm : 0);
+    struct rec r;
+    uint64_t id;
+    CHECK_INT(submit(dsv4d_sup_svc(s), 3, 20, 0, &r, &id), 0);
+    CHECK(wait_done(&r, 1, 60));
+    CHECK(!r.error && r.n == 20 && !memcmp(r.toks, ref_toks[3], sizeof(int32_t) * 20));
+    CHECK_INT(rename(moved, model_dir), 0);
+    dsv4d_sup_free(s);
+}
+
+/* Crashes beyond max_restarts: degraded for good, new work refused, the reason given. */
+static void give_up(void)
+{
+    struct dsv4d_config c;
+    base_config(&c, 1);
+    c.max_restarts = 2;
+    c.restart_window = 600;
+    struct dsv4d_sup *s = NULL;
+    CHECK(dsv4d_sup_start(&c, &s) == 0);
+    if (!s)
+        return;
+    for (int i = 0; i < 3; i++) {
+        CHECK(wait_state(s, DSV4_SVC_READY, 60));
+        pid_t pid;
+        dsv4d_sup_worker_pids(s, &pid, 1);
+        kill(pid, SIGKILL);
+        CHECK(wait_state(s, DSV4_SVC_DEGRADED, 10));
+    }
+    char why[256] = "";
+    usleep(300000);
+    CHECK_INT(dsv4d_sup_state(s, why, sizeof why), DSV4_SVC_DEGRADED);
+    CHECKF(strstr(why, "gave up") != NULL, "degraded reason: '%s'", why);
+    struct rec r;
+    uint64_t id;
+    CHECK_INT(submit(dsv4d_sup_svc(s), 1, 4, 0, &r, &id), DSV4_ENOTSUP);
+    dsv4d_sup_free(s);
+}
+
+static void bad_requests(void)
+{
+    struct dsv4d_config c;
+    base_config(&c, 1);
+    c.max_seqs = 2;
+    c.max_queue = 1;
+    struct dsv4d_sup *s = NULL;
+    CHECK(dsv4d_sup_start(&c, &s) == 0);
+    if (!s)
+        return;
+    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    struct dsv4_svc *svc = dsv4d_sup_svc(s);
+    struct rec r[8];
+    uint64_t id;
+    int32_t p[4] = {1, 2, 3, 4};
+    struct dsv4_svc_request q = {
+            .ids = p, .n_ids = 4, .max_tokens = 600, .sample = dsv4_sample_params_default()};
+    memset(r, 0, sizeof r);
+    CHECK_INT(svc->ops->submit(svc, &q, on_event, &r[0], &id), DSV4_ERANGE);
+    q.max_tokens = 0;
+    CHECK_INT(svc->ops->submit(svc, &q, on_event, &r[0], &id), DSV4_EINVAL);
+    q.max_tokens = 4;
+    q.sample.top_p = 2;
+    CHECK_INT(svc->ops->submit(svc, &q, on_event, &r[0], &id), DSV4_EINVAL);
+    q.sample.top_p = 1;
+    int32_t big[1] = {VOCAB + 5};
+    q.ids = big;
+    q.n_ids = 1;
+    CHECK_INT(svc->ops->submit(svc, &q, on_event, &r[0], &id), DSV4_EINVAL);
+    /* queue full: 2 running + 1 waiting, the 4th is refused (retryable) */
+    int ok = 0, full = 0;
+    for (int i = 0; i < 6; i++) {
+        int rc = submit(svc, i, 40, 0, &r[i], &id);
+        ok += rc == 0;
+        full += rc == DSV4_ENOSPC;
+    }
+    CHECKF(ok == 3 && full == 3, "queue: %d accepted, %d refused as full", ok, full);
+    /* cancellation frees its place */
+    svc->ops->cancel(svc, id);
+    dsv4d_sup_free(s);
+}
+
+int main(void)
+{
+    const char *b = getenv("DSV4_BUILDDIR");
+    snprintf(worker_exe, sizeof worker_exe, "%s/dsv4d", b ? b : ".");
+    if (access(worker_exe, X_OK)) {
+        fprintf(stderr, "%s not built: skipped\n", worker_exe);
+        return 77;
+    }
+    snprintf(model_dir, sizeof model_dir, "%s/tiny", test_tmpdir());
+    struct dsv4_config cfg;
+    CHECK_INT(dsv4_mkmodel_preset("tiny", VOCAB, DSV4_EXPERT_NVFP4, &cfg), 0);
+    struct dsv4_mkmodel_opts mo = {&cfg, 9, 1, NULL, model_dir};
+    int rc = dsv4_mkmodel_write(&mo);
+    CHECKF(rc == 0, "mkmodel: %s", dsv4_errmsg());
+    if (rc)
+        TEST_DONE();
+    for (int i = 0; i < NREQ && !test_failures; i++)
+        CHECK_INT(reference(i, 32, ref_toks[i]), 0);
+    int fds0 = count_fds();
+    int shm0 = count_dir("/dev/shm");
+    equal_outputs(1, 6, 32);
+    equal_outputs(2, 6, 32);
+    equal_outputs(4, 6, 32);
+    load_with_preemption(&cfg);
+    faults(2, 16, 12345);
+    faults(4, 8, 777);
+    deadline_during_recovery();
+    restart_from_image();
+    give_up();
+    bad_requests();
+    /* nothing left behind: processes, descriptors, shared memory, sockets */
+    CHECK_INT(count_children(), 0);
+    CHECK_INT(count_fds(), fds0);
+    CHECK_INT(count_dir("/dev/shm"), shm0);
+    char run[4200];
+    snprintf(run, sizeof run, "%s/run", test_tmpdir());
+    CHECK_INT(count_dir(run), 0);
+    TEST_DONE();
+}
