@@ -32,7 +32,8 @@
 /* Per-thread scratch of the kernels, allocated by dsv4_pool_init: a decoded
  * tile (LIN_NR x LIN_KC floats) and the accumulators of an activation block
  * (LIN_MB x LIN_NR vectors of up to 16 floats). */
-#define LIN_TILE_BYTES (LIN_NR * LIN_KC * sizeof(float))
+#define LIN_TROW       (LIN_KC + 16) /* floats per tile row: rows 4 KiB apart share L1 sets */
+#define LIN_TILE_BYTES (LIN_NR * LIN_TROW * sizeof(float))
 #define LIN_SCRATCH    (LIN_TILE_BYTES + LIN_MB * LIN_NR * 16 * sizeof(float))
 
 /* Batch-1 kernels prefetch weights this many bytes ahead of their loads:
@@ -52,7 +53,8 @@ void *dsv4_pool_kscratch(struct dsv4_pool *p, int thread, size_t bytes);
  *   LIN_FAM_B  FP8 weights: per 128-column block a partial sum of x[k] *
  *              e4m3(o, k), then acc += partial * block scale
  *   LIN_FAM_I  NVFP4 W4A4: exact integer sums of the int8 2*E2M1 codes per
- *              half block, acc += sum * (activation scale * weight scale)
+ *              half block (8 columns), acc += sum * (activation scale *
+ *              weight scale)
  */
 enum { LIN_FAM_F = 0, LIN_FAM_B = 1, LIN_FAM_I = 2 };
 
@@ -65,9 +67,11 @@ struct lin_job {
      * F32 input), zero beyond cols */
     const float *x;
     /* LIN_FAM_I: act_w4a4 planes: [m, kx/2] int8 codes of the even and odd
-     * elements, [m, kx/8] lane scales; zero beyond cols */
+     * elements, [m, kx/8] lane scales; zero beyond cols; [m, kx/8] lane
+     * corrections 12 * (sum of the lane's 8 codes), see linear_simd.h */
     const int8_t *qe, *qo;
     const float *sfa2;
+    const int32_t *acorr;
     float alpha; /* final factor (NVFP4 scale2 [* input_scale]) or 1 */
     float *y;    /* [m, rows] */
 };

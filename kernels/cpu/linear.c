@@ -239,10 +239,17 @@ static void prep_task(void *arg, int64_t t, int thread)
             int64_t kb = (K + 15) / 16 * 16; /* act_w4a4 writes up to here */
             int8_t *qe = (int8_t *)c->j.qe + i * (kx / 2), *qo = (int8_t *)c->j.qo + i * (kx / 2);
             float *sa = (float *)c->j.sfa2 + i * (kx / 8);
+            int32_t *ac = (int32_t *)c->j.acorr + i * (kx / 8);
             c->k->act_w4a4(xi, K, w->input_scale, qe, qo, sa);
             memset(qe + kb / 2, 0, (size_t)(kx - kb) / 2);
             memset(qo + kb / 2, 0, (size_t)(kx - kb) / 2);
             memset(sa + kb / 8, 0, (size_t)(kx - kb) / 8 * sizeof(float));
+            for (int64_t l = 0; l < kx / 8; l++) { /* see linear_simd.h: offset weights */
+                int32_t s = 0;
+                for (int b = 0; b < 4; b++)
+                    s += qe[4 * l + b] + qo[4 * l + b];
+                ac[l] = 12 * s;
+            }
             continue;
         }
         float *xa = (float *)c->j.x + i * kx;
@@ -269,7 +276,7 @@ static void rows_task(void *arg, int64_t t, int thread)
 static size_t act_bytes(int64_t m, int64_t cols)
 {
     int64_t kx = (cols + LIN_KPAD - 1) / LIN_KPAD * LIN_KPAD;
-    return (size_t)(m * kx) * sizeof(float); /* W4A4 planes need 1.5 bytes per column */
+    return (size_t)(m * kx) * sizeof(float); /* W4A4 planes need 2 bytes per column */
 }
 
 /* Pool tasks for `work` multiply-adds over `units` indivisible pieces: about 64K
@@ -309,6 +316,7 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
         j->qe = (const int8_t *)c.buf;
         j->qo = j->qe + m * (j->kx / 2);
         j->sfa2 = (const float *)(c.buf + m * j->kx);
+        j->acorr = (const int32_t *)(c.buf + m * j->kx * 3 / 2);
     } else {
         j->x = (const float *)c.buf;
     }

@@ -247,16 +247,24 @@ AVX2 static inline float v_hsum(V v)
 
 AVX2 static inline void dec_f32q(const float *s, V q[4])
 {
-    for (int v = 0; v < 4; v++)
-        q[v] = _mm256_loadu_ps(s + 8 * v);
+    q[0] = _mm256_loadu_ps(s);
+    q[1] = _mm256_loadu_ps(s + 8);
+    q[2] = _mm256_loadu_ps(s + 16);
+    q[3] = _mm256_loadu_ps(s + 24);
+}
+
+AVX2 static inline __m256 bf16x8(const uint16_t *s)
+{
+    __m256i t = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)s));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(t, 16));
 }
 
 AVX2 static inline void dec_bf16q(const uint16_t *s, V q[4])
 {
-    for (int v = 0; v < 4; v++) {
-        __m256i t = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + 8 * v)));
-        q[v] = _mm256_castsi256_ps(_mm256_slli_epi32(t, 16));
-    }
+    q[0] = bf16x8(s);
+    q[1] = bf16x8(s + 8);
+    q[2] = bf16x8(s + 16);
+    q[3] = bf16x8(s + 24);
 }
 
 AVX2 static inline void dec_c16q(const uint8_t *s, V q[4])
@@ -290,31 +298,28 @@ AVX2 static inline void dec_fp4q(const uint8_t *s, const float sc[4], V q[4])
     q[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8)));
     q[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1));
     q[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8)));
-    for (int v = 0; v < 4; v++)
-        q[v] = _mm256_mul_ps(q[v], _mm256_set1_ps(sc[v] * 0.5f));
+    q[0] = _mm256_mul_ps(q[0], _mm256_set1_ps(sc[0] * 0.5f));
+    q[1] = _mm256_mul_ps(q[1], _mm256_set1_ps(sc[1] * 0.5f));
+    q[2] = _mm256_mul_ps(q[2], _mm256_set1_ps(sc[2] * 0.5f));
+    q[3] = _mm256_mul_ps(q[3], _mm256_set1_ps(sc[3] * 0.5f));
 }
 
 AVX2 static inline void i4_planes(const uint8_t *s, VI *wl, VI *wh)
 {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12, 0,
-                                         1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    /* 2 * E2M1 + 12 */
+    const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
+                                         12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
     const __m256i m4 = _mm256_set1_epi8(15);
     __m256i b = _mm256_loadu_si256((const __m256i *)s);
     *wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
     *wh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));
 }
 
-AVX2 static inline VI i8_abs(VI v)
+/* unsigned weight bytes times signed activation bytes per pair, then per 4 bytes */
+AVX2 static inline VI i4_dot(VI wl, VI wh, VI ae, VI ao, VI corr)
 {
-    return _mm256_abs_epi8(v);
-}
-
-/* |w| * sign(a, w) per byte pair (no saturation: |2w|, |2a| <= 12), then per 4 bytes */
-AVX2 static inline VI i4_dot(VI wl, VI wh, VI awl, VI awh, VI ae, VI ao)
-{
-    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(awl, _mm256_sign_epi8(ae, wl)),
-                                 _mm256_maddubs_epi16(awh, _mm256_sign_epi8(ao, wh)));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(wl, ae), _mm256_maddubs_epi16(wh, ao));
+    return _mm256_sub_epi32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)), corr);
 }
 
 /* 4 E4M3 block scales -> 8 lanes (each twice) of E4M3 * 2^-8 */

@@ -11,8 +11,7 @@
  * 14 (linear_avx2.c explains the trick), F16C widening; E2M1 by VPERMPS
  * from a 16-entry table of E2M1 values times the block scale (2
  * significant bits times a power of two or an E4M3: exact); W4A4 integer
- * sums by VPMADDUBSW/VPMADDWD, the sign applied to the activation bytes
- * with a masked subtract (AVX-512 has no VPSIGNB).
+ * sums by VPMADDUBSW/VPMADDWD on offset weight bytes (linear_simd.h).
  *
  * Not executed in this project's CI (its machines have AVX2 only); it
  * compiles everywhere and the template is tested at 8 lanes.
@@ -92,48 +91,66 @@ AVX512 static inline float v_hsum(V v)
 
 AVX512 static inline void dec_f32q(const float *s, V q[4])
 {
-    for (int v = 0; v < 4; v++)
-        q[v] = _mm512_loadu_ps(s + 16 * v);
+    q[0] = _mm512_loadu_ps(s);
+    q[1] = _mm512_loadu_ps(s + 16);
+    q[2] = _mm512_loadu_ps(s + 32);
+    q[3] = _mm512_loadu_ps(s + 48);
+}
+
+AVX512 static inline __m512 bf16x16(const uint16_t *s)
+{
+    __m512i t = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)s));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(t, 16));
 }
 
 AVX512 static inline void dec_bf16q(const uint16_t *s, V q[4])
 {
-    for (int v = 0; v < 4; v++) {
-        __m512i t = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + 16 * v)));
-        q[v] = _mm512_castsi512_ps(_mm512_slli_epi32(t, 16));
-    }
+    q[0] = bf16x16(s);
+    q[1] = bf16x16(s + 16);
+    q[2] = bf16x16(s + 32);
+    q[3] = bf16x16(s + 48);
+}
+
+/* 32 E4M3 codes -> two vectors of c16 */
+AVX512 static inline void c16x32(const uint8_t *s, V *q0, V *q1)
+{
+    __m512i t = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)s));
+    t = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(t, 8), 1),
+                         _mm512_set1_epi16((short)0xbfff));
+    *q0 = _mm512_cvtph_ps(_mm512_castsi512_si256(t));
+    *q1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(t, 1));
 }
 
 AVX512 static inline void dec_c16q(const uint8_t *s, V q[4])
 {
-    const __m512i keep = _mm512_set1_epi16((short)0xbfff);
-    for (int h = 0; h < 2; h++) {
-        __m512i t = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(s + 32 * h)));
-        t = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(t, 8), 1), keep);
-        q[2 * h] = _mm512_cvtph_ps(_mm512_castsi512_si256(t));
-        q[2 * h + 1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(t, 1));
-    }
+    c16x32(s, &q[0], &q[1]);
+    c16x32(s + 32, &q[2], &q[3]);
 }
 
-AVX512 static inline void dec_fp4q(const uint8_t *s, const float sc[4], V q[4])
+/* 16 packed E2M1 bytes -> 32 columns, e2m1 * s0 and e2m1 * s1 */
+AVX512 static inline void fp4x32(const uint8_t *s, float s0, float s1, V *q0, V *q1)
 {
     static const float e2m1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
     const __m512 tab = _mm512_loadu_ps(e2m1);
     const __m128i m4 = _mm_set1_epi8(15);
-    for (int h = 0; h < 2; h++) { /* 16 bytes -> 32 columns */
-        __m128i b = _mm_loadu_si128((const __m128i *)(s + 16 * h));
-        __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
-        __m512i i0 = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
-        __m512i i1 = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
-        q[2 * h] = _mm512_permutexvar_ps(i0, _mm512_mul_ps(tab, _mm512_set1_ps(sc[2 * h])));
-        q[2 * h + 1] = _mm512_permutexvar_ps(i1, _mm512_mul_ps(tab, _mm512_set1_ps(sc[2 * h + 1])));
-    }
+    __m128i b = _mm_loadu_si128((const __m128i *)s);
+    __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+    __m512i i0 = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+    __m512i i1 = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
+    *q0 = _mm512_permutexvar_ps(i0, _mm512_mul_ps(tab, _mm512_set1_ps(s0)));
+    *q1 = _mm512_permutexvar_ps(i1, _mm512_mul_ps(tab, _mm512_set1_ps(s1)));
+}
+
+AVX512 static inline void dec_fp4q(const uint8_t *s, const float sc[4], V q[4])
+{
+    fp4x32(s, sc[0], sc[1], &q[0], &q[1]);
+    fp4x32(s + 16, sc[2], sc[3], &q[2], &q[3]);
 }
 
 AVX512 static inline void i4_planes(const uint8_t *s, VI *wl, VI *wh)
 {
-    static const int8_t lut16[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+    static const int8_t lut16[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
     const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lut16));
     const __m512i m4 = _mm512_set1_epi8(15);
     __m512i b = _mm512_loadu_si512((const void *)s);
@@ -141,19 +158,11 @@ AVX512 static inline void i4_planes(const uint8_t *s, VI *wl, VI *wh)
     *wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4));
 }
 
-AVX512 static inline VI i8_abs(VI v)
+/* unsigned weight bytes times signed activation bytes per pair, then per 4 bytes (as AVX2) */
+AVX512 static inline VI i4_dot(VI wl, VI wh, VI ae, VI ao, VI corr)
 {
-    return _mm512_abs_epi8(v);
-}
-
-/* |w| * (a negated where w < 0) per byte pair, then per 4 bytes (as the AVX2 set) */
-AVX512 static inline VI i4_dot(VI wl, VI wh, VI awl, VI awh, VI ae, VI ao)
-{
-    const __m512i z = _mm512_setzero_si512();
-    ae = _mm512_mask_sub_epi8(ae, _mm512_movepi8_mask(wl), z, ae);
-    ao = _mm512_mask_sub_epi8(ao, _mm512_movepi8_mask(wh), z, ao);
-    __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(awl, ae), _mm512_maddubs_epi16(awh, ao));
-    return _mm512_madd_epi16(p, _mm512_set1_epi16(1));
+    __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(wl, ae), _mm512_maddubs_epi16(wh, ao));
+    return _mm512_sub_epi32(_mm512_madd_epi16(p, _mm512_set1_epi16(1)), corr);
 }
 
 /* 8 E4M3 block scales -> 16 lanes (each twice) of E4M3 * 2^-8 */

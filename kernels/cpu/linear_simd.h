@@ -35,10 +35,16 @@
  *   dec_f32q / dec_bf16q / dec_c16q (4 * VW values or E4M3 codes -> 4
  *     vectors in column order; c16 = exact E4M3 value * 2^-8),
  *   dec_fp4q (2 * VW packed E2M1 bytes and one scale per vector -> exact
- *     value * scale), i4_planes (4 * VW packed bytes -> int8 2 * E2M1 of
- *     the even and odd columns), i8_abs, i4_dot (exact int32 lane sums of
- *     wl * ae + wh * ao over 4 bytes per lane), i4_wscale (VW / 2 E4M3
- *     block scales -> one float (E4M3 * 2^-8) per lane, each twice).
+ *     value * scale), i4_planes (4 * VW packed bytes -> uint8 2 * E2M1 + 12
+ *     of the even and odd columns), i4_dot (int32 lane sums of wl * ae +
+ *     wh * ao over 4 bytes per lane, minus the lane's correction),
+ *     i4_wscale (VW / 2 E4M3 block scales -> one float (E4M3 * 2^-8) per
+ *     lane, each twice).
+ * W4A4 weights are offset to unsigned bytes (2w + 12 in 0..24) so that
+ * PMADDUBSW takes them without sign fix-ups: sum (2w + 12) * 2a = sum 4wa +
+ * 12 * sum 2a, and the second term, which depends on the activation row
+ * only, is the lane correction the driver computes once per call (acorr).
+ * No intermediate can saturate (pairs of 24 * 12 in 16 bits).
  *
  * Invariants: no allocation; reads stay inside the sizes implied by
  * rows/cols (partial quads and chunks are copied into zeroed stack
@@ -54,13 +60,19 @@
 
 #define ALWAYS __attribute__((always_inline))
 
-/* E8M0 byte -> 2^(b-127) (0: 2^-127, a subnormal; 255: NaN), as dsv4_e8m0_to_f32 */
+/* E8M0 byte -> 2^(b-127) (0: 2^-127, a subnormal; 255: NaN), as dsv4_e8m0_to_f32, by table */
+#define E8M0_(b)   ((b) == 0 ? 0x00400000u : (b) == 255 ? 0x7fc00000u : (uint32_t)(b) << 23)
+#define E8M0_4(b)  E8M0_(b), E8M0_((b) + 1), E8M0_((b) + 2), E8M0_((b) + 3)
+#define E8M0_16(b) E8M0_4(b), E8M0_4((b) + 4), E8M0_4((b) + 8), E8M0_4((b) + 12)
+#define E8M0_64(b) E8M0_16(b), E8M0_16((b) + 16), E8M0_16((b) + 32), E8M0_16((b) + 48)
+static const union {
+    uint32_t u[256];
+    float f[256];
+} e8m0_tab = {{E8M0_64(0), E8M0_64(64), E8M0_64(128), E8M0_64(192)}};
+
 static inline float e8m0f(uint8_t b)
 {
-    uint32_t u = b == 0 ? 0x00400000u : b == 255 ? 0x7fc00000u : (uint32_t)b << 23;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return e8m0_tab.f[b];
 }
 
 /* prefetch the lines of the next LIN_PF bytes of a stream read `qb` bytes per
@@ -78,47 +90,61 @@ SIMD static inline ALWAYS void pf_quad(const uint8_t *p, int64_t off, int qb)
 /* ---------------------------------------------------------------- decoders (shared by both paths) */
 
 /* LIN_FAM_F: exact FP32 weights (block scale applied) of row o, columns k..k+QW-1
- * (k % QW == 0), zero past cols.  t8: dsv4_e4m3_table(). */
+ * (k % QW == 0, k + QW <= cols).  t8: dsv4_e4m3_table(). */
+SIMD static inline ALWAYS void quad_f_full(const struct dsv4_qweight *w, int fmt, const float *t8,
+                                           int64_t o, int64_t k, V q[4])
+{
+    const int64_t K = w->cols;
+    if (fmt == DSV4_WFMT_F32) {
+        dec_f32q((const float *)w->w + o * K + k, q);
+    } else if (fmt == DSV4_WFMT_BF16) {
+        dec_bf16q((const uint16_t *)w->w + o * K + k, q);
+    } else { /* MXFP4 (E8M0 per 32) or NVFP4 (E4M3 per 16, scale2 left to alpha) */
+        const uint8_t *row = (const uint8_t *)w->w + o * ((K + 1) / 2);
+        float s[4];
+        if (fmt == DSV4_WFMT_MXFP4) {
+            const uint8_t *sc = w->scale + o * ((K + 31) / 32);
+            LIN_UNROLL
+            for (int v = 0; v < 4; v++) /* k % QW == 0, VW <= 16: one block per vector */
+                s[v] = e8m0f(sc[k / 32 + v * VW / 32]);
+        } else {
+            const uint8_t *sc = w->scale + o * ((K + 15) / 16);
+            LIN_UNROLL
+            for (int v = 0; v < 4; v++)
+                s[v] = t8[sc[k / 16 + v * VW / 16]];
+        }
+        dec_fp4q(row + k / 2, s, q);
+    }
+}
+
+/* The same for any quad: past cols through zero-padded copies (the odd column's spare
+ * nibble cleared, scales of vectors past cols 0). */
 SIMD static inline ALWAYS void quad_f(const struct dsv4_qweight *w, int fmt, const float *t8,
                                       int64_t o, int64_t k, V q[4])
 {
     const int64_t K = w->cols;
-    const int full = k + QW <= K;
-    if (fmt == DSV4_WFMT_F32) {
-        const float *s = (const float *)w->w + o * K + k;
-        if (full) {
-            dec_f32q(s, q);
-            return;
-        }
+    if (k + QW <= K) {
+        quad_f_full(w, fmt, t8, o, k, q);
+    } else if (fmt == DSV4_WFMT_F32) {
         float t[QW] = {0};
-        memcpy(t, s, (size_t)(K - k) * sizeof(float));
+        memcpy(t, (const float *)w->w + o * K + k, (size_t)(K - k) * sizeof(float));
         dec_f32q(t, q);
     } else if (fmt == DSV4_WFMT_BF16) {
-        const uint16_t *s = (const uint16_t *)w->w + o * K + k;
-        if (full) {
-            dec_bf16q(s, q);
-            return;
-        }
         uint16_t t[QW] = {0};
-        memcpy(t, s, (size_t)(K - k) * sizeof(uint16_t));
+        memcpy(t, (const uint16_t *)w->w + o * K + k, (size_t)(K - k) * sizeof(uint16_t));
         dec_bf16q(t, q);
-    } else { /* MXFP4 (E8M0 per 32) or NVFP4 (E4M3 per 16, scale2 left to alpha) */
+    } else {
         const int mx = fmt == DSV4_WFMT_MXFP4, bs = mx ? 32 : 16;
         const int64_t rb = (K + 1) / 2;
-        const uint8_t *row = (const uint8_t *)w->w + o * rb;
         const uint8_t *sc = w->scale + o * ((K + bs - 1) / bs);
         float s[4];
         for (int v = 0; v < 4; v++) {
-            int64_t e = k + (int64_t)v * VW; /* VW <= bs: one block per vector */
+            int64_t e = k + (int64_t)v * VW;
             s[v] = e >= K ? 0.0f : mx ? e8m0f(sc[e / 32]) : t8[sc[e / 16]];
-        }
-        if (full) {
-            dec_fp4q(row + k / 2, s, q);
-            return;
         }
         uint8_t t[2 * VW] = {0};
         int64_t n = rb - k / 2;
-        memcpy(t, row + k / 2, (size_t)n);
+        memcpy(t, (const uint8_t *)w->w + o * rb + k / 2, (size_t)n);
         if (K & 1)
             t[n - 1] &= 15; /* the spare high nibble of an odd row */
         dec_fp4q(t, s, q);
@@ -160,32 +186,44 @@ SIMD static inline ALWAYS V blk_acc(V acc, V p, struct blkf b)
     return v_fma(p, v_set1(b.f), acc);
 }
 
-/* LIN_FAM_I: int8 planes and lane scales of NVFP4 row o, columns e..e+8*VW-1 (e % (8*VW) == 0),
- * zero past cols */
+/* LIN_FAM_I: int8 planes and lane scales of NVFP4 row o, columns e..e+8*VW-1
+ * (e % (8*VW) == 0, e + 8*VW <= cols) */
+SIMD static inline ALWAYS void chunk_i_full(const struct dsv4_qweight *w, int64_t o, int64_t e,
+                                            VI *wl, VI *wh, V *sw)
+{
+    const int64_t K = w->cols;
+    i4_planes((const uint8_t *)w->w + o * ((K + 1) / 2) + e / 2, wl, wh);
+    *sw = i4_wscale(w->scale + o * ((K + 15) / 16) + e / 16);
+}
+
+/* The same for any chunk, zero past cols */
 SIMD static inline ALWAYS void chunk_i(const struct dsv4_qweight *w, int64_t o, int64_t e, VI *wl,
                                        VI *wh, V *sw)
 {
     const int64_t K = w->cols, rb = (K + 1) / 2, nsc = (K + 15) / 16;
-    const uint8_t *row = (const uint8_t *)w->w + o * rb + e / 2;
-    const uint8_t *sc = w->scale + o * nsc + e / 16;
     if (e + 8 * VW <= K) {
-        i4_planes(row, wl, wh);
-        *sw = i4_wscale(sc);
+        chunk_i_full(w, o, e, wl, wh, sw);
         return;
     }
     uint8_t t[4 * VW] = {0}, ts[VW / 2] = {0};
     int64_t n = rb - e / 2;
-    memcpy(t, row, (size_t)n);
+    memcpy(t, (const uint8_t *)w->w + o * rb + e / 2, (size_t)n);
     if (K & 1)
         t[n - 1] &= 15;
-    memcpy(ts, sc, (size_t)(nsc - e / 16));
+    memcpy(ts, w->scale + o * nsc + e / 16, (size_t)(nsc - e / 16));
     i4_planes(t, wl, wh);
     *sw = i4_wscale(ts);
 }
 
 /* ---------------------------------------------------------------- batch 1 */
 
-/* LIN_NR rows at a time, one accumulator each; a short last group repeats its first row */
+/* rows per group of the FP32 batch-1 kernels: each row is one FMA chain, so a few hide the
+ * FMA latency; more streams than that slow the hardware prefetchers down */
+#ifndef GV
+#define GV 2
+#endif
+
+/* GV rows at a time, one accumulator each; a short last group repeats its first row */
 SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int64_t r0, int64_t r1)
 {
     const struct dsv4_qweight *w = j->w;
@@ -195,11 +233,11 @@ SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int6
     /* weight bytes per quad and per row, for the prefetch */
     const int qb = fmt == DSV4_WFMT_F32 ? 4 * QW : fmt == DSV4_WFMT_BF16 ? 2 * QW : QW / 2;
     const int64_t rowb = fmt == DSV4_WFMT_F32 ? 4 * K : fmt == DSV4_WFMT_BF16 ? 2 * K : (K + 1) / 2;
-    for (int64_t o0 = r0; o0 < r1; o0 += LIN_NR) {
-        int ng = (int)DSV4_MIN((int64_t)LIN_NR, r1 - o0);
-        int64_t o[LIN_NR];
-        V acc[LIN_NR];
-        for (int g = 0; g < LIN_NR; g++) {
+    for (int64_t o0 = r0; o0 < r1; o0 += GV) {
+        int ng = (int)DSV4_MIN((int64_t)GV, r1 - o0);
+        int64_t o[GV];
+        V acc[GV];
+        for (int g = 0; g < GV; g++) {
             o[g] = o0 + (g < ng ? g : 0);
             acc[g] = v_zero();
         }
@@ -208,10 +246,10 @@ SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int6
             V x0 = v_load(x + k), x1 = v_load(x + k + VW);
             V x2 = v_load(x + k + 2 * VW), x3 = v_load(x + k + 3 * VW);
             LIN_UNROLL
-            for (int g = 0; g < LIN_NR; g++) {
+            for (int g = 0; g < GV; g++) {
                 V q[4];
                 pf_quad((const uint8_t *)w->w + o[g] * rowb, k / QW * qb, qb);
-                quad_f(w, fmt, t8, o[g], k, q);
+                quad_f_full(w, fmt, t8, o[g], k, q);
                 acc[g] = v_fma(x0, q[0], acc[g]);
                 acc[g] = v_fma(x1, q[1], acc[g]);
                 acc[g] = v_fma(x2, q[2], acc[g]);
@@ -221,7 +259,7 @@ SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int6
         for (; k < kq; k += QW) {
             V x0 = v_load(x + k), x1 = v_load(x + k + VW);
             V x2 = v_load(x + k + 2 * VW), x3 = v_load(x + k + 3 * VW);
-            for (int g = 0; g < LIN_NR; g++) {
+            for (int g = 0; g < GV; g++) {
                 V q[4];
                 quad_f(w, fmt, t8, o[g], k, q);
                 acc[g] = v_fma(x0, q[0], acc[g]);
@@ -253,27 +291,27 @@ SIMD static void gemv_f(const struct lin_job *j, int64_t r0, int64_t r1)
     }
 }
 
-/* FP8 weights: LIN_NR rows of one 128-row scale group at a time */
+/* FP8 weights: GV rows of one 128-row scale group at a time */
 SIMD static void gemv_b(const struct lin_job *j, int64_t r0, int64_t r1)
 {
     const struct dsv4_qweight *w = j->w;
     const int64_t K = w->cols, nsb = (K + 127) / 128, kfull = K / 128 * 128;
     const float *x = j->x;
-    for (int64_t o0 = r0; o0 < r1; o0 += LIN_NR) {
-        int ng = (int)DSV4_MIN((int64_t)LIN_NR, r1 - o0);
+    for (int64_t o0 = r0; o0 < r1; o0 += GV) {
+        int ng = (int)DSV4_MIN((int64_t)GV, r1 - o0);
         const uint8_t *sc = w->scale + (o0 / 128) * nsb;
-        int64_t o[LIN_NR];
-        V acc[LIN_NR];
-        for (int g = 0; g < LIN_NR; g++) {
+        int64_t o[GV];
+        V acc[GV];
+        for (int g = 0; g < GV; g++) {
             o[g] = o0 + (g < ng ? g : 0);
             acc[g] = v_zero();
         }
         for (int64_t b0 = 0; b0 < nsb * 128; b0 += 128) {
-            V p[LIN_NR];
-            for (int g = 0; g < LIN_NR; g++)
+            V p[GV];
+            for (int g = 0; g < GV; g++)
                 p[g] = v_zero();
             if (b0 < kfull) {
-                for (int g = 0; g < LIN_NR; g++) {
+                for (int g = 0; g < GV; g++) {
                     const char *s = (const char *)w->w + o[g] * K + b0 + LIN_PF;
                     _mm_prefetch(s, _MM_HINT_T0);
                     _mm_prefetch(s + 64, _MM_HINT_T0);
@@ -282,7 +320,7 @@ SIMD static void gemv_b(const struct lin_job *j, int64_t r0, int64_t r1)
                     V x0 = v_load(x + k), x1 = v_load(x + k + VW);
                     V x2 = v_load(x + k + 2 * VW), x3 = v_load(x + k + 3 * VW);
                     LIN_UNROLL
-                    for (int g = 0; g < LIN_NR; g++) {
+                    for (int g = 0; g < GV; g++) {
                         V q[4];
                         dec_c16q((const uint8_t *)w->w + o[g] * K + k, q);
                         p[g] = v_fma(x0, q[0], p[g]);
@@ -295,7 +333,7 @@ SIMD static void gemv_b(const struct lin_job *j, int64_t r0, int64_t r1)
                 for (int64_t k = b0; k < b0 + 128; k += QW) {
                     V x0 = v_load(x + k), x1 = v_load(x + k + VW);
                     V x2 = v_load(x + k + 2 * VW), x3 = v_load(x + k + 3 * VW);
-                    for (int g = 0; g < LIN_NR; g++) {
+                    for (int g = 0; g < GV; g++) {
                         V q[4];
                         quad_b(w, o[g], k, q);
                         p[g] = v_fma(x0, q[0], p[g]);
@@ -306,7 +344,7 @@ SIMD static void gemv_b(const struct lin_job *j, int64_t r0, int64_t r1)
                 }
             }
             struct blkf bf = blk_factor(sc[b0 / 128]);
-            for (int g = 0; g < LIN_NR; g++)
+            for (int g = 0; g < GV; g++)
                 acc[g] = blk_acc(acc[g], p[g], bf);
         }
         for (int g = 0; g < ng; g++)
@@ -314,42 +352,49 @@ SIMD static void gemv_b(const struct lin_job *j, int64_t r0, int64_t r1)
     }
 }
 
-/* NVFP4 W4A4 */
+/* NVFP4 W4A4: one chunk of row o into its accumulator */
+SIMD static inline ALWAYS V gemv_i_chunk(const struct lin_job *j, int64_t o, int64_t e, int full,
+                                         V acc)
+{
+    VI ae = vi_load(j->qe + e / 2), ao = vi_load(j->qo + e / 2), ac = vi_load(j->acorr + e / 8);
+    VI wl, wh;
+    V sw;
+    if (full)
+        chunk_i_full(j->w, o, e, &wl, &wh, &sw);
+    else
+        chunk_i(j->w, o, e, &wl, &wh, &sw);
+    VI s = i4_dot(wl, wh, ae, ao, ac);
+    return v_fma(v_cvti(s), v_mul(sw, v_load(j->sfa2 + e / 8)), acc);
+}
+
+/* one row at a time: a single stream per thread suits the hardware prefetchers, and the
+ * int8 activations are cheap to reload from L1 */
 SIMD static void gemv_i(const struct lin_job *j, int64_t r0, int64_t r1)
 {
     const struct dsv4_qweight *w = j->w;
-    const int64_t K = w->cols, rb = (K + 1) / 2;
-    for (int64_t o0 = r0; o0 < r1; o0 += LIN_NR) {
-        int ng = (int)DSV4_MIN((int64_t)LIN_NR, r1 - o0);
-        int64_t o[LIN_NR];
-        V acc[LIN_NR];
-        for (int g = 0; g < LIN_NR; g++) {
-            o[g] = o0 + (g < ng ? g : 0);
-            acc[g] = v_zero();
+    const int64_t K = w->cols, rb = (K + 1) / 2, kfull = K / (16 * VW) * (16 * VW);
+    for (int64_t o = r0; o < r1; o++) {
+        const uint8_t *row = (const uint8_t *)w->w + o * rb;
+        V acc = v_zero();
+        int64_t e = 0;
+        for (; e < kfull; e += 16 * VW) {
+            _mm_prefetch((const char *)row + e / 2 + LIN_PF, _MM_HINT_T0);
+            if (4 * VW < 64)
+                _mm_prefetch((const char *)row + e / 2 + 64 + LIN_PF, _MM_HINT_T0);
+            acc = gemv_i_chunk(j, o, e, 1, acc);
+            acc = gemv_i_chunk(j, o, e + 8 * VW, 1, acc);
         }
-        for (int64_t e = 0; e < K; e += 8 * VW) {
-            VI ae = vi_load(j->qe + e / 2), ao = vi_load(j->qo + e / 2);
-            V sa = v_load(j->sfa2 + e / 8);
-            LIN_UNROLL
-            for (int g = 0; g < LIN_NR; g++) {
-                VI wl, wh;
-                V sw;
-                pf_quad((const uint8_t *)w->w + o[g] * rb, e / 2, 4 * VW);
-                chunk_i(w, o[g], e, &wl, &wh, &sw);
-                VI s = i4_dot(wl, wh, i8_abs(wl), i8_abs(wh), ae, ao);
-                acc[g] = v_fma(v_cvti(s), v_mul(sw, sa), acc[g]);
-            }
-        }
-        for (int g = 0; g < ng; g++)
-            j->y[o0 + g] = v_hsum(acc[g]) * j->alpha;
+        for (; e < K; e += 8 * VW)
+            acc = gemv_i_chunk(j, o, e, e + 8 * VW <= K, acc);
+        j->y[o] = v_hsum(acc) * j->alpha;
     }
 }
 
 /* ---------------------------------------------------------------- batched: tiles */
 
-/* tile row strides: floats of LIN_FAM_F/B; bytes of LIN_FAM_I ([wl | wh | |wl| | |wh|] KC/2
- * bytes each, then KC/8 lane scales) */
-#define TROW_I (2 * LIN_KC + LIN_KC / 8 * (int)sizeof(float))
+/* tile row strides: floats of LIN_FAM_F/B; bytes of LIN_FAM_I ([wl | wh] KC/2 bytes each,
+ * then KC/8 lane scales) */
+#define TROW_I (LIN_KC + LIN_KC / 8 * (int)sizeof(float))
 
 /* rows t0..t0+nr-1, columns k0..k0+lenp-1 of the tile */
 SIMD static inline ALWAYS void decode_f_fmt(const struct dsv4_qweight *w, int fmt, int64_t t0,
@@ -360,8 +405,9 @@ SIMD static inline ALWAYS void decode_f_fmt(const struct dsv4_qweight *w, int fm
         for (int k = 0; k < lenp; k += QW) {
             V q[4];
             quad_f(w, fmt, t8, t0 + r, k0 + k, q);
+            LIN_UNROLL
             for (int v = 0; v < 4; v++)
-                v_store(wt + r * LIN_KC + k + v * VW, q[v]);
+                v_store(wt + r * LIN_TROW + k + v * VW, q[v]);
         }
 }
 
@@ -391,8 +437,9 @@ SIMD static void decode_b(const struct dsv4_qweight *w, int64_t t0, int nr, int6
         for (int k = 0; k < lenp; k += QW) {
             V q[4];
             quad_b(w, t0 + r, k0 + k, q);
+            LIN_UNROLL
             for (int v = 0; v < 4; v++)
-                v_store(wt + r * LIN_KC + k + v * VW, q[v]);
+                v_store(wt + r * LIN_TROW + k + v * VW, q[v]);
         }
 }
 
@@ -401,15 +448,13 @@ SIMD static void decode_i(const struct dsv4_qweight *w, int64_t t0, int nr, int6
 {
     for (int r = 0; r < nr; r++) {
         uint8_t *b = wt + r * TROW_I;
-        float *sw = (float *)(b + 2 * LIN_KC);
+        float *sw = (float *)(b + LIN_KC);
         for (int e = 0; e < lenp; e += 8 * VW) {
             VI wl, wh;
             V s;
             chunk_i(w, t0 + r, k0 + e, &wl, &wh, &s);
             vi_store(b + e / 2, wl);
             vi_store(b + LIN_KC / 2 + e / 2, wh);
-            vi_store(b + LIN_KC + e / 2, i8_abs(wl));
-            vi_store(b + 3 * LIN_KC / 2 + e / 2, i8_abs(wh));
             v_store(sw + e / 8, s);
         }
     }
@@ -451,11 +496,11 @@ SIMD static inline ALWAYS void mk_f(int mr, const float *x, int64_t xs, const fl
     }
 }
 
-/* FP8: per 128 block, partial sums in registers, then blk_acc into ab (bf[r]: the rows' block
- * factors, indexed by block) */
+/* FP8: per 128 block, partial sums in registers, then blk_acc into ab (bf: the block factors
+ * of the chunk, shared by the tile's rows: a tile never straddles a 128-row scale group) */
 SIMD static inline ALWAYS void mk_b(int mr, const float *x, int64_t xs, const float *wt,
                                     const int *wr, int lenp, float *ab, int first,
-                                    const struct blkf (*bf)[LIN_KC / 128])
+                                    const struct blkf *bf)
 {
     for (int b0 = 0; b0 < lenp; b0 += 128) {
         V p[MR_F][LIN_NR];
@@ -478,22 +523,33 @@ SIMD static inline ALWAYS void mk_b(int mr, const float *x, int64_t xs, const fl
                     p[i][r] = v_fma(xv[i], wv, p[i][r]);
             }
         }
+        struct blkf f = bf[b0 / 128];
+        if (f.big) { /* rare: the two-step scale */
+            LIN_UNROLL
+            for (int i = 0; i < mr; i++) {
+                LIN_UNROLL
+                for (int r = 0; r < LIN_NR; r++)
+                    p[i][r] = v_mul(p[i][r], v_set1(256.0f));
+            }
+            f.big = 0;
+        }
+        V fv = v_set1(f.f);
         LIN_UNROLL
         for (int i = 0; i < mr; i++) {
             LIN_UNROLL
             for (int r = 0; r < LIN_NR; r++) {
                 float *a = ab + (i * LIN_NR + r) * VW;
-                V acc = first && b0 == 0 ? v_zero() : v_load(a);
-                v_store(a, blk_acc(acc, p[i][r], bf[r][b0 / 128]));
+                v_store(a, v_fma(p[i][r], fv, first && b0 == 0 ? v_zero() : v_load(a)));
             }
         }
     }
 }
 
-/* W4A4: activation planes qe/qo (stride xs bytes) and lane scales sa (stride xs / 4 floats) */
+/* W4A4: activation planes qe/qo (stride xs bytes), lane scales sa and corrections ac
+ * (stride xs / 4) */
 SIMD static inline ALWAYS void mk_i(int mr, const int8_t *qe, const int8_t *qo, const float *sa,
-                                    int64_t xs, const uint8_t *wt, const int *wr, int lenp,
-                                    float *ab, int first)
+                                    const int32_t *ac, int64_t xs, const uint8_t *wt, const int *wr,
+                                    int lenp, float *ab, int first)
 {
     V acc[MR_I][LIN_NR];
     LIN_UNROLL
@@ -503,23 +559,23 @@ SIMD static inline ALWAYS void mk_i(int mr, const int8_t *qe, const int8_t *qo, 
             acc[i][r] = first ? v_zero() : v_load(ab + (i * LIN_NR + r) * VW);
     }
     for (int e = 0; e < lenp; e += 8 * VW) {
-        VI ae[MR_I], ao[MR_I];
+        VI ae[MR_I], ao[MR_I], aci[MR_I];
         V as[MR_I];
         LIN_UNROLL
         for (int i = 0; i < mr; i++) {
             ae[i] = vi_load(qe + i * xs + e / 2);
             ao[i] = vi_load(qo + i * xs + e / 2);
+            aci[i] = vi_load(ac + i * (xs / 4) + e / 8);
             as[i] = v_load(sa + i * (xs / 4) + e / 8);
         }
         LIN_UNROLL
         for (int r = 0; r < LIN_NR; r++) {
             const uint8_t *b = wt + wr[r];
             VI wl = vi_load(b + e / 2), wh = vi_load(b + LIN_KC / 2 + e / 2);
-            VI awl = vi_load(b + LIN_KC + e / 2), awh = vi_load(b + 3 * LIN_KC / 2 + e / 2);
-            V sw = v_load((const float *)(b + 2 * LIN_KC) + e / 8);
+            V sw = v_load((const float *)(b + LIN_KC) + e / 8);
             LIN_UNROLL
             for (int i = 0; i < mr; i++) {
-                VI s = i4_dot(wl, wh, awl, awh, ae[i], ao[i]);
+                VI s = i4_dot(wl, wh, ae[i], ao[i], aci[i]);
                 acc[i][r] = v_fma(v_cvti(s), v_mul(sw, as[i]), acc[i][r]);
             }
         }
@@ -562,15 +618,16 @@ SIMD static void run_f(int mr, const float *x, int64_t xs, const float *wt, cons
 }
 
 SIMD static void run_b(int mr, const float *x, int64_t xs, const float *wt, const int *wr, int lenp,
-                       float *ab, int first, const struct blkf (*bf)[LIN_KC / 128]){
+                       float *ab, int first, const struct blkf *bf){
 #define CALL_B(n) mk_b((n) <= MR_F ? (n) : MR_F, x, xs, wt, wr, lenp, ab, first, bf)
         MK_CASES(mr, CALL_B)
 #undef CALL_B
 }
 
-SIMD static void run_i(int mr, const int8_t *qe, const int8_t *qo, const float *sa, int64_t xs,
-                       const uint8_t *wt, const int *wr, int lenp, float *ab, int first){
-#define CALL_I(n) mk_i((n) <= MR_I ? (n) : MR_I, qe, qo, sa, xs, wt, wr, lenp, ab, first)
+SIMD static void run_i(int mr, const int8_t *qe, const int8_t *qo, const float *sa,
+                       const int32_t *ac, int64_t xs, const uint8_t *wt, const int *wr, int lenp,
+                       float *ab, int first){
+#define CALL_I(n) mk_i((n) <= MR_I ? (n) : MR_I, qe, qo, sa, ac, xs, wt, wr, lenp, ab, first)
         MK_CASES(mr, CALL_I)
 #undef CALL_I
 }
@@ -592,7 +649,7 @@ SIMD static void tiles(const struct lin_job *j, int64_t r0, int64_t r1, void *sc
         for (int64_t t0 = r0; t0 < r1; t0 += LIN_NR) {
             int nr = (int)DSV4_MIN((int64_t)LIN_NR, r1 - t0), wr[LIN_NR];
             for (int r = 0; r < LIN_NR; r++)
-                wr[r] = (r < nr ? r : 0) * (fam == LIN_FAM_I ? TROW_I : LIN_KC);
+                wr[r] = (r < nr ? r : 0) * (fam == LIN_FAM_I ? TROW_I : LIN_TROW);
             for (int64_t k0 = 0; k0 < K; k0 += LIN_KC) {
                 int len = (int)DSV4_MIN((int64_t)LIN_KC, K - k0), first = k0 == 0;
                 if (fam == LIN_FAM_F) {
@@ -604,24 +661,22 @@ SIMD static void tiles(const struct lin_job *j, int64_t r0, int64_t r1, void *sc
                 } else if (fam == LIN_FAM_B) {
                     int lenp = (len + 127) / 128 * 128;
                     const int64_t nsb = (K + 127) / 128;
-                    struct blkf bf[LIN_NR][LIN_KC / 128];
+                    struct blkf bf[LIN_KC / 128];
                     decode_b(w, t0, nr, k0, lenp, wt);
-                    for (int r = 0; r < LIN_NR; r++)
-                        for (int b = 0; b < lenp / 128; b++)
-                            bf[r][b] = blk_factor(
-                                    w->scale[((t0 + (r < nr ? r : 0)) / 128) * nsb + k0 / 128 + b]);
+                    for (int b = 0; b < lenp / 128; b++)
+                        bf[b] = blk_factor(w->scale[(t0 / 128) * nsb + k0 / 128 + b]);
                     for (int i = 0; i < mb; i += mr)
                         run_b(DSV4_MIN(mr, mb - i), j->x + (i0 + i) * kx + k0, kx, wt, wr, lenp,
-                              ab + (int64_t)i * LIN_NR * VW, first,
-                              (const struct blkf(*)[LIN_KC / 128]) bf);
+                              ab + (int64_t)i * LIN_NR * VW, first, bf);
                 } else {
                     int lenp = (len + 8 * VW - 1) / (8 * VW) * (8 * VW);
                     decode_i(w, t0, nr, k0, lenp, (uint8_t *)wt);
                     for (int i = 0; i < mb; i += mr) {
                         int64_t a = (i0 + i) * (kx / 2) + k0 / 2;
-                        run_i(DSV4_MIN(mr, mb - i), j->qe + a, j->qo + a,
-                              j->sfa2 + (i0 + i) * (kx / 8) + k0 / 8, kx / 2, (const uint8_t *)wt,
-                              wr, lenp, ab + (int64_t)i * LIN_NR * VW, first);
+                        int64_t l = (i0 + i) * (kx / 8) + k0 / 8;
+                        run_i(DSV4_MIN(mr, mb - i), j->qe + a, j->qo + a, j->sfa2 + l, j->acorr + l,
+                              kx / 2, (const uint8_t *)wt, wr, lenp, ab + (int64_t)i * LIN_NR * VW,
+                              first);
                     }
                 }
             }
