@@ -379,7 +379,7 @@ SIMD static void gemv_i(const struct lin_job *j, int64_t r0, int64_t r1)
         int64_t e = 0;
         for (; e < kfull; e += 16 * VW) {
             _mm_prefetch((const char *)row + e / 2 + LIN_PF, _MM_HINT_T0);
-            if (4 * VW < 64)
+            if (8 * VW > 64) /* bytes per iteration */
                 _mm_prefetch((const char *)row + e / 2 + 64 + LIN_PF, _MM_HINT_T0);
             acc = gemv_i_chunk(j, o, e, 1, acc);
             acc = gemv_i_chunk(j, o, e + 8 * VW, 1, acc);
