@@ -19,9 +19,9 @@
  * checkpoints use.
  *
  * Batch invariance: each set fixes one summation order per output (the
- * scalar set: FP32 sums in column order over the whole row; the SIMD sets:
- * linear_simd.h), followed by the batch-1 and the batched kernels alike,
- * so an output never depends on m, on the other rows or on the split.
+ * scalar set: rows_scalar below; the SIMD sets: linear_simd.h), followed by
+ * the batch-1 and the batched kernels alike, so an output never depends on
+ * m, on the other rows or on the split.
  *
  * The instruction set is chosen once: "avx512" (the AVX2 set with the
  * 16-lane kernels of linear_avx512.c) when the CPU has AVX-512F/BW/VL,
@@ -148,9 +148,11 @@ static void decode_row_scalar(const struct dsv4_qweight *w, int64_t o, int64_t k
 }
 
 /*
- * Scalar set, every format (LIN_FAM_F): y[i, o] = (sum over k in column
- * order of x[i, k] * w(o, k), one FP32 accumulator) * alpha.  The running
- * sum waits in y between LIN_KC-column chunks of the decoded row.
+ * Scalar set, every format (LIN_FAM_F): per LIN_KC-column chunk, eight
+ * partial sums (column k into partial k % 8) combined by one fixed tree,
+ * then the chunk sums added in column order; y = that sum * alpha.  The
+ * interleaving keeps long rows accurate (the error of one running FP32 sum
+ * grows with the row length); the running sum waits in y between chunks.
  */
 static void rows_scalar(const struct lin_job *j, int64_t r0, int64_t r1, void *scratch)
 {
@@ -163,10 +165,11 @@ static void rows_scalar(const struct lin_job *j, int64_t r0, int64_t r1, void *s
             for (int64_t i = 0; i < j->m; i++) {
                 const float *xi = j->x + i * j->kx + k0;
                 float *yi = j->y + i * w->rows + o;
-                float acc = k0 ? *yi : 0.0f;
+                float a[8] = {0};
                 for (int k = 0; k < len; k++)
-                    acc += xi[k] * wd[k];
-                *yi = acc;
+                    a[k & 7] += xi[k] * wd[k];
+                float p = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+                *yi = k0 ? *yi + p : p;
             }
         }
         for (int64_t i = 0; i < j->m; i++)
