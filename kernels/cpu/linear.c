@@ -282,12 +282,14 @@ static size_t act_bytes(int64_t m, int64_t cols)
     return (size_t)(m * kx) * sizeof(float); /* W4A4 planes need 2 bytes per column */
 }
 
-/* Pool tasks for `work` multiply-adds over `units` indivisible pieces: about 64K
- * multiply-adds at least per task (waking the pool costs microseconds), at most 4 per
- * thread (a slowed thread claims fewer). */
+/* Pool tasks for `work` multiply-adds over `units` indivisible pieces: at least
+ * LIN_TASK_WORK multiply-adds per task, at most 4 per thread (a slowed thread claims
+ * fewer).  Waking the pool costs several microseconds at best: on the AVX2 EPYC a 256 x 512
+ * W4A4 product at batch 1 (131K, ~14 us) broke even on two threads, 512 x 512 won. */
+#define LIN_TASK_WORK 131072.0
 static int64_t task_count(struct dsv4_pool *p, double work, int64_t units)
 {
-    int64_t n = (int64_t)DSV4_MIN(work / 65536.0, (double)dsv4_pool_threads(p) * 4);
+    int64_t n = (int64_t)DSV4_MIN(work / LIN_TASK_WORK, (double)dsv4_pool_threads(p) * 4);
     return DSV4_MAX((int64_t)1, DSV4_MIN(n, units));
 }
 

@@ -162,7 +162,8 @@ static void test_invariance(void)
     static const int64_t shapes[][2] = {
             /* rows, cols: tails of every vector / block / chunk width, partial tiles, a
              * second FP8 row group */
-            {3, 5}, {7, 48}, {13, 100}, {130, 300}, {9, 1100}, {33, 256}, {5, 2111},
+            {3, 5},    {7, 48},   {13, 100},   {130, 300}, {9, 1100},
+            {33, 256}, {5, 2111}, {262, 1100}, /* large enough for several pool tasks at m = 1 */
     };
     static const int64_t ms[] = {1, 2, 3, 5, 8, 17, 33, 64, 100};
     struct dsv4_pool *pool[3];
