@@ -1,9 +1,12 @@
 /*
  * bench_linear.c - `dsv4 bench linear`: throughput of dsv4_cpu_linear for
  * every weight format on the two expert shapes of V4-Pro (7168x3072 and
- * 3072x7168) at batch 1, 8 and 64, reported as GB/s of weight bytes read
- * (data + scales, dsv4_qweight_bytes) next to the bandwidth of a plain
- * multi-threaded memcpy measured in the same run.
+ * 3072x7168) at batch 1, 8, 64 and 256, reported as GB/s of weight bytes
+ * read (data + scales, dsv4_qweight_bytes) and GFLOP/s (2 * rows * cols *
+ * batch per call) next to the bandwidth of a plain multi-threaded memcpy
+ * measured in the same run.  The header names the CPU (model name, family
+ * and model numbers from /proc/cpuinfo) and the instruction set in use, so
+ * that numbers are never read without the machine they came from.
  *
  * Why the setup looks like this: the products are memory-bound at batch 1,
  * and a server CPU's last-level cache can hold a whole matrix, so each call
@@ -131,16 +134,17 @@ static bool parse_seconds(const char *v, double *out)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dsv4 bench linear [--threads N] [--mem MB] [--time SEC] [--formats LIST]\n"
-               "                         [--batches LIST]\n"
-               "  --threads N     pool threads, 1..1024 (default: online CPUs)\n"
-               "  --mem MB        weight pool and copy size, above the last-level cache,\n"
-               "                  16..65536 and at least one copy of the largest selected\n"
-               "                  weight (f32: 84 MiB) (default 1024)\n"
-               "  --time SEC      minimum time per case, 0..60 (default 0.3)\n"
-               "  --formats LIST  comma list of f32,bf16,fp8,mxfp4,nvfp4 (default all)\n"
-               "  --batches LIST  comma list of up to 16 batch sizes, 1..4096 (default 1,8,64)\n"
-               "exit status: 0 ok, 1 out of memory or thread start failure, 2 bad usage\n");
+    fprintf(f,
+            "usage: dsv4 bench linear [--threads N] [--mem MB] [--time SEC] [--formats LIST]\n"
+            "                         [--batches LIST]\n"
+            "  --threads N     pool threads, 1..1024 (default: online CPUs)\n"
+            "  --mem MB        weight pool and copy size, above the last-level cache,\n"
+            "                  16..65536 and at least one copy of the largest selected\n"
+            "                  weight (f32: 84 MiB) (default 1024)\n"
+            "  --time SEC      minimum time per case, 0..60 (default 0.3)\n"
+            "  --formats LIST  comma list of f32,bf16,fp8,mxfp4,nvfp4 (default all)\n"
+            "  --batches LIST  comma list of up to 16 batch sizes, 1..4096 (default 1,8,64,256)\n"
+            "exit status: 0 ok, 1 out of memory or thread start failure, 2 bad usage\n");
 }
 
 /* 0 ok, 1 --help printed, 2 bad usage (message printed) */
@@ -260,6 +264,37 @@ static void run_case(struct bench_bufs *b, const struct bench_opts *o, size_t f,
     fflush(stdout);
 }
 
+/* "model name (family F, model M)" of the first CPU in /proc/cpuinfo, or "unknown CPU" */
+static void cpu_model(char *out, size_t n)
+{
+    char line[512], name[256] = "unknown CPU";
+    int family = -1, model = -1;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    while (f && fgets(line, sizeof(line), f)) {
+        char *v = strchr(line, ':');
+        if (!v)
+            continue;
+        v += 1 + (v[1] == ' ');
+        v[strcspn(v, "\n")] = 0;
+        if (!strncmp(line, "model name", 10) && !strcmp(name, "unknown CPU"))
+            snprintf(name, sizeof(name), "%s", v);
+        else if (!strncmp(line, "cpu family", 10) && family < 0)
+            family = atoi(v);
+        else if (!strncmp(line, "model\t", 6) && model < 0)
+            model = atoi(v);
+        else if (line[0] == '\n' || !strncmp(line, "processor", 9)) {
+            if (family >= 0 && model >= 0)
+                break;
+        }
+    }
+    if (f)
+        fclose(f);
+    if (family >= 0 && model >= 0)
+        snprintf(out, n, "%s (family %d, model %d)", name, family, model);
+    else
+        snprintf(out, n, "%s", name);
+}
+
 /* random pool bytes (bit 6 clear, bit 5 set: finite normal values), x in [-1.43, 1.43] */
 static void fill(struct bench_bufs *b, int maxb)
 {
@@ -281,8 +316,8 @@ int dsv4_bench_linear(int argc, char **argv)
 {
     struct bench_opts o = {.threads = (int)sysconf(_SC_NPROCESSORS_ONLN),
                            .mem_mb = 1024,
-                           .batches = {1, 8, 64},
-                           .nb = 3,
+                           .batches = {1, 8, 64, 256},
+                           .nb = 4,
                            .min_time = 0.3,
                            .fmt_on = {true, true, true, true, true}};
     struct bench_bufs b = {0};
@@ -312,8 +347,10 @@ int dsv4_bench_linear(int argc, char **argv)
     fill(&b, maxb);
 
     double copy0 = copy_gbs(b.pool, b.buf, b.dst, b.mem, 3);
-    printf("dsv4 bench linear: %d threads, isa %s, pool %d MiB\n", o.threads, dsv4_cpu_isa(),
-           o.mem_mb);
+    char cpu[400];
+    cpu_model(cpu, sizeof(cpu));
+    printf("dsv4 bench linear: %s\n", cpu);
+    printf("%d threads, isa %s, pool %d MiB\n", o.threads, dsv4_cpu_isa(), o.mem_mb);
     printf("memcpy: %.2f GB/s (bytes copied per second; each byte is read and written)\n\n", copy0);
     printf("%%copy compares with a copy run just before the case (the machine may be shared)\n");
     printf("%-6s %-5s %-11s %5s %9s %9s %8s %9s %7s\n", "format", "act", "shape", "batch",

@@ -1,15 +1,19 @@
 /*
- * cpu.h - fast CPU kernels (AVX2/FMA with runtime dispatch, scalar fallback)
- * and the persistent thread pool they run on.
+ * cpu.h - fast CPU kernels (AVX2/FMA and AVX-512 with runtime dispatch,
+ * scalar fallback) and the persistent thread pool they run on.
  *
  * Every kernel here computes exactly the math of its kernels/ref oracle (same
  * quantisation, same block structure, every product bit-identical); only the
- * order of the FP32 sums may differ (and the AVX512-BF16 MXFP4 path flushes
- * FP32 partial sums below 2^-126 to zero, which real scales never reach).
- * Paths: batched products decode tiles of weights to FP32 in L1 and run
- * FMA dot products; batch 1 has fused kernels for FP8 (AVX2, AVX-512), NVFP4
- * W4A4 (exact int8 dot products: AVX2 PMADDUBSW, AVX-512 VNNI) and MXFP4
- * with FP8 activations (AVX512-BF16).  linear.c says which applies when.
+ * order of the FP32 sums may differ.  Paths: batch 1 has fused kernels that
+ * decode weights in registers (memory-bound); batched products decode tiles
+ * of weights into L1 and run a register-blocked micro-kernel; NVFP4 W4A4
+ * uses exact int8 dot products of the E2M1 codes in both (cpu_int.h,
+ * linear_simd.h).
+ *
+ * Batch invariance: for a given instruction set, output row i of
+ * dsv4_cpu_linear is bitwise the same whatever m, the other rows of x, the
+ * pool's thread count and the row split (each set has one summation order
+ * per output that all its paths follow).  The sets differ from each other.
  * Kernels do not allocate per call: scratch comes from the pool, sized once.
  */
 #ifndef DSV4_CPU_H
@@ -35,25 +39,27 @@ void dsv4_pool_run(struct dsv4_pool *p, dsv4_pool_fn fn, void *arg, int64_t n);
  * aligned; NULL only when that first growth fails).  Owned by the pool. */
 void *dsv4_pool_scratch(struct dsv4_pool *p, int thread, size_t bytes);
 /* Buffers of the same kind for data all threads of a job read, by slot
- * (0 .. DSV4_POOL_SHARED_SLOTS-1; dsv4_cpu_linear uses slots 0 and 1). */
+ * (0 .. DSV4_POOL_SHARED_SLOTS-1; dsv4_cpu_linear uses slot 0). */
 #define DSV4_POOL_SHARED_SLOTS 4
 void *dsv4_pool_shared(struct dsv4_pool *p, int slot, size_t bytes);
 
 /* Which instruction set the dispatcher picked ("avx512", "avx2+fma" or "scalar"). */
 const char *dsv4_cpu_isa(void);
 /* Forces "scalar", "avx2+fma" or "avx512" (if the CPU has it) for every
- * later call (diagnostics and tests; the math is the same).  Not thread-safe
- * against running kernels.  Also DSV4_CPU_ISA=scalar|avx2+fma at start. */
+ * later call (diagnostics and tests; the math is the same up to the order
+ * of FP32 sums).  Not thread-safe against running kernels.  Also
+ * DSV4_CPU_ISA=scalar|avx2+fma at start. */
 int dsv4_cpu_force_isa(const char *name);
 
 /*
- * y[m, rows] = act(x)[m, cols] . W^T, threaded over output rows; m in 1..64
- * typical, any m works.  w and act must pass dsv4_linear_check (asserted).
- * Not re-entrant per pool: call it from the thread that drives the pool,
- * never from inside a dsv4_pool_run task.  Scratch: the kernels' own 16 KiB
- * per thread (allocated by dsv4_pool_init) and shared slots 0 and 1 (m *
- * cols floats, cols halves), grown on the first call that needs more;
- * dsv4_cpu_linear_reserve sizes them up front so that no call allocates.
+ * y[m, rows] = act(x)[m, cols] . W^T, threaded over output rows; any m >= 0.
+ * w and act must pass dsv4_linear_check (asserted).  Batch-invariant (see
+ * above).  Not re-entrant per pool: call it from the thread that drives the
+ * pool, never from inside a dsv4_pool_run task.  Scratch: the kernels' own
+ * per-thread buffers (allocated by dsv4_pool_init) and shared slot 0 (the
+ * quantised activations, m rows of cols rounded up to 128, 4 bytes per
+ * column), grown on the first call that needs more;
+ * dsv4_cpu_linear_reserve sizes it up front so that no call allocates.
  */
 void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv4_act act,
                      const float *x, int64_t m, float *y);

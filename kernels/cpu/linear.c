@@ -1,14 +1,10 @@
 /*
- * linear.c - fast CPU y = act(x) . W^T (kernels/cpu/cpu.h): activation
- * quantisation once per call, then output rows split over the thread pool;
- * each task walks tiles of LIN_RT weight rows, decodes a LIN_KC-column chunk
- * of the tile into per-thread L1 scratch and takes its dot products with
- * every activation row, so weights are read from memory exactly once per
- * call whatever the batch.  Batch 1 is memory-bound, so two formats have
- * fused paths that never write decoded weights: FP8 (decode to FP16 bits,
- * widen, FMA; cols % 128 == 0) and NVFP4 W4A4 (integer dot products of the
- * int8 2*E2M1 codes of weights and activations per 16 block, exact, then
- * one FMA with the product of the two block scales; cols % 64 == 0).
+ * linear.c - fast CPU y = act(x) . W^T (kernels/cpu/cpu.h): the driver and
+ * the scalar kernel set.  Per call the activations are quantised once into
+ * zero-padded rows (exact dequantised values, or for NVFP4 W4A4 the int8
+ * code planes), then the output rows are split over the thread pool and
+ * the instruction set's `rows` computes them (cpu_int.h).  Weights are
+ * read from memory once per block of LIN_MB activation rows.
  *
  * Exactness argument (why this matches kernels/ref/linear.c up to the order
  * of FP32 sums): activations are replaced by their exact dequantised values
@@ -16,12 +12,19 @@
  * code * block scale (E8M0: a power of two; NVFP4: E4M3, whose product with
  * an E2M1 value is exact), so every product x * w equals the reference's
  * q_a * q_w * s_a * s_w bit for bit; only the grouping of the sums differs.
- * NVFP4's global scale (and input_scale for W4A4) multiplies the final sum
- * as in the reference.  This holds while block scales stay within about
- * 2^-100..2^100, far beyond what checkpoints use.
+ * The W4A4 path sums int8 codes exactly per half block before one product
+ * with the two block scales.  NVFP4's global scale (and input_scale for
+ * W4A4) multiplies the final sum as in the reference.  This holds while
+ * block scales stay within about 2^-100..2^100, far beyond what
+ * checkpoints use.
+ *
+ * Batch invariance: each set fixes one summation order per output (the
+ * scalar set: rows_scalar below; the SIMD sets: linear_simd.h), followed by
+ * the batch-1 and the batched kernels alike, so an output never depends on
+ * m, on the other rows or on the split.
  *
  * The instruction set is chosen once: "avx512" (the AVX2 set with the
- * AVX-512 kernels of linear_avx512.c over it) when the CPU has AVX-512F/BW/VL,
+ * 16-lane kernels of linear_avx512.c) when the CPU has AVX-512F/BW/VL,
  * else "avx2+fma" (AVX2+FMA+F16C, linear_avx2.c), else "scalar";
  * DSV4_CPU_ISA=scalar|avx2+fma or dsv4_cpu_force_isa() picks a lower one
  * for diagnostics.
@@ -68,13 +71,7 @@ static void kern_init(void)
     const char *env = getenv("DSV4_CPU_ISA");
     kern_avx512 = dsv4_cpu_kern_avx2;
     kern_avx512.name = "avx512";
-    kern_avx512.gemv_fp8 = dsv4_cpu_gemv_fp8_avx512;
-    kern_avx512.dot = dsv4_cpu_dot_avx512;
-    kern_avx512.decode = dsv4_cpu_decode_avx512;
-    if (__builtin_cpu_supports("avx512vnni"))
-        kern_avx512.gemv_w4a4 = dsv4_cpu_gemv_w4a4_avx512;
-    if (__builtin_cpu_supports("avx512bf16"))
-        kern_avx512.gemv_mxfp4 = dsv4_cpu_gemv_mxfp4_bf16;
+    kern_avx512.rows = dsv4_cpu_rows_avx512;
     kern = &dsv4_cpu_kern_scalar;
     if (env && !strcmp(env, "scalar"))
         return;
@@ -113,58 +110,71 @@ int dsv4_cpu_force_isa(const char *name)
 /* ---------------------------------------------------------------- scalar kernels */
 
 /*
- * Decodes weight rows r0..r0+nr-1, columns k0..k0+len-1 into out[nr][len]
- * (value * block scale; NVFP4 without scale2).  k0 is a multiple of 128.
+ * Weight row o, columns k0..k0+len-1, into out[len] (exact value * block
+ * scale; NVFP4 without scale2).
  */
-static void decode_scalar(const struct dsv4_qweight *w, int64_t r0, int nr, int64_t k0, int len,
-                          float *out)
+static void decode_row_scalar(const struct dsv4_qweight *w, int64_t o, int64_t k0, int len,
+                              float *d)
 {
     const uint8_t *b = w->w;
-    for (int r = 0; r < nr; r++) {
-        int64_t o = r0 + r;
-        float *d = out + (int64_t)r * len;
-        switch (w->fmt) {
-        case DSV4_WFMT_F32:
-            memcpy(d, (const float *)w->w + o * w->cols + k0, (size_t)len * sizeof(float));
-            break;
-        case DSV4_WFMT_BF16:
-            for (int j = 0; j < len; j++)
-                d[j] = dsv4_bf16_to_f32(((const uint16_t *)w->w)[o * w->cols + k0 + j]);
-            break;
-        case DSV4_WFMT_FP8: {
-            const uint8_t *s = w->scale + (o / 128) * ((w->cols + 127) / 128);
-            for (int j = 0; j < len; j++)
-                d[j] = dsv4_e4m3_to_f32(b[o * w->cols + k0 + j]) *
-                       dsv4_e8m0_to_f32(s[(k0 + j) / 128]);
-            break;
+    switch (w->fmt) {
+    case DSV4_WFMT_F32:
+        memcpy(d, (const float *)w->w + o * w->cols + k0, (size_t)len * sizeof(float));
+        break;
+    case DSV4_WFMT_BF16:
+        for (int j = 0; j < len; j++)
+            d[j] = dsv4_bf16_to_f32(((const uint16_t *)w->w)[o * w->cols + k0 + j]);
+        break;
+    case DSV4_WFMT_FP8: {
+        const uint8_t *s = w->scale + (o / 128) * ((w->cols + 127) / 128);
+        for (int j = 0; j < len; j++)
+            d[j] = dsv4_e4m3_to_f32(b[o * w->cols + k0 + j]) * dsv4_e8m0_to_f32(s[(k0 + j) / 128]);
+        break;
+    }
+    case DSV4_WFMT_MXFP4:
+    case DSV4_WFMT_NVFP4: {
+        int bs = w->fmt == DSV4_WFMT_MXFP4 ? 32 : 16;
+        const uint8_t *wr = b + o * ((w->cols + 1) / 2);
+        const uint8_t *s = w->scale + o * ((w->cols + bs - 1) / bs);
+        for (int j = 0; j < len; j++) {
+            int64_t k = k0 + j;
+            float v = dsv4_e2m1_to_f32((wr[k / 2] >> (4 * (k & 1))) & 15);
+            float sc = bs == 32 ? dsv4_e8m0_to_f32(s[k / bs]) : dsv4_e4m3_to_f32(s[k / bs]);
+            d[j] = v * sc;
         }
-        case DSV4_WFMT_MXFP4:
-        case DSV4_WFMT_NVFP4: {
-            int bs = w->fmt == DSV4_WFMT_MXFP4 ? 32 : 16;
-            const uint8_t *wr = b + o * ((w->cols + 1) / 2);
-            const uint8_t *s = w->scale + o * ((w->cols + bs - 1) / bs);
-            for (int j = 0; j < len; j++) {
-                int64_t k = k0 + j;
-                float v = dsv4_e2m1_to_f32((wr[k / 2] >> (4 * (k & 1))) & 15);
-                float sc = bs == 32 ? dsv4_e8m0_to_f32(s[k / bs]) : dsv4_e4m3_to_f32(s[k / bs]);
-                d[j] = v * sc;
-            }
-            break;
-        }
-        }
+        break;
+    }
     }
 }
 
-static void dot_scalar(const float *x, int64_t xs, int nm, const float *wt, int nr, int len,
-                       float *out)
+/*
+ * Scalar set, every format (LIN_FAM_F): per LIN_KC-column chunk, eight
+ * partial sums (column k into partial k % 8) combined by one fixed tree,
+ * then the chunk sums added in column order; y = that sum * alpha.  The
+ * interleaving keeps long rows accurate (the error of one running FP32 sum
+ * grows with the row length); the running sum waits in y between chunks.
+ */
+static void rows_scalar(const struct lin_job *j, int64_t r0, int64_t r1, void *scratch)
 {
-    for (int i = 0; i < nm; i++)
-        for (int r = 0; r < nr; r++) {
-            float acc = 0.0f;
-            for (int j = 0; j < len; j++)
-                acc += x[i * xs + j] * wt[(int64_t)r * len + j];
-            out[i * LIN_RT + r] = acc;
+    const struct dsv4_qweight *w = j->w;
+    float *wd = scratch;
+    for (int64_t o = r0; o < r1; o++) {
+        for (int64_t k0 = 0; k0 < w->cols; k0 += LIN_KC) {
+            int len = (int)DSV4_MIN((int64_t)LIN_KC, w->cols - k0);
+            decode_row_scalar(w, o, k0, len, wd);
+            for (int64_t i = 0; i < j->m; i++) {
+                const float *xi = j->x + i * j->kx + k0;
+                float *yi = j->y + i * w->rows + o;
+                float a[8] = {0};
+                for (int k = 0; k < len; k++)
+                    a[k & 7] += xi[k] * wd[k];
+                float p = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+                *yi = k0 ? *yi + p : p;
+            }
         }
+        for (int64_t i = 0; i < j->m; i++)
+            j->y[i * w->rows + o] *= j->alpha;
+    }
 }
 
 static void act_fp8_scalar(const float *x, int64_t n, int group, float *out)
@@ -187,10 +197,9 @@ static void act_nvfp4_scalar(const float *x, int64_t n, float input_scale, float
 
 const struct dsv4_cpu_kern dsv4_cpu_kern_scalar = {
         .name = "scalar",
-        .decode = decode_scalar,
-        .dot = dot_scalar,
         .act_fp8 = act_fp8_scalar,
         .act_nvfp4 = act_nvfp4_scalar,
+        .rows = rows_scalar,
 };
 
 /* ---------------------------------------------------------------- activations */
@@ -209,123 +218,122 @@ void dsv4_cpu_act_nvfp4(const float *x, int64_t n, float input_scale, float *out
 
 /* ---------------------------------------------------------------- product */
 
-struct job {
+struct call {
     const struct dsv4_cpu_kern *k;
-    const struct dsv4_qweight *w;
+    struct lin_job j;
     struct dsv4_pool *pool;
-    const float *xa; /* [m, cols] exact dequantised activations */
-    int64_t m;
-    float *y;
-    float alpha; /* final factor (NVFP4 scale2 [* input_scale]) or 1 */
-    int64_t rows_per_task;
-    int path;              /* PATH_* */
-    const int8_t *qe, *qo; /* PATH_W4A4 activations */
-    const float *sfa2;
-    const uint16_t *xe, *xo; /* PATH_MXFP4 activations */
+    enum dsv4_act act;
+    const float *x; /* caller's activations [m, cols] */
+    int64_t rows_per_task, acts_per_task;
+    uint8_t *buf; /* shared slot 0 */
 };
 
-enum { PATH_TILES = 0, PATH_GEMV_FP8 = 1, PATH_W4A4 = 2, PATH_MXFP4 = 3 };
-
-static void task(void *arg, int64_t t, int thread)
+/* activation rows [t * acts_per_task, ...) into the padded buffers of the job */
+static void prep_task(void *arg, int64_t t, int thread)
 {
-    const struct job *j = arg;
-    const struct dsv4_qweight *w = j->w;
-    int64_t r_end = DSV4_MIN(w->rows, (t + 1) * j->rows_per_task);
-    int64_t r_beg = t * j->rows_per_task;
-    if (j->path == PATH_GEMV_FP8) {
-        j->k->gemv_fp8(w, j->xa, r_beg, r_end - r_beg, j->y + r_beg);
-        return;
-    }
-    if (j->path == PATH_MXFP4) {
-        j->k->gemv_mxfp4(w, j->xe, j->xo, j->xa, r_beg, r_end - r_beg, j->y + r_beg);
-        return;
-    }
-    if (j->path == PATH_W4A4) {
-        j->k->gemv_w4a4(w, j->qe, j->qo, j->sfa2, j->alpha, r_beg, r_end - r_beg, j->y + r_beg);
-        return;
-    }
-    float *buf = dsv4_pool_kscratch(j->pool, thread, LIN_SCRATCH);
-    float part[2 * LIN_RT];
-    DSV4_ASSERT(buf);
-    for (int64_t r0 = t * j->rows_per_task; r0 < r_end; r0 += LIN_RT) {
-        int nr = (int)DSV4_MIN((int64_t)LIN_RT, r_end - r0);
-        for (int64_t k0 = 0; k0 < w->cols; k0 += LIN_KC) {
-            int len = (int)DSV4_MIN((int64_t)LIN_KC, w->cols - k0);
-            j->k->decode(w, r0, nr, k0, len, buf);
-            for (int64_t i = 0; i < j->m; i += 2) {
-                int nm = (int)DSV4_MIN((int64_t)2, j->m - i);
-                j->k->dot(j->xa + i * w->cols + k0, w->cols, nm, buf, nr, len, part);
-                for (int ii = 0; ii < nm; ii++) {
-                    float *yi = j->y + (i + ii) * w->rows + r0;
-                    for (int r = 0; r < nr; r++)
-                        yi[r] = k0 ? yi[r] + part[ii * LIN_RT + r] : part[ii * LIN_RT + r];
-                }
+    struct call *c = arg;
+    const struct dsv4_qweight *w = c->j.w;
+    const int64_t K = w->cols, kx = c->j.kx;
+    int64_t i1 = DSV4_MIN(c->j.m, (t + 1) * c->acts_per_task);
+    (void)thread;
+    for (int64_t i = t * c->acts_per_task; i < i1; i++) {
+        const float *xi = c->x + i * K;
+        if (c->j.fam == LIN_FAM_I) {
+            int64_t kb = (K + 15) / 16 * 16; /* act_w4a4 writes up to here */
+            int8_t *qe = (int8_t *)c->j.qe + i * (kx / 2), *qo = (int8_t *)c->j.qo + i * (kx / 2);
+            float *sa = (float *)c->j.sfa2 + i * (kx / 8);
+            int32_t *ac = (int32_t *)c->j.acorr + i * (kx / 8);
+            c->k->act_w4a4(xi, K, w->input_scale, qe, qo, sa);
+            memset(qe + kb / 2, 0, (size_t)(kx - kb) / 2);
+            memset(qo + kb / 2, 0, (size_t)(kx - kb) / 2);
+            memset(sa + kb / 8, 0, (size_t)(kx - kb) / 8 * sizeof(float));
+            for (int64_t l = 0; l < kx / 8; l++) { /* see linear_simd.h: offset weights */
+                int32_t s = 0;
+                for (int b = 0; b < 4; b++)
+                    s += qe[4 * l + b] + qo[4 * l + b];
+                ac[l] = 12 * s;
             }
+            continue;
         }
-        if (j->alpha != 1.0f)
-            for (int64_t i = 0; i < j->m; i++)
-                for (int r = 0; r < nr; r++)
-                    j->y[i * w->rows + r0 + r] *= j->alpha;
+        float *xa = (float *)c->j.x + i * kx;
+        if (c->act == DSV4_ACT_F32)
+            memcpy(xa, xi, (size_t)K * sizeof(float));
+        else if (c->act == DSV4_ACT_FP8)
+            c->k->act_fp8(xi, K, 128, xa);
+        else
+            c->k->act_nvfp4(xi, K, w->input_scale, xa);
+        memset(xa + K, 0, (size_t)(kx - K) * sizeof(float));
     }
+}
+
+static void rows_task(void *arg, int64_t t, int thread)
+{
+    struct call *c = arg;
+    int64_t r0 = t * c->rows_per_task, r1 = DSV4_MIN(c->j.w->rows, r0 + c->rows_per_task);
+    void *scratch = dsv4_pool_kscratch(c->pool, thread, LIN_SCRATCH);
+    DSV4_ASSERT(scratch);
+    c->k->rows(&c->j, r0, r1, scratch);
+}
+
+/* bytes of shared slot 0 for m activation rows of cols columns */
+static size_t act_bytes(int64_t m, int64_t cols)
+{
+    int64_t kx = (cols + LIN_KPAD - 1) / LIN_KPAD * LIN_KPAD;
+    return (size_t)(m * kx) * sizeof(float); /* W4A4 planes need 2 bytes per column */
+}
+
+/* Pool tasks for `work` multiply-adds over `units` indivisible pieces: at least
+ * LIN_TASK_WORK multiply-adds per task, at most 4 per thread (a slowed thread claims
+ * fewer).  Waking the pool costs several microseconds at best: on the AVX2 EPYC a 256 x 512
+ * W4A4 product at batch 1 (131K, ~14 us) broke even on two threads, 512 x 512 won. */
+#define LIN_TASK_WORK 131072.0
+static int64_t task_count(struct dsv4_pool *p, double work, int64_t units)
+{
+    int64_t n = (int64_t)DSV4_MIN(work / LIN_TASK_WORK, (double)dsv4_pool_threads(p) * 4);
+    return DSV4_MAX((int64_t)1, DSV4_MIN(n, units));
 }
 
 void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv4_act act,
                      const float *x, int64_t m, float *y)
 {
     const struct dsv4_cpu_kern *k = get_kern();
-    struct job j = {.k = k, .w = w, .pool = p, .xa = x, .m = m, .y = y, .alpha = 1.0f};
     DSV4_ASSERT(dsv4_linear_check(w, act) == 0 && m >= 0);
     if (m == 0)
         return;
-    if (m == 1 && act == DSV4_ACT_NVFP4 && k->gemv_w4a4 && w->cols % 64 == 0) {
-        /* batch 1, W4A4: integer dot products on the E2M1 codes */
-        size_t half = (size_t)w->cols / 2;
-        uint8_t *s = dsv4_pool_shared(p, 0, 2 * half + (size_t)w->cols / 8 * sizeof(float));
-        DSV4_ASSERT(s);
-        j.path = PATH_W4A4;
-        j.qe = (const int8_t *)s;
-        j.qo = (const int8_t *)s + half;
-        j.sfa2 = (const float *)(s + 2 * half);
-        k->act_w4a4(x, w->cols, w->input_scale, (int8_t *)s, (int8_t *)s + half,
-                    (float *)(s + 2 * half));
-    } else if (act != DSV4_ACT_F32) {
-        float *xa = dsv4_pool_shared(p, 0, (size_t)(m * w->cols) * sizeof(float));
-        DSV4_ASSERT(xa);
-        for (int64_t i = 0; i < m; i++) {
-            if (act == DSV4_ACT_FP8)
-                k->act_fp8(x + i * w->cols, w->cols, 128, xa + i * w->cols);
-            else
-                k->act_nvfp4(x + i * w->cols, w->cols, w->input_scale, xa + i * w->cols);
-        }
-        j.xa = xa;
-    }
+    struct call c = {.k = k, .pool = p, .act = act, .x = x};
+    struct lin_job *j = &c.j;
+    j->w = w;
+    j->m = m;
+    j->y = y;
+    j->kx = (w->cols + LIN_KPAD - 1) / LIN_KPAD * LIN_KPAD;
+    j->fam = LIN_FAM_F;
+    if (w->fmt == DSV4_WFMT_FP8 && k != &dsv4_cpu_kern_scalar)
+        j->fam = LIN_FAM_B;
+    if (act == DSV4_ACT_NVFP4 && k->w4a4)
+        j->fam = LIN_FAM_I;
+    j->alpha = 1.0f;
     if (w->fmt == DSV4_WFMT_NVFP4)
-        j.alpha = act == DSV4_ACT_NVFP4 ? w->scale2 * w->input_scale : w->scale2;
-    if (m == 1 && w->fmt == DSV4_WFMT_FP8 && k->gemv_fp8 && w->cols % 128 == 0)
-        j.path = PATH_GEMV_FP8;
-    if (m == 1 && w->fmt == DSV4_WFMT_MXFP4 && act == DSV4_ACT_FP8 && k->gemv_mxfp4 &&
-        w->cols % 64 == 0) {
-        /* BF16 copies of the (BF16-exact) FP8 activations, split by parity */
-        size_t half = (size_t)w->cols / 2;
-        uint16_t *b = dsv4_pool_shared(p, 1, 2 * half * sizeof(uint16_t));
-        DSV4_ASSERT(b);
-        for (size_t i = 0; i < half; i++) {
-            uint32_t u0, u1;
-            memcpy(&u0, &j.xa[2 * i], 4);
-            memcpy(&u1, &j.xa[2 * i + 1], 4);
-            b[i] = (uint16_t)(u0 >> 16);
-            b[half + i] = (uint16_t)(u1 >> 16);
-        }
-        j.xe = b;
-        j.xo = b + half;
-        j.path = PATH_MXFP4;
+        j->alpha = act == DSV4_ACT_NVFP4 ? w->scale2 * w->input_scale : w->scale2;
+
+    c.buf = dsv4_pool_shared(p, 0, act_bytes(m, w->cols));
+    DSV4_ASSERT(c.buf);
+    if (j->fam == LIN_FAM_I) {
+        j->qe = (const int8_t *)c.buf;
+        j->qo = j->qe + m * (j->kx / 2);
+        j->sfa2 = (const float *)(c.buf + m * j->kx);
+        j->acorr = (const int32_t *)(c.buf + m * j->kx * 3 / 2);
+    } else {
+        j->x = (const float *)c.buf;
     }
-    /* contiguous row ranges, several per thread so that a slowed thread claims fewer */
-    int64_t tiles = (w->rows + LIN_RT - 1) / LIN_RT;
-    int64_t ntasks = DSV4_MIN(tiles, (int64_t)dsv4_pool_threads(p) * 8);
-    j.rows_per_task = ((tiles + ntasks - 1) / ntasks) * LIN_RT;
-    ntasks = (w->rows + j.rows_per_task - 1) / j.rows_per_task;
-    dsv4_pool_run(p, task, &j, ntasks);
+    int64_t nprep = task_count(p, (double)(m * w->cols) * 16, m);
+    c.acts_per_task = (m + nprep - 1) / nprep;
+    dsv4_pool_run(p, prep_task, &c, (m + c.acts_per_task - 1) / c.acts_per_task);
+
+    /* contiguous ranges of whole tiles */
+    int64_t tiles = (w->rows + LIN_NR - 1) / LIN_NR;
+    int64_t ntasks = task_count(p, (double)w->rows * (double)w->cols * (double)m, tiles);
+    c.rows_per_task = (tiles + ntasks - 1) / ntasks * LIN_NR;
+    dsv4_pool_run(p, rows_task, &c, (w->rows + c.rows_per_task - 1) / c.rows_per_task);
 }
 
 int dsv4_cpu_linear_reserve(struct dsv4_pool *p, int64_t max_m, int64_t max_cols)
@@ -333,10 +341,7 @@ int dsv4_cpu_linear_reserve(struct dsv4_pool *p, int64_t max_m, int64_t max_cols
     if (max_m < 1 || max_cols < 1 || max_cols > (INT64_C(1) << 31) || max_m > (INT64_C(1) << 20))
         return dsv4_error(DSV4_EINVAL, "cpu linear: cannot reserve for m %lld, cols %lld",
                           (long long)max_m, (long long)max_cols);
-    /* slot 0: dequantised activations (or the W4A4 int8 planes, smaller);
-     * slot 1: BF16 planes of the MXFP4 batch-1 path */
-    if (!dsv4_pool_shared(p, 0, (size_t)(max_m * max_cols) * sizeof(float)) ||
-        !dsv4_pool_shared(p, 1, (size_t)max_cols * sizeof(uint16_t)))
+    if (!dsv4_pool_shared(p, 0, act_bytes(max_m, max_cols)))
         return dsv4_error(DSV4_ENOMEM, "cpu linear: out of memory reserving %lld x %lld",
                           (long long)max_m, (long long)max_cols);
     return 0;

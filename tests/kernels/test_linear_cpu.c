@@ -3,9 +3,12 @@
  * activation quantisers bit for bit (ties, subnormals, saturation, NaN,
  * tails), and dsv4_cpu_linear for every weight format and activation path
  * on random shapes with partial blocks and odd row counts, batch 1..64, on
- * 1-3 threads and on both instruction sets, with a per-element bound
- * (relative to sum|x*w|) plus a whole-tensor normalised error; NaN inputs
- * must reach the output and fail the comparison.
+ * 1-3 threads and on every instruction set the machine has, with a
+ * per-element bound (relative to sum|x*w|) plus a whole-tensor normalised
+ * error; NaN inputs must reach the output and fail the comparison.  Batch
+ * invariance: within one instruction set, every output row is bitwise the
+ * m = 1 result of its activation row, whatever m, the other rows and the
+ * thread count (cpu.h).
  */
 #include "base/dsv4.h"
 #include "kernels/cpu/cpu.h"
@@ -86,9 +89,10 @@ static void test_linear(void)
 {
     static const int64_t shapes[][3] = {
             /* rows, cols, m */
-            {1, 16, 1},     {3, 100, 1},   {130, 300, 3}, {257, 130, 1}, {64, 1100, 8},
-            {17, 2048, 2},  {33, 520, 64}, {5, 1040, 33}, {300, 256, 1}, {7, 48, 17},
-            {130, 1024, 1}, {257, 640, 1}, {9, 64, 1},    {2, 7168, 1},
+            {1, 16, 1},    {3, 100, 1},   {130, 300, 3},   {257, 130, 1},
+            {64, 1100, 8}, {17, 2048, 2}, {33, 520, 64},   {5, 1040, 33},
+            {300, 256, 1}, {7, 48, 17},   {130, 1024, 1},  {257, 640, 1},
+            {9, 64, 1},    {2, 7168, 1},  {11, 1100, 100}, /* past LIN_MB activation rows */
     };
     struct dsv4_pool *pool[3];
     for (int t = 0; t < 3; t++)
@@ -146,6 +150,79 @@ static void test_linear(void)
         dsv4_pool_free(pool[t]);
 }
 
+/*
+ * Batch invariance: rows drawn at random from a set of NX activation rows,
+ * with random other rows around them, must give bitwise the output of the
+ * same row alone (m = 1, one thread), for every batch size (past LIN_MB
+ * and the micro-kernel heights), thread count, format and tail shape.
+ */
+static void test_invariance(void)
+{
+    enum { NX = 100 };
+    static const int64_t shapes[][2] = {
+            /* rows, cols: tails of every vector / block / chunk width, partial tiles, a
+             * second FP8 row group */
+            {3, 5},    {7, 48},   {13, 100},   {130, 300}, {9, 1100},
+            {33, 256}, {5, 2111}, {262, 1100}, /* large enough for several pool tasks at m = 1 */
+    };
+    static const int64_t ms[] = {1, 2, 3, 5, 8, 17, 33, 64, 100};
+    struct dsv4_pool *pool[3];
+    for (int t = 0; t < 3; t++)
+        CHECK_INT(dsv4_pool_init(t + 1, &pool[t]), 0);
+    for (int isa = 0; isa < 3; isa++) {
+        if (dsv4_cpu_force_isa(isas[isa]) != 0)
+            continue;
+        for (size_t c = 0; c < DSV4_ARRAY_LEN(combos); c++)
+            for (size_t s = 0; s < DSV4_ARRAY_LEN(shapes); s++) {
+                int64_t R = shapes[s][0], K = shapes[s][1];
+                enum dsv4_act act = combos[c].act;
+                struct lt_weight t;
+                lt_weight_make(&t, combos[c].fmt, R, K);
+                if (combos[c].fmt == DSV4_WFMT_MXFP4)
+                    t.s[0] = 5, t.s[R * ((K + 31) / 32) - 1] = 7;
+                float *xs = malloc((size_t)(NX * K) * sizeof(float));
+                float *y1 = malloc((size_t)(NX * R) * sizeof(float));
+                float *x = malloc((size_t)(NX * K) * sizeof(float));
+                float *y = malloc((size_t)(NX * R) * sizeof(float));
+                int src[NX];
+                lt_act_make(xs, NX, K);
+                for (int i = 0; i < NX; i++)
+                    dsv4_cpu_linear(pool[0], &t.q, act, xs + i * K, 1, y1 + i * R);
+                int bad = 0;
+                for (size_t mi = 0; mi < DSV4_ARRAY_LEN(ms); mi++)
+                    for (int th = 0; th < 3; th++) {
+                        int64_t m = ms[mi];
+                        for (int64_t i = 0; i < m; i++) {
+                            src[i] = (int)(lt_u32() % NX);
+                            memcpy(x + i * K, xs + src[i] * K, (size_t)K * sizeof(float));
+                        }
+                        dsv4_cpu_linear(pool[th], &t.q, act, x, m, y);
+                        for (int64_t i = 0; i < m; i++)
+                            if (memcmp(y + i * R, y1 + src[i] * R, (size_t)R * sizeof(float))) {
+                                if (bad++ < 3)
+                                    same_bits(y + i * R, y1 + src[i] * R, R, "invariance");
+                                fprintf(stderr,
+                                        "%s %s/%s [%lld,%lld] m=%lld threads=%d: row %lld "
+                                        "differs from m=1\n",
+                                        dsv4_cpu_isa(), dsv4_wfmt_name(combos[c].fmt),
+                                        dsv4_act_name(act), (long long)R, (long long)K,
+                                        (long long)m, th + 1, (long long)i);
+                            }
+                    }
+                CHECKF(bad == 0, "%s %s/%s [%lld,%lld]: %d rows not batch-invariant",
+                       dsv4_cpu_isa(), dsv4_wfmt_name(combos[c].fmt), dsv4_act_name(act),
+                       (long long)R, (long long)K, bad);
+                free(xs);
+                free(y1);
+                free(x);
+                free(y);
+                lt_weight_free(&t);
+            }
+    }
+    for (int t = 0; t < 3; t++)
+        dsv4_pool_free(pool[t]);
+}
+
 struct count_arg {
     int hits[1000];
 };
@@ -182,5 +259,6 @@ int main(void)
     test_pool();
     test_act();
     test_linear();
+    test_invariance();
     TEST_DONE();
 }
