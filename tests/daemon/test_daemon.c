@@ -102,9 +102,12 @@ static bool wait_state(struct dsv4d_sup *s, enum dsv4_svc_state want, double sec
     return false;
 }
 
+/* Prompt i: 3..62 tokens; i >= LONG: 230..249 tokens, so that 24 generated tokens cross the
+ * state pool's 256-position block. */
+#define LONG 1000
 static void prompt_of(int i, int32_t *p, int *n)
 {
-    *n = 3 + (i * 29) % 60;
+    *n = i >= LONG ? 230 + i % 20 : 3 + (i * 29) % 60;
     for (int j = 0; j < *n; j++)
         p[j] = (int32_t)((j * (i + 5) * 13 + i * 71 + 7) % VOCAB);
 }
@@ -112,7 +115,7 @@ static void prompt_of(int i, int32_t *p, int *n)
 /* Reference continuation of prompt i (single process, greedy, no MTP). */
 static int reference(int i, int max_tokens, int32_t *out)
 {
-    int32_t p[128];
+    int32_t p[256];
     int n;
     prompt_of(i, p, &n);
     struct dsv4_gen_opts o;
@@ -134,7 +137,7 @@ static int reference(int i, int max_tokens, int32_t *out)
 static int submit(struct dsv4_svc *svc, int i, int max_tokens, double timeout, struct rec *r,
                   uint64_t *id)
 {
-    int32_t p[128];
+    int32_t p[256];
     int n;
     prompt_of(i, p, &n);
     memset(r, 0, sizeof *r);
@@ -216,7 +219,7 @@ static int count_dir(const char *path)
     return n;
 }
 
-static int32_t ref_toks[NREQ][MAXOUT];
+static int32_t ref_toks[NREQ][MAXOUT], ref_long[NREQ][MAXOUT];
 
 /* N workers: every output equals the reference. */
 static void equal_outputs(int workers, int nreq, int max_tokens)
@@ -267,12 +270,12 @@ static void load_with_preemption(const struct dsv4_config *mc)
     static struct rec r[NREQ];
     uint64_t id;
     for (int i = 0; i < NREQ; i++)
-        CHECK_INT(submit(svc, i, 24, 0, &r[i], &id), 0);
+        CHECK_INT(submit(svc, LONG + i, 24, 0, &r[i], &id), 0);
     CHECKF(wait_done(r, NREQ, 300), "load: requests did not finish");
     dsv4d_sup_counts(s, &cnt);
     int bad = 0;
     for (int i = 0; i < NREQ; i++)
-        bad += r[i].error || r[i].n != 24 || memcmp(r[i].toks, ref_toks[i], sizeof(int32_t) * 24);
+        bad += r[i].error || r[i].n != 24 || memcmp(r[i].toks, ref_long[i], sizeof(int32_t) * 24);
     CHECKF(bad == 0, "load: %d of %d outputs differ from the request alone", bad, NREQ);
     CHECKF(cnt.preempted_total > 0, "load: no preemption happened (pool of %lld blocks)",
            (long long)cnt.total_blocks);
@@ -495,11 +498,14 @@ int main(void)
     CHECKF(rc == 0, "mkmodel: %s", dsv4_errmsg());
     if (rc)
         TEST_DONE();
-    for (int i = 0; i < NREQ && !test_failures; i++)
+    for (int i = 0; i < NREQ && !test_failures; i++) {
         CHECK_INT(reference(i, 32, ref_toks[i]), 0);
-    int fds0 = count_fds();
+        CHECK_INT(reference(LONG + i, 24, ref_long[i]), 0);
+    }
     int shm0 = count_dir("/dev/shm");
     equal_outputs(1, 6, 32);
+    /* the baseline after a first supervisor: nng keeps its process-wide poller fds */
+    int fds0 = count_fds();
     equal_outputs(2, 6, 32);
     equal_outputs(4, 6, 32);
     load_with_preemption(&cfg);
@@ -512,6 +518,8 @@ int main(void)
     /* nothing left behind: processes, descriptors, shared memory, sockets */
     CHECK_INT(count_children(), 0);
     CHECK_INT(count_fds(), fds0);
+    if (count_fds() != fds0)
+        system("ls -l /proc/$PPID/fd >&2");
     CHECK_INT(count_dir("/dev/shm"), shm0);
     char run[4200];
     snprintf(run, sizeof run, "%s/run", test_tmpdir());
