@@ -1041,7 +1041,7 @@ static void timers(struct dsv4_grpc *g, double now, double *next)
             }
             at(next, cn->t_write + g->o.idle_timeout_s);
         }
-        if (cn->n_calls == 0 && !cn->goaway) {
+        if (cn->got_settings && cn->n_calls == 0 && !cn->goaway) {
             if (now - cn->t_active >= g->o.idle_timeout_s) {
                 cn->goaway = true;
                 nghttp2_session_terminate_session(cn->h2, NGHTTP2_NO_ERROR);
