@@ -400,11 +400,11 @@ def t_malformed(st, srv, ch):
 def t_stop():
     """Graceful stop: a short call finishes, a long one ends UNAVAILABLE at the drain
     timeout, a Watch gets NOT_SERVING and ends, new calls are refused."""
-    srv = Server("--delay-ms", "1", "--drain", "1")
+    srv = Server("--delay-ms", "1", "--drain", "2")
     ch = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
     st = pbg.EngineStub(ch)
     h = hpbg.HealthStub(ch)
-    short = st.Generate(pb.GenerateRequest(text="p", sampling_params=sp(max_new_tokens=300)),
+    short = st.Generate(pb.GenerateRequest(text="p", sampling_params=sp(max_new_tokens=100)),
                         timeout=T)
     long = st.Generate(pb.GenerateRequest(text="p", sampling_params=sp(max_new_tokens=4000)),
                        timeout=T)
