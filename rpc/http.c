@@ -59,8 +59,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_HEADERS     100
-#define OUT_LIMIT       (32u << 20) /* unsent output per connection before it is dropped */
+#define MAX_HEADERS 100
+#define OUT_LIMIT \
+    (32u << 20) /* unsent output a client may let pile up (one response
+                                        may be larger) before it is dropped */
 #define LINGER_S        2.0
 #define TICK_MS         100
 #define READ_CHUNK      (64u << 10)
@@ -164,7 +166,8 @@ static void out_put(struct dsv4_http_conn *c, const char *s, size_t n)
 {
     if (c->gone)
         return;
-    if (c->out.len - c->out_off + n > OUT_LIMIT) {
+    size_t pending = c->out.len - c->out_off;
+    if (pending > 0 && pending + n > OUT_LIMIT) {
         dsv4_log(DSV4_LOG_WARN, "http: a client does not read its response; dropping it");
         c->gone = true;
         return;
@@ -326,6 +329,34 @@ static void set_interest(struct dsv4_http *h, struct http_loop_conn *lc)
         lc->events = ev;
 }
 
+/* Input buffer bytes beyond the first BASE_IN of each connection count against
+ * max_buffered_bytes, so that many large uploads at once cannot exhaust memory while a
+ * request head always fits. */
+#define BASE_IN (2 * READ_CHUNK)
+
+static size_t over_base(size_t cap)
+{
+    return cap > BASE_IN ? cap - BASE_IN : 0;
+}
+
+static bool resize_in(struct dsv4_http *h, struct http_loop_conn *lc, size_t cap)
+{
+    char *p = realloc(lc->in, cap);
+    if (!p)
+        return false;
+    h->in_bytes = h->in_bytes - over_base(lc->in_cap) + over_base(cap);
+    lc->in = p;
+    lc->in_cap = cap;
+    return true;
+}
+
+/* Gives back a large input buffer once its request is done with it. */
+static void shrink_in(struct dsv4_http *h, struct http_loop_conn *lc)
+{
+    if (lc->in_cap > BASE_IN && lc->in_len <= BASE_IN / 2)
+        resize_in(h, lc, BASE_IN);
+}
+
 static void reset_request(struct http_loop_conn *lc)
 {
     free(lc->rq.body);
@@ -361,6 +392,7 @@ static void close_conn(struct dsv4_http *h, struct http_loop_conn *lc)
     if (lc->next)
         lc->next->prev = lc->prev;
     h->n_conns--;
+    h->in_bytes -= over_base(lc->in_cap);
     dsv4_metric_set(dsv4_metrics_get(h->m, DSV4_MET_HTTP_CONNECTIONS), 0, h->n_conns);
     lc->next = h->graveyard;
     h->graveyard = lc;
@@ -386,6 +418,7 @@ static void start_linger(struct dsv4_http *h, struct http_loop_conn *lc, double 
     lc->deadline = now + LINGER_S;
     lc->in_len = 0;
     reset_request(lc);
+    shrink_in(h, lc);
     set_interest(h, lc);
 }
 
@@ -435,6 +468,7 @@ static void flush(struct dsv4_http *h, struct http_loop_conn *lc, double now)
             return;
         }
         reset_request(lc);
+        shrink_in(h, lc);
         lc->st = L_WAIT;
         lc->fresh = false;
         lc->deadline = now + h->o.idle_timeout_s;
@@ -792,6 +826,7 @@ static void on_body(struct dsv4_http *h, struct http_loop_conn *lc, double now)
         used = lc->hdr_len + lc->content_length;
     }
     consume(lc, used);
+    shrink_in(h, lc);
     lc->rq.t_arrive = now;
     lc->st = L_BUSY;
     dsv4_http_api_dispatch(h, lc->c, &lc->rq);
@@ -872,15 +907,20 @@ static void on_readable(struct dsv4_http *h, struct http_loop_conn *lc, double n
         if (lc->in_cap - lc->in_len < READ_CHUNK) {
             if (lc->in_len >= limit)
                 break; /* framing answers before this can be reached */
-            size_t cap = lc->in_cap ? 2 * lc->in_cap : 2 * READ_CHUNK;
+            size_t cap = lc->in_cap ? 2 * lc->in_cap : BASE_IN;
             cap = DSV4_MIN(DSV4_MAX(cap, lc->in_len + READ_CHUNK), limit);
-            char *p = realloc(lc->in, cap);
-            if (!p) {
+            if (h->in_bytes - over_base(lc->in_cap) + over_base(cap) > h->o.max_buffered_bytes) {
+                dsv4_log(DSV4_LOG_WARN, "http: %zu bytes of requests buffered: refusing more",
+                         h->in_bytes);
+                early_response(h, lc, 503, "the server is receiving too many large requests",
+                               "buffers_full", true, NULL);
+                drive(h, lc, now);
+                return;
+            }
+            if (!resize_in(h, lc, cap)) {
                 close_conn(h, lc);
                 return;
             }
-            lc->in = p;
-            lc->in_cap = cap;
         }
         ssize_t n = recv(lc->fd, lc->in + lc->in_len, lc->in_cap - lc->in_len, 0);
         if (n > 0) {
@@ -1207,6 +1247,9 @@ static void defaults(struct dsv4_http_opts *o)
         o->write_timeout_s = 60;
     if (o->max_connections <= 0)
         o->max_connections = 1024;
+    if (!o->max_buffered_bytes)
+        o->max_buffered_bytes =
+                DSV4_MAX((size_t)256 << 20, 2 * (o->max_body_bytes + o->max_header_bytes));
     if (o->threads <= 0)
         o->threads = 2;
     o->threads = DSV4_MIN(o->threads, 64);

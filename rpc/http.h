@@ -23,9 +23,10 @@
  * within header_timeout_s or bodies within body_timeout_s (408, then the
  * connection closes: slowloris), idle keep-alive connections past
  * idle_timeout_s (closed), connections beyond max_connections (503 and
- * closed at once), clients that stop reading a response for
- * write_timeout_s (closed, the request cancelled).  A client that goes
- * away cancels its request.  The probes and /metrics are answered by the
+ * closed at once), uploads beyond max_buffered_bytes in all (503),
+ * clients that stop reading a response for write_timeout_s (closed, the
+ * request cancelled).  A client that goes away (or half-closes) cancels
+ * its request.  The probes and /metrics are answered by the
  * connection loop itself, never queued behind request parsing, chat
  * rendering, tokenization or inference (see http.c).
  *
@@ -43,22 +44,25 @@
 
 /* A zeroed struct gives every default. */
 struct dsv4_http_opts {
-    const char *listen;       /* "HOST:PORT", "[V6]:PORT" or ":PORT" (all addresses); NULL:
+    const char *listen;        /* "HOST:PORT", "[V6]:PORT" or ":PORT" (all addresses); NULL:
                                 "127.0.0.1:8080"; port 0 picks a free one (dsv4_http_port) */
-    int listen_fd;            /* > 0: an inherited listening socket (socket activation), used
+    int listen_fd;             /* > 0: an inherited listening socket (socket activation), used
                                 instead of `listen` and not closed by dsv4_http_stop */
-    size_t max_body_bytes;    /* 0: 16 MiB */
-    size_t max_header_bytes;  /* request line + headers; 0: 16 KiB */
-    double header_timeout_s;  /* a request's line and headers must arrive within; 0: 10 s */
-    double body_timeout_s;    /* its body within this after the headers; 0: 60 s */
-    double idle_timeout_s;    /* an idle keep-alive connection is closed after; 0: 60 s */
-    double write_timeout_s;   /* a client must take output at least this often; 0: 60 s */
-    int max_connections;      /* open connections at most; 0: 1024 */
-    int threads;              /* request workers (parse, render, tokenize, format); 0: 2 */
-    bool probes_need_key;     /* /health, /ready, /metrics also need the API key */
-    const char *model_name;   /* the served model name; NULL: the service's model_id */
-    bool default_thinking;    /* chat: thinking mode when a request does not choose */
-    double request_timeout_s; /* per-request deadline given to the service; 0: none */
+    size_t max_body_bytes;     /* 0: 16 MiB */
+    size_t max_header_bytes;   /* request line + headers; 0: 16 KiB */
+    size_t max_buffered_bytes; /* request bytes buffered over all connections (beyond 128 KiB
+                                  each), more is refused with 503; 0: 256 MiB, or twice
+                                  max_body_bytes + max_header_bytes if that is more */
+    double header_timeout_s;   /* a request's line and headers must arrive within; 0: 10 s */
+    double body_timeout_s;     /* its body within this after the headers; 0: 60 s */
+    double idle_timeout_s;     /* an idle keep-alive connection is closed after; 0: 60 s */
+    double write_timeout_s;    /* a client must take output at least this often; 0: 60 s */
+    int max_connections;       /* open connections at most; 0: 1024 */
+    int threads;               /* request workers (parse, render, tokenize, format); 0: 2 */
+    bool probes_need_key;      /* /health, /ready, /metrics also need the API key */
+    const char *model_name;    /* the served model name; NULL: the service's model_id */
+    bool default_thinking;     /* chat: thinking mode when a request does not choose */
+    double request_timeout_s;  /* per-request deadline given to the service; 0: none */
 };
 
 struct dsv4_http;

@@ -437,7 +437,9 @@ static bool start_call(struct http_call *call)
     if (abandoned)
         return false;
     served_model(h, model, sizeof(model), &max_context);
-    struct dsv4_openai_cfg cfg = {.model = model, .default_thinking = h->o.default_thinking};
+    /* No name yet (the model is still loading): any name passes, the service decides. */
+    struct dsv4_openai_cfg cfg = {.model = model[0] ? model : NULL,
+                                  .default_thinking = h->o.default_thinking};
     struct dsv4_openai_error err;
     if (dsv4_openai_parse(call->kind, call->rq.body, call->rq.body_len, &cfg, &call->req, &err)) {
         detach(call);
@@ -459,6 +461,7 @@ static bool start_call(struct http_call *call)
     }
     int status = 0;
     char msg[512] = "";
+    const char *code = NULL;
     if (rc) {
         status = dsv4_openai_status(rc, false);
         snprintf(msg, sizeof(msg), "tokenizing the prompt: %s", dsv4_errmsg());
@@ -468,6 +471,7 @@ static bool start_call(struct http_call *call)
         max_tokens = max_context - (int64_t)n_ids;
         if (max_tokens < 1) {
             status = 400;
+            code = "context_length_exceeded";
             snprintf(msg, sizeof(msg),
                      "the prompt of %zu tokens leaves no room in the context of %lld tokens", n_ids,
                      (long long)max_context);
@@ -506,15 +510,16 @@ static bool start_call(struct http_call *call)
         if (rc) {
             status = dsv4_openai_status(rc, rc == DSV4_ENOSPC);
             snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
+            if (rc == DSV4_ERANGE)
+                code = "context_length_exceeded";
         }
     }
     free(own);
     if (status) {
         detach(call);
-        dsv4_http_respond_error(call->c, &call->rq, status, msg, NULL,
-                                status == 429   ? "queue_full"
-                                : status == 503 ? "not_ready"
-                                                : NULL);
+        if (!code)
+            code = status == 429 ? "queue_full" : status == 503 ? "not_ready" : NULL;
+        dsv4_http_respond_error(call->c, &call->rq, status, msg, NULL, code);
         return false;
     }
     pthread_mutex_lock(&call->mu);

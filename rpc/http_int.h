@@ -93,6 +93,7 @@ struct dsv4_http {
     /* loop-only */
     struct http_loop_conn *conns, *graveyard;
     int n_conns;
+    size_t in_bytes;      /* input buffered beyond each connection's first BASE_IN bytes */
     double accept_resume; /* accept paused (out of descriptors) until then; 0: not paused */
 };
 

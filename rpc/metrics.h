@@ -15,45 +15,43 @@
  * dsv4_metrics_family may be called at any time); families live until
  * dsv4_metrics_free.  Updates may come from any thread at any time.
  *
- * The standard series (dsv4_metrics_new registers them all; their names
- * follow vLLM's, with the prefix dsv4_ instead of vllm: because promtool
- * rejects ':' in exported names):
+ * The standard series (dsv4_metrics_new registers them all).  Where vLLM
+ * has the series, the name is vLLM's with dsv4_ for vllm: (promtool
+ * rejects ':' in exported names); "ours" marks the others.  Who updates:
+ * "fe", the front end serving the request (rpc/http.c does; so must the
+ * gRPC one, and the daemon must not count those again); "d", the daemon;
+ * "scrape", refreshed from the service's loads() / state() by the HTTP
+ * front end at each scrape (the daemon may also set them at any time).
  *
- *   series (dsv4_...)                                  type      vLLM name          set by
- *   request_success_total{finished_reason}             counter   request_success_total  front end
+ *   dsv4_...                                     type       vLLM  by
+ *   request_success_total{finished_reason}       counter    same  fe
  *       finished_reason: stop | length | abort | error
- *   num_requests_running                               gauge     num_requests_running   loads()
- *   num_requests_waiting  (queue depth)                gauge     num_requests_waiting   loads()
- *   time_to_first_token_seconds                        histogram time_to_first_token_seconds fe
- *   inter_token_latency_seconds                        histogram inter_token_latency_seconds fe
- *   e2e_request_latency_seconds                        histogram e2e_request_latency_seconds fe
- *   request_queue_time_seconds                         histogram request_queue_time_seconds daemon
- *   prompt_tokens_total                                counter   prompt_tokens_total    front end
- *   generation_tokens_total                            counter   generation_tokens_total front end
- *   kv_cache_usage_perc   (a ratio in [0, 1])          gauge     kv_cache_usage_perc    loads()
- *   kv_cache_free_blocks, kv_cache_total_blocks        gauge     (none: ours)           loads()
- *   num_preemptions_total                              counter   num_preemptions_total  daemon
- *   spec_decode_num_drafts_total                       counter   spec_decode_num_drafts_total d
- *   spec_decode_num_draft_tokens_total                 counter   spec_decode_num_draft_tokens_total
- *   spec_decode_num_accepted_tokens_total              counter   spec_decode_num_accepted_tokens_total
- *   spec_decode_num_accepted_tokens_per_pos_total{position}  counter  (same name)       daemon
- *   spec_decode_num_draft_tokens_per_pos_total{position}     counter  (none: ours)      daemon
- *   worker_restarts_total                              counter   (none: ours)           daemon
- *   workers, workers_ready                             gauge     (none: ours)           loads()
- *   server_state{state}  (1 for the current state, 0 for the others; the states of
- *       rpc/service.h: starting loading warming ready draining stopped degraded)
- *                                                      gauge     (none: ours)           state()
- *   build_info{version}  (always 1)                    gauge     (none: ours)           itself
- *   http_requests_total{code}                          counter   (none: ours)           rpc/http.c
- *   http_connections                                   gauge     (none: ours)           rpc/http.c
- *   http_connections_rejected_total                    counter   (none: ours)           rpc/http.c
- *
- * "front end": the front end that serves a request records its outcome,
- * latencies and tokens (rpc/http.c does; so must the gRPC one), so the
- * daemon must not record them again.  "loads()"/"state()": the HTTP front
- * end refreshes these gauges from the service at each scrape
- * (dsv4_metrics_set_loads / dsv4_metrics_set_state); the daemon may also
- * set them at any time.
+ *   num_requests_running                         gauge      same  scrape
+ *   num_requests_waiting (the queue depth)       gauge      same  scrape
+ *   time_to_first_token_seconds                  histogram  same  fe
+ *   inter_token_latency_seconds                  histogram  same  fe
+ *   e2e_request_latency_seconds                  histogram  same  fe
+ *   request_queue_time_seconds                   histogram  same  d
+ *   prompt_tokens_total                          counter    same  fe
+ *   generation_tokens_total                      counter    same  fe
+ *   kv_cache_usage_perc (a ratio in [0, 1])      gauge      same  scrape
+ *   kv_cache_free_blocks, kv_cache_total_blocks  gauge      ours  scrape
+ *   num_preemptions_total                        counter    same  d
+ *   spec_decode_num_drafts_total                 counter    same  d
+ *   spec_decode_num_draft_tokens_total           counter    same  d
+ *   spec_decode_num_accepted_tokens_total        counter    same  d
+ *   spec_decode_num_accepted_tokens_per_pos_total{position}
+ *                                                counter    same  d
+ *   spec_decode_num_draft_tokens_per_pos_total{position}
+ *                                                counter    ours  d
+ *   worker_restarts_total                        counter    ours  d
+ *   workers, workers_ready                       gauge      ours  scrape
+ *   server_state{state}                          gauge      ours  scrape
+ *       1 for the current state, 0 for the others (the states of rpc/service.h)
+ *   build_info{version} (always 1)               gauge      ours  itself
+ *   http_requests_total{code}                    counter    ours  rpc/http.c
+ *   http_connections                             gauge      ours  rpc/http.c
+ *   http_connections_rejected_total              counter    ours  rpc/http.c
  */
 #ifndef DSV4_RPC_METRICS_H
 #define DSV4_RPC_METRICS_H

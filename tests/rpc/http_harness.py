@@ -19,7 +19,7 @@ SERVER = os.path.join(BUILDDIR, "tests", "rpc", "http_test_server")
 
 
 class Server:
-    def __init__(self, *args, timeout=10.0):
+    def __init__(self, *args, timeout=10.0, pass_fds=()):
         if not os.access(SERVER, os.X_OK):
             print(f"{SERVER} not built", file=sys.stderr)
             sys.exit(1)
@@ -30,6 +30,7 @@ class Server:
             stderr=None,
             text=True,
             bufsize=1,
+            pass_fds=pass_fds,
         )
         line = self._readline(timeout)
         if not line.startswith("PORT "):

@@ -4,7 +4,8 @@
  * (tests/rpc/test_http_*.py).
  *
  * Usage: http_test_server [--delay-ms N] [--max-body N] [--max-header N]
- *          [--header-timeout S] [--body-timeout S] [--idle-timeout S]
+ *          [--max-buffered N] [--listen ADDR] [--listen-fd FD] [--header-timeout S]
+ *          [--body-timeout S] [--idle-timeout S]
  *          [--write-timeout S] [--max-conns N] [--threads N]
  *          [--probes-need-key] [--model NAME] [--thinking] [--keys K1,K2]
  * Prints "PORT <n>" once listening (port 0: the kernel picks), then reads
@@ -59,6 +60,12 @@ int main(int argc, char **argv)
             o.max_body_bytes = (size_t)atol(v);
         else if (!strcmp(a, "--max-header"))
             o.max_header_bytes = (size_t)atol(v);
+        else if (!strcmp(a, "--max-buffered"))
+            o.max_buffered_bytes = (size_t)atol(v);
+        else if (!strcmp(a, "--listen"))
+            o.listen = v;
+        else if (!strcmp(a, "--listen-fd"))
+            o.listen_fd = atoi(v);
         else if (!strcmp(a, "--header-timeout"))
             o.header_timeout_s = atof(v);
         else if (!strcmp(a, "--body-timeout"))

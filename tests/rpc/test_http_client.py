@@ -185,6 +185,11 @@ def test_errors(s, c):
             check(e.body is not None and "message" in e.body, f"{exc.__name__} body {e.body}")
         except Exception as e:  # noqa: BLE001
             check(False, f"expected {exc.__name__}, got {type(e).__name__}: {e}")
+    try:
+        c.completions.create(model="fake-model", prompt="x", max_tokens=100000)
+    except openai.BadRequestError as e:
+        check(e.code == "context_length_exceeded" and "context" in e.message,
+              f"context error: {e.code} {e.message}")
     s.cmd("keys secret")
     try:
         c.models.list()

@@ -442,6 +442,69 @@ def test_probe_latency(s):
           file=sys.stderr)
 
 
+def test_socket_activation():
+    """An inherited listening socket (as systemd passes one) is served as is."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+    port = ls.getsockname()[1]
+    with Server("--listen-fd", str(ls.fileno()), pass_fds=(ls.fileno(),)) as s:
+        check(s.port == port, f"the inherited socket's port: {s.port} vs {port}")
+        st, _, _ = curl(f"http://127.0.0.1:{port}/health")
+        check(st == 200, "served on the inherited socket")
+    ls.close()
+    r = subprocess.run([os.path.join(os.environ.get("DSV4_BUILDDIR", "."), "tests", "rpc",
+                                     "http_test_server"), "--listen-fd", "2"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+    check(r.returncode != 0 and b"not a listening socket" in r.stderr,
+          f"stderr is not a listening socket: refused: {r.stderr!r}")
+
+
+def test_listen_addresses():
+    bad = [":", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:http", "[::1:80",
+           "no.such.host.invalid:80"]
+    for addr in bad:
+        r = subprocess.run([os.path.join(os.environ.get("DSV4_BUILDDIR", "."), "tests", "rpc",
+                                         "http_test_server"), "--listen", addr],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        check(r.returncode != 0 and r.stderr, f"listen {addr!r} refused: {r.stderr!r}")
+    if socket.has_ipv6:
+        try:
+            probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            probe.bind(("::1", 0))
+            probe.close()
+        except OSError:
+            print("no IPv6 loopback: [::1] not tested", file=sys.stderr)
+            return
+        with Server("--listen", "[::1]:0") as s:
+            st, _, _ = curl(f"http://[::1]:{s.port}/health")
+            check(st == 200, "served on [::1]")
+
+
+def test_buffer_budget():
+    """Uploads in progress share a memory budget; beyond it, a 503, and others go on."""
+    with Server("--max-body", str(1 << 20), "--max-buffered", str(1 << 20)) as s:
+        a = connect(s.port)
+        a.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 900000\r\n\r\n" +
+                  b"x" * 600000)
+        time.sleep(0.3)
+        b = connect(s.port)
+        b.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 500000\r\n\r\n")
+        try:
+            b.sendall(b"y" * 400000)
+        except OSError:
+            pass
+        data = recv_all(b, 5)
+        check(data.startswith(b"HTTP/1.1 503"), f"over the buffer budget: {data[:40]!r}")
+        b.close()
+        a.sendall(b"x" * 300000)
+        st, _, out, _ = recv_response(a)
+        check(st == 400 and error_of(out) is not None, f"the first upload completes: {st}")
+        a.close()
+        st, _, _ = curl(s.base + "/health")
+        check(st == 200, "health after the budget test")
+
+
 def main():
     if not shutil.which("curl"):
         print("curl not installed", file=sys.stderr)
@@ -462,6 +525,9 @@ def main():
         test_slow_clients(s.port)
     with Server("--max-conns", "8", "--header-timeout", "5") as s:
         test_flood(s.port, 8)
+    test_socket_activation()
+    test_listen_addresses()
+    test_buffer_budget()
     with Server("--keys", "k1", "--probes-need-key") as s:
         st, _, _ = curl(s.base + "/health")
         check(st == 401, f"probes behind the key when asked: {st}")
