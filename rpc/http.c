@@ -1300,6 +1300,8 @@ int dsv4_http_start(struct dsv4_svc *svc, struct dsv4_metrics *m, const struct d
         server_free(h);
         return rc;
     }
+    /* logged before any thread of ours runs: the log's lazy setup is not thread-safe */
+    dsv4_log(DSV4_LOG_INFO, "http: listening on port %d", h->port);
     h->epfd = epoll_create1(EPOLL_CLOEXEC);
     h->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     struct epoll_event el = {.events = EPOLLIN, .data.ptr = &lfd_tag};
@@ -1320,7 +1322,6 @@ int dsv4_http_start(struct dsv4_svc *svc, struct dsv4_metrics *m, const struct d
         return dsv4_error(DSV4_EIO, "http: cannot start the connection thread");
     }
     h->loop_started = true;
-    dsv4_log(DSV4_LOG_INFO, "http: listening on port %d", h->port);
     *out = h;
     return 0;
 }
