@@ -30,6 +30,11 @@
  * connection loop itself, never queued behind request parsing, chat
  * rendering, tokenization or inference (see http.c).
  *
+ * Calls into the service: state, loads, authorize and model_info run on
+ * the connection loop, so they must be quick and never wait on inference;
+ * tokenize, detokenize (logprob texts) and submit run on the workers;
+ * cancel runs on either.
+ *
  * Ownership: the server borrows `svc` and `m` (m may be NULL: no metrics
  * route data beyond an empty body); both must outlive dsv4_http_stop.
  */
