@@ -11,9 +11,13 @@
 
 struct dsv4d_frontends;
 
-/* grpc_fd / http_fd: listening sockets from socket activation, or -1. */
-int dsv4d_frontends_start(const struct dsv4d_config *c, struct dsv4_svc *svc, int grpc_fd,
-                          int http_fd, struct dsv4d_frontends **out);
+struct dsv4_metrics;
+
+/* grpc_fd / http_fd: listening sockets from socket activation, or -1 ("off" in the config and
+ * no fd: that front end is not started).  m: the registry /metrics serves (borrowed). */
+int dsv4d_frontends_start(const struct dsv4d_config *c, struct dsv4_svc *svc,
+                          struct dsv4_metrics *m, int grpc_fd, int http_fd,
+                          struct dsv4d_frontends **out);
 void dsv4d_frontends_stop(struct dsv4d_frontends *f);
 
 #endif

@@ -27,6 +27,7 @@
 #include "daemon/sd.h"
 #include "daemon/sup.h"
 #include "daemon/worker.h"
+#include "rpc/metrics.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -148,17 +149,23 @@ int main(int argc, char **argv)
     dsv4_log(DSV4_LOG_INFO, "dsv4d %s starting: model %s, %d worker%s on %s", dsv4_version(),
              c.model, c.workers, c.workers > 1 ? "s" : "", c.device);
     dsv4d_sd_status("starting");
+    struct dsv4_metrics *metrics = NULL;
+    if (dsv4_metrics_new(&metrics)) {
+        dsv4_log(DSV4_LOG_ERROR, "%s", dsv4_errmsg());
+        return 1;
+    }
     struct dsv4d_sup *sup = NULL;
-    if (dsv4d_sup_start(&c, &sup)) {
+    if (dsv4d_sup_start(&c, metrics, &sup)) {
         dsv4_log(DSV4_LOG_ERROR, "%s", dsv4_errmsg());
         dsv4d_sd_status("failed: %s", dsv4_errmsg());
         return 1;
     }
     struct dsv4d_frontends *fe = NULL;
-    if (dsv4d_frontends_start(&c, dsv4d_sup_svc(sup), grpc_fd, http_fd, &fe)) {
+    if (dsv4d_frontends_start(&c, dsv4d_sup_svc(sup), metrics, grpc_fd, http_fd, &fe)) {
         dsv4_log(DSV4_LOG_ERROR, "%s", dsv4_errmsg());
         dsv4d_sd_status("failed: %s", dsv4_errmsg());
         dsv4d_sup_free(sup);
+        dsv4_metrics_free(metrics);
         return 1;
     }
     uint64_t wd_usec = dsv4d_sd_watchdog_usec();
@@ -226,6 +233,7 @@ int main(int argc, char **argv)
     }
     dsv4d_frontends_stop(fe);
     dsv4d_sup_free(sup);
+    dsv4_metrics_free(metrics);
     dsv4_log(DSV4_LOG_INFO, "stopped");
     return exit_code;
 }

@@ -23,6 +23,7 @@
 #include "daemon/sched.h"
 
 #include "base/dsv4.h"
+#include "rpc/metrics.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -607,6 +608,7 @@ static bool preempt_youngest(struct dsv4d_sched *s, struct dsv4d_plan_buf *pb, i
     pthread_mutex_lock(&s->mu);
     s->counts.preempted_total++;
     pthread_mutex_unlock(&s->mu);
+    dsv4_metrics_preemption(s->o.metrics);
     dsv4_log(DSV4_LOG_INFO, "preempted request %llu (state pool full): re-prefill later",
              (unsigned long long)y->id);
     return true;
@@ -671,9 +673,12 @@ bool dsv4d_sched_build(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf 
         if (r->st != RQ_QUEUED || r->plan_idx == -2 || active >= s->o.max_seqs)
             continue;
         int64_t n = DSV4_MIN((int64_t)budget, r->target - r->fed);
-        /* admit when the first chunk fits and a block per running decode stays free */
+        /* admit when the first chunk fits and a watermark of blocks (1%, at least one)
+         * stays free for running decodes; when decodes outgrow the pool anyway, the youngest
+         * is preempted (above) */
         int64_t need = blocks_for(s, r->fed + n) - blocks_for(s, r->fed);
-        if (need + active > free_b)
+        int64_t watermark = DSV4_MAX((int64_t)1, s->o.total_blocks / 100);
+        if (need + watermark > free_b)
             break;
         free_b -= need;
         r->st = RQ_ACTIVE;
@@ -769,6 +774,8 @@ void dsv4d_sched_apply(struct dsv4d_sched *s, const struct dsv4d_result *res, do
             continue;
         }
         const struct dsv4_step_result *x = &res->results[k];
+        if (x->drafted > 0)
+            dsv4_metrics_spec_decode(s->o.metrics, x->drafted, x->accepted);
         if (x->n_tokens == 0) {
             /* a prefill chunk that did not sample: its positions are in the state now */
             r->fed += r->plan_n;

@@ -48,6 +48,7 @@ struct dsv4d_sched_opts {
     int32_t eos_id;
     const struct dsv4_tokenizer *tok; /* for the text of the output (may be NULL) */
     double default_timeout;           /* seconds, 0: none */
+    struct dsv4_metrics *metrics;     /* preemptions, MTP acceptance (may be NULL) */
 };
 
 /* What a step plan holds: lifecycle lists and entries (pointing into the requests). */

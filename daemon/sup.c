@@ -26,6 +26,7 @@
 #include "daemon/sched.h"
 #include "daemon/wire.h"
 #include "daemon/worker.h"
+#include "rpc/metrics.h"
 #include "engine/io/config.h"
 #include "engine/io/fileio.h"
 #include "engine/model/comm.h"
@@ -78,6 +79,7 @@ struct dsv4d_sup {
     struct dsv4_tokenizer *tok;
     char model_name[256];
     struct dsv4d_sched *sched;
+    struct dsv4_metrics *metrics;
     pthread_t loop;
     bool loop_started;
     atomic_int quit, drain_requested;
@@ -547,6 +549,7 @@ static void recover(struct dsv4d_sup *s, const char *what)
     stop_all(s, SIGKILL, 2.0);
     dsv4d_sched_workers_lost(s->sched);
     atomic_fetch_add(&s->restarts, 1);
+    dsv4_metrics_worker_restart(s->metrics);
     /* crash accounting: give up after max_restarts within restart_window */
     int k = 0;
     for (int i = 0; i < s->n_crashes; i++)
@@ -942,7 +945,7 @@ static void *loop_main(void *arg)
 
 /* ------------------------------------------------------------ public */
 
-int dsv4d_sup_start(const struct dsv4d_config *c, struct dsv4d_sup **out)
+int dsv4d_sup_start(const struct dsv4d_config *c, struct dsv4_metrics *m, struct dsv4d_sup **out)
 {
     char path[DSV4D_PATH_MAX + 32];
     int rc;
@@ -953,6 +956,7 @@ int dsv4d_sup_start(const struct dsv4d_config *c, struct dsv4d_sup **out)
     if (!s)
         return dsv4_error(DSV4_ENOMEM, "out of memory");
     s->cfg = *c;
+    s->metrics = m;
     s->N = c->workers;
     s->wake_fd = -1;
     pthread_mutex_init(&s->mu, NULL);
@@ -1002,7 +1006,8 @@ int dsv4d_sup_start(const struct dsv4d_config *c, struct dsv4d_sup **out)
                                   .mtp = c->mtp < 0 ? 1 : c->mtp,
                                   .eos_id = s->mcfg.eos_token_id,
                                   .tok = s->tok,
-                                  .default_timeout = c->request_timeout};
+                                  .default_timeout = c->request_timeout,
+                                  .metrics = m};
     if ((rc = dsv4d_sched_create(&so, &s->sched)))
         goto fail;
     dsv4d_sched_set_accepting(s->sched, false, "loading");

@@ -31,9 +31,12 @@
 
 struct dsv4d_sup;
 
+struct dsv4_metrics;
+
 /* Starts the supervisor (loop thread, workers).  c is copied; the model's config.json and
- * tokenizer.json are read here. */
-int dsv4d_sup_start(const struct dsv4d_config *c, struct dsv4d_sup **out);
+ * tokenizer.json are read here.  m (may be NULL, borrowed) receives the engine's series:
+ * preemptions, MTP drafts and acceptances per position, worker restarts. */
+int dsv4d_sup_start(const struct dsv4d_config *c, struct dsv4_metrics *m, struct dsv4d_sup **out);
 /* The service for the front ends (valid until dsv4d_sup_free). */
 struct dsv4_svc *dsv4d_sup_svc(struct dsv4d_sup *s);
 /* SIGTERM: readiness goes draining at once, new requests are refused, running ones get

@@ -227,7 +227,7 @@ static void equal_outputs(int workers, int nreq, int max_tokens)
     struct dsv4d_config c;
     base_config(&c, workers);
     struct dsv4d_sup *s = NULL;
-    CHECKF(dsv4d_sup_start(&c, &s) == 0, "start %d workers: %s", workers, dsv4_errmsg());
+    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "start %d workers: %s", workers, dsv4_errmsg());
     if (!s)
         return;
     CHECKF(wait_state(s, DSV4_SVC_READY, 60), "%d workers: not ready", workers);
@@ -259,7 +259,7 @@ static void load_with_preemption(const struct dsv4_config *mc)
     CHECK_INT(dsv4_state_sizes(mc, true, 2, 0, &z), 0);
     c.state_mem = 16 * z.slot_bytes + 12 * z.block_bytes + z.block_bytes / 2;
     struct dsv4d_sup *s = NULL;
-    CHECKF(dsv4d_sup_start(&c, &s) == 0, "load: start: %s", dsv4_errmsg());
+    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "load: start: %s", dsv4_errmsg());
     if (!s)
         return;
     CHECK(wait_state(s, DSV4_SVC_READY, 60));
@@ -290,7 +290,7 @@ static void faults(int workers, int rounds, uint64_t seed)
     struct dsv4d_config c;
     base_config(&c, workers);
     struct dsv4d_sup *s = NULL;
-    CHECKF(dsv4d_sup_start(&c, &s) == 0, "faults: start: %s", dsv4_errmsg());
+    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "faults: start: %s", dsv4_errmsg());
     if (!s)
         return;
     struct dsv4_svc *svc = dsv4d_sup_svc(s);
@@ -358,7 +358,7 @@ static void deadline_during_recovery(void)
     base_config(&c, 2);
     c.heartbeat_timeout = 1.0;
     struct dsv4d_sup *s = NULL;
-    CHECK(dsv4d_sup_start(&c, &s) == 0);
+    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
     if (!s)
         return;
     CHECK(wait_state(s, DSV4_SVC_READY, 60));
@@ -385,7 +385,7 @@ static void restart_from_image(void)
     struct dsv4d_sup *s = NULL;
     char moved[4200];
     snprintf(moved, sizeof moved, "%s.moved", model_dir);
-    CHECK(dsv4d_sup_start(&c, &s) == 0);
+    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
     if (!s)
         return;
     CHECK(wait_state(s, DSV4_SVC_READY, 60));
@@ -420,7 +420,7 @@ static void give_up(void)
     c.max_restarts = 2;
     c.restart_window = 600;
     struct dsv4d_sup *s = NULL;
-    CHECK(dsv4d_sup_start(&c, &s) == 0);
+    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
     if (!s)
         return;
     for (int i = 0; i < 3; i++) {
@@ -447,7 +447,7 @@ static void bad_requests(void)
     c.max_seqs = 2;
     c.max_queue = 1;
     struct dsv4d_sup *s = NULL;
-    CHECK(dsv4d_sup_start(&c, &s) == 0);
+    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
     if (!s)
         return;
     CHECK(wait_state(s, DSV4_SVC_READY, 60));
