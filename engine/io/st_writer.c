@@ -186,7 +186,9 @@ int dsv4_st_writer_metadata(struct dsv4_st_writer *w, const char *key, const cha
 
     if (w->state != W_DECLARE)
         return dsv4_error(DSV4_EINVAL, "%s: metadata \"%.200s\" after begin or failure", w->path,
-                          key);
+                          key ? key : "(null)");
+    if (!key || !value)
+        return dsv4_error(DSV4_EINVAL, "%s: metadata with no %s", w->path, key ? "value" : "key");
     if (!utf8_ok(key) || !utf8_ok(value))
         return dsv4_error(DSV4_EINVAL, "%s: metadata \"%.200s\" is not valid UTF-8", w->path, key);
     for (size_t i = 0; i < w->n_meta; i++)

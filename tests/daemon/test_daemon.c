@@ -43,6 +43,7 @@
 #define VOCAB  1280
 #define MAXOUT 64
 #define NREQ   64
+#define NLONG  32 /* long-prompt requests of the load test */
 
 struct rec {
     pthread_mutex_t mu;
@@ -219,7 +220,7 @@ static int count_dir(const char *path)
     return n;
 }
 
-static int32_t ref_toks[NREQ][MAXOUT], ref_long[NREQ][MAXOUT];
+static int32_t ref_toks[NREQ][MAXOUT], ref_long[NLONG][MAXOUT];
 
 /* N workers: every output equals the reference. */
 static void equal_outputs(int workers, int nreq, int max_tokens)
@@ -269,17 +270,17 @@ static void load_with_preemption(const struct dsv4_config *mc)
     struct dsv4_svc *svc = dsv4d_sup_svc(s);
     static struct rec r[NREQ];
     uint64_t id;
-    for (int i = 0; i < NREQ; i++)
+    for (int i = 0; i < NLONG; i++)
         CHECK_INT(submit(svc, LONG + i, 24, 0, &r[i], &id), 0);
-    CHECKF(wait_done(r, NREQ, 300), "load: requests did not finish");
+    CHECKF(wait_done(r, NLONG, 300), "load: requests did not finish");
     dsv4d_sup_counts(s, &cnt);
     int bad = 0;
-    for (int i = 0; i < NREQ; i++)
+    for (int i = 0; i < NLONG; i++)
         bad += r[i].error || r[i].n != 24 || memcmp(r[i].toks, ref_long[i], sizeof(int32_t) * 24);
-    CHECKF(bad == 0, "load: %d of %d outputs differ from the request alone", bad, NREQ);
+    CHECKF(bad == 0, "load: %d of %d outputs differ from the request alone", bad, NLONG);
     CHECKF(cnt.preempted_total > 0, "load: no preemption happened (pool of %lld blocks)",
            (long long)cnt.total_blocks);
-    fprintf(stderr, "load: 64 requests on a pool of %lld blocks, %d preemptions\n",
+    fprintf(stderr, "load: %d requests on a pool of %lld blocks, %d preemptions\n", NLONG,
             (long long)cnt.total_blocks, cnt.preempted_total);
     dsv4d_sup_free(s);
 }
@@ -378,37 +379,54 @@ static void deadline_during_recovery(void)
 }
 
 /* The checkpoint moves away; a killed rank comes back from the supervisor's image. */
-static void restart_from_image(void)
+/* A killed rank comes back from the weights image the supervisor keeps, with the checkpoint
+ * moved away (so no checkpoint file can be opened), min_ratio times faster than the cold load,
+ * and the same request gives the same tokens before and after. */
+static void restart_from_image(const char *dir, int workers, double min_ratio)
 {
     struct dsv4d_config c;
-    base_config(&c, 2);
+    base_config(&c, workers);
+    snprintf(c.model, sizeof c.model, "%s", dir);
     struct dsv4d_sup *s = NULL;
     char moved[4200];
-    snprintf(moved, sizeof moved, "%s.moved", model_dir);
-    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
+    snprintf(moved, sizeof moved, "%s.moved", dir);
+    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "restart: start: %s", dsv4_errmsg());
     if (!s)
         return;
-    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    CHECK(wait_state(s, DSV4_SVC_READY, 120));
+    struct rec before, after;
+    uint64_t id;
+    CHECK_INT(submit(dsv4d_sup_svc(s), 3, 20, 0, &before, &id), 0);
+    CHECK(wait_done(&before, 1, 60));
     double cold = 0, warm = 0;
     bool img = true;
     dsv4d_sup_rank_info(s, 0, &cold, &img);
     CHECK(!img);
-    CHECK_INT(rename(model_dir, moved), 0);
-    pid_t pids[2];
-    dsv4d_sup_worker_pids(s, pids, 2);
-    kill(pids[0], SIGKILL);
-    CHECK(wait_state(s, DSV4_SVC_DEGRADED, 10));
-    CHECKF(wait_state(s, DSV4_SVC_READY, 60), "no recovery without the checkpoint");
-    dsv4d_sup_rank_info(s, 0, &warm, &img);
-    CHECKF(img, "the restarted rank did not load from the image");
-    fprintf(stderr, "restart: cold load %.3f s, from the image %.3f s (%.1fx)\n", cold, warm,
-            warm > 0 ? cold / warm : 0);
-    struct rec r;
-    uint64_t id;
-    CHECK_INT(submit(dsv4d_sup_svc(s), 3, 20, 0, &r, &id), 0);
-    CHECK(wait_done(&r, 1, 60));
-    CHECK(!r.error && r.n == 20 && !memcmp(r.toks, ref_toks[3], sizeof(int32_t) * 20));
-    CHECK_INT(rename(moved, model_dir), 0);
+    CHECK_INT(rename(dir, moved), 0);
+    /* two restarts, the faster one counted (one timing on a busy machine is noise) */
+    for (int k = 0; k < 2; k++) {
+        pid_t pids[4];
+        double t = 0;
+        dsv4d_sup_worker_pids(s, pids, workers);
+        kill(pids[0], SIGKILL);
+        CHECK(wait_state(s, DSV4_SVC_DEGRADED, 10));
+        CHECKF(wait_state(s, DSV4_SVC_READY, 60), "no recovery without the checkpoint");
+        dsv4d_sup_rank_info(s, 0, &t, &img);
+        CHECKF(img, "the restarted rank did not load from the image");
+        warm = k == 0 || t < warm ? t : warm;
+    }
+    double ratio = warm > 0 ? cold / warm : 0;
+    fprintf(stderr, "restart (%s, %d workers): cold load %.3f s, from the image %.3f s (%.1fx)\n",
+            dir, workers, cold, warm, ratio);
+    CHECKF(ratio >= min_ratio, "restart from the image only %.1fx faster than the cold load",
+           ratio);
+    CHECK_INT(submit(dsv4d_sup_svc(s), 3, 20, 0, &after, &id), 0);
+    CHECK(wait_done(&after, 1, 60));
+    CHECK(!before.error && before.n == 20 && !after.error && after.n == 20 &&
+          !memcmp(before.toks, after.toks, sizeof(int32_t) * 20));
+    if (!strcmp(dir, model_dir))
+        CHECK(!memcmp(after.toks, ref_toks[3], sizeof(int32_t) * 20));
+    CHECK_INT(rename(moved, dir), 0);
     dsv4d_sup_free(s);
 }
 
@@ -500,25 +518,43 @@ int main(void)
         TEST_DONE();
     for (int i = 0; i < NREQ && !test_failures; i++) {
         CHECK_INT(reference(i, 32, ref_toks[i]), 0);
-        CHECK_INT(reference(LONG + i, 24, ref_long[i]), 0);
+        if (i < NLONG)
+            CHECK_INT(reference(LONG + i, 24, ref_long[i]), 0);
     }
     int shm0 = count_dir("/dev/shm");
     equal_outputs(1, 6, 32);
     /* the baseline after a first supervisor: nng keeps its process-wide poller fds */
     int fds0 = count_fds();
-    equal_outputs(2, 6, 32);
-    equal_outputs(4, 6, 32);
-    load_with_preemption(&cfg);
-    faults(2, 16, 12345);
-    faults(4, 8, 777);
-    deadline_during_recovery();
-    restart_from_image();
-    give_up();
-    bad_requests();
-    /* nothing left behind: processes, descriptors, shared memory, sockets */
+    double t0 = dsv4_now();
+#define PHASE(call)                                                                               \
+    do {                                                                                          \
+        call;                                                                                     \
+        fprintf(stderr, "phase %s: %.1f s\n", #call, dsv4_now() - t0);                            \
+        t0 = dsv4_now();                                                                          \
+    } while (0)
+    PHASE(equal_outputs(2, 6, 32));
+    PHASE(equal_outputs(4, 6, 32));
+    PHASE(load_with_preemption(&cfg));
+    PHASE(faults(2, 16, 12345));
+    PHASE(faults(4, 8, 777));
+    PHASE(deadline_during_recovery());
+    PHASE(restart_from_image(model_dir, 2, 1.0));
+    /* the proof: on the small preset a restart is >= 10x faster than a cold load */
+    char small_dir[4200];
+    snprintf(small_dir, sizeof small_dir, "%s/small", test_tmpdir());
+    CHECK_INT(dsv4_mkmodel_preset("small", VOCAB, DSV4_EXPERT_NVFP4, &cfg), 0);
+    struct dsv4_mkmodel_opts so = {&cfg, 5, 1, NULL, small_dir};
+    CHECKF(dsv4_mkmodel_write(&so) == 0, "mkmodel small: %s", dsv4_errmsg());
+    PHASE(restart_from_image(small_dir, 1, 10.0));
+    PHASE(give_up());
+    PHASE(bad_requests());
+    /* nothing left behind: processes, descriptors, shared memory, sockets.  Fewer
+     * descriptors than the baseline is fine (nng may still have been closing a pipe of the
+     * first supervisor when it was taken); more is a leak. */
     CHECK_INT(count_children(), 0);
-    CHECK_INT(count_fds(), fds0);
-    if (count_fds() != fds0)
+    int fds1 = count_fds();
+    CHECKF(fds1 <= fds0, "descriptors: %d open after the run, %d before", fds1, fds0);
+    if (fds1 > fds0)
         system("ls -l /proc/$PPID/fd >&2");
     CHECK_INT(count_dir("/dev/shm"), shm0);
     char run[4200];

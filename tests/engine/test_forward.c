@@ -221,8 +221,11 @@ int main(void)
     float *got = malloc(sizeof(float) * NTOK * VOCAB);
     const char *isas[3];
     int nisa = rt_isas(isas);
-    for (int i = 0; i < nisa; i++)
+    for (int i = 0; i < nisa; i++) {
+        double t0 = dsv4_now();
         invariants(dir, toks, isas[i], ref, got);
+        fprintf(stderr, "kernel set %s: %.1f s\n", isas[i], dsv4_now() - t0);
+    }
     dsv4_cpu_force_isa(isas[nisa - 1]);
     struct rt r;
     /* the reference logits of the best kernel set, for the format comparisons */
