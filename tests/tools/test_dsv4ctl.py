@@ -11,7 +11,8 @@ then runs every command and checks its output and exit status:
   `dsv4 generate` (offline) for the same prompt ids with --no-stop; the text
   streamed to stdout equals the --json text; logprobs; stop strings;
 - chat: prints text; its prompt equals `dsv4 chat-encode`'s; --json parses;
-- tokenize / detokenize round trip; stats; health (also --json);
+- tokenize / detokenize round trip; stats; health (also --json); abort by
+  request id; watch until SIGINT;
 - drain: needs the key; a running request finishes; watch sees NOT_SERVING;
   dsv4d exits 0; afterwards health exits 1 (unreachable).
 Every subprocess has a timeout; the daemon is killed if anything fails.
@@ -264,6 +265,45 @@ def t_chat(ctl):
     check(r.returncode == 0, "chat --thinking")
 
 
+def wait_running(ctl, limit=20):
+    end = time.time() + limit
+    while time.time() < end:
+        _, j = ctl.json("stats")
+        if j and j["loads"]["num_running_reqs"] + j["loads"]["num_waiting_reqs"] > 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def t_abort_watch(ctl):
+    gen = ctl.popen("--json", "generate", "--ids", "1,2,3", "--max-tokens", "400",
+                    "--ignore-eos", "--request-id", "job-1")
+    check(wait_running(ctl), "a request is running")
+    r = ctl.run("abort", "job-1")
+    check(r.returncode == 0, "abort by the client's request id")
+    try:
+        out, _ = gen.communicate(timeout=30)
+        g = json.loads(out)
+        check(gen.returncode == 0 and g["finish_reason"] == "abort" and
+              g["request_id"] == "job-1" and len(g["token_ids"]) < 400,
+              f"the aborted request ends 'abort': {g['finish_reason']}")
+    except (ValueError, subprocess.TimeoutExpired) as e:
+        gen.kill()
+        check(False, f"the aborted request: {e}")
+    r = ctl.run("abort", "job-1")
+    check(r.returncode == 1 and "abort" in r.stderr, "abort of no running request: exit 1")
+    w = ctl.popen("watch", "--service", "")
+    first = w.stdout.readline()
+    w.send_signal(signal.SIGINT)
+    try:
+        w.communicate(timeout=10)
+        check(first.strip().endswith('"" SERVING') and w.returncode == 0,
+              f"watch until interrupted: exit 0 ({first.strip()!r})")
+    except subprocess.TimeoutExpired:
+        w.kill()
+        check(False, "watch ends on SIGINT")
+
+
 def t_drain(ctl, daemon):
     r = ctl.run("drain", key=None)
     check(r.returncode == 1 and "UNAUTHENTICATED" in r.stderr, "drain without a key refused")
@@ -274,14 +314,7 @@ def t_drain(ctl, daemon):
     check(first.strip().endswith("dsv4.Engine SERVING"), f"watch: {first.strip()!r}")
     gen = ctl.popen("--json", "generate", "--ids", "1,2,3", "--max-tokens", "48",
                     "--temperature", "0", "--ignore-eos")
-    end = time.time() + 20
-    running = False
-    while time.time() < end and not running:
-        _, j = ctl.json("stats")
-        running = bool(j) and j["loads"]["num_running_reqs"] + j["loads"]["num_waiting_reqs"] > 0
-        if not running:
-            time.sleep(0.05)
-    check(running, "a request is running before the drain")
+    check(wait_running(ctl), "a request is running before the drain")
     r, j = ctl.json("drain", "--wait")
     check(r.returncode == 0 and j and j["state"] in ("draining", "stopped") and j["stopped"],
           f"drain --wait: {r.stdout.strip()!r}")
@@ -344,6 +377,7 @@ def main():
         ids = t_tokenizer(ctl)
         t_generate(ctl, model, ids)
         t_chat(ctl)
+        t_abort_watch(ctl)
         t_drain(ctl, daemon)
     except Exception as e:  # a broken step must not leave the daemon behind
         check(False, f"{type(e).__name__}: {e}")
