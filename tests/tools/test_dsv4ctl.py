@@ -14,7 +14,8 @@ then runs every command and checks its output and exit status:
 - tokenize / detokenize round trip; stats; health (also --json); abort by
   request id; watch until SIGINT;
 - drain: needs the key; a running request finishes; watch sees NOT_SERVING;
-  dsv4d exits 0; afterwards health exits 1 (unreachable).
+  dsv4d sends STOPPING=1 (to a fake NOTIFY_SOCKET) and exits 0; afterwards
+  health exits 1 (unreachable).
 Every subprocess has a timeout; the daemon is killed if anything fails.
 """
 
@@ -24,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 BUILD = os.environ.get("DSV4_BUILDDIR", ".")
@@ -341,6 +343,35 @@ def t_drain(ctl, daemon):
     check(r.returncode == 1 and "cannot connect" in r.stderr, "after the drain: unreachable")
 
 
+class Notify:
+    """A fake NOTIFY_SOCKET, read by a thread (a full socket would block dsv4d)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+        self.lines = []
+        self.stop = False
+        self.th = threading.Thread(target=self.loop, daemon=True)
+        self.th.start()
+
+    def loop(self):
+        while not self.stop:
+            try:
+                data = self.sock.recv(4096).decode()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.lines += [l for l in data.split("\n") if l]
+
+    def close(self):
+        self.stop = True
+        self.th.join(2)
+        self.sock.close()
+
+
 def main():
     for exe in (DSV4, DSV4D, CTL):
         if not os.path.exists(exe):
@@ -359,12 +390,15 @@ def main():
     ctl = Ctl(f"127.0.0.1:{gport}")
     usage_errors(ctl)
     log = open(os.path.join(TMP, "dsv4d.log"), "w")
+    notify = Notify(os.path.join(TMP, "notify.sock"))
+    env = dict(os.environ, NOTIFY_SOCKET=notify.path)
+    env.pop("WATCHDOG_USEC", None)
     daemon = subprocess.Popen([DSV4D, "--model", model, "--workers", "2", "--runtime-dir", run,
                                "--threads-per-worker", "1", "--max-model-len", "512",
                                "--max-seqs", "4", "--max-batch-tokens", "64",
                                "--grpc-listen", ctl.target, "--http-listen",
                                f"127.0.0.1:{hport}", "--api-key-file", keys],
-                              stderr=log, stdout=log)
+                              stderr=log, stdout=log, env=env)
     try:
         ready, seen = wait_ready(ctl, daemon)
         check(ready, f"dsv4d ready (health exit codes seen: {sorted(seen)})")
@@ -379,6 +413,10 @@ def main():
         t_chat(ctl)
         t_abort_watch(ctl)
         t_drain(ctl, daemon)
+        time.sleep(0.3)
+        if "READY=1" in notify.lines:  # a build with systemd notifications
+            check("STOPPING=1" in notify.lines,
+                  f"STOPPING=1 on a client's drain: {notify.lines[-4:]}")
     except Exception as e:  # a broken step must not leave the daemon behind
         check(False, f"{type(e).__name__}: {e}")
     finally:
@@ -386,6 +424,7 @@ def main():
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(10)
         log.close()
+        notify.close()
         if failures:
             with open(os.path.join(TMP, "dsv4d.log")) as f:
                 print("---- dsv4d log (tail)\n" + "".join(f.readlines()[-40:]))
