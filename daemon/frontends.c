@@ -125,6 +125,11 @@ static bool m_authorize(struct dsv4_svc *v, const char *key, size_t len)
     return FE(v)->inner->ops->authorize(FE(v)->inner, key, len);
 }
 
+static void m_drain(struct dsv4_svc *v)
+{
+    FE(v)->inner->ops->drain(FE(v)->inner);
+}
+
 static const struct dsv4_svc_ops meter_ops = {
         .submit = m_submit,
         .cancel = m_cancel,
@@ -135,6 +140,7 @@ static const struct dsv4_svc_ops meter_ops = {
         .loads = m_loads,
         .state = m_state,
         .authorize = m_authorize,
+        .drain = m_drain,
 };
 
 int dsv4d_frontends_start(const struct dsv4d_config *c, struct dsv4_svc *svc,

@@ -13,7 +13,8 @@
  * change and load progress, EXTEND_TIMEOUT_USEC while loading progresses,
  * READY=1 once the supervisor is ready (after a warm-up step on every
  * rank), WATCHDOG=1 while the supervisor's loop keeps ticking (never when
- * that loop is stuck), and STOPPING=1 on drain.  Logs go to stderr with
+ * that loop is stuck), and STOPPING=1 on drain.  A drain a client asks for
+ * (the gRPC Drain method) is handled as SIGTERM's.  Logs go to stderr with
  * syslog priority prefixes for journald.
  *
  * Exit status: 0 after a drain, 1 when the supervisor could not start or
@@ -198,6 +199,13 @@ int main(int argc, char **argv)
             }
             if (ready_sent)
                 dsv4d_sd_ready();
+        }
+        /* a drain a client asked for (gRPC Drain) ends the process as SIGTERM does; the
+         * flag, not the state, tells: DRAINING may last less than one pass of this loop */
+        if (!draining && dsv4d_sup_drain_requested(sup)) {
+            dsv4_log(DSV4_LOG_INFO, "drain requested by a client: draining");
+            dsv4d_sd_stopping();
+            draining = true;
         }
         char why[256], prog[256];
         enum dsv4_svc_state st = dsv4d_sup_state(sup, why, sizeof why);

@@ -286,6 +286,13 @@ static bool op_authorize(struct dsv4_svc *v, const char *key, size_t len)
     return ok;
 }
 
+/* A client's drain (gRPC Drain): the same as SIGTERM's; dsv4d's main thread notices it
+ * (dsv4d_sup_drain_requested) and exits 0 once stopped. */
+static void op_drain(struct dsv4_svc *v)
+{
+    dsv4d_sup_drain(SUP(v));
+}
+
 static const struct dsv4_svc_ops sup_ops = {
         .submit = op_submit,
         .cancel = op_cancel,
@@ -296,6 +303,7 @@ static const struct dsv4_svc_ops sup_ops = {
         .loads = op_loads,
         .state = op_state,
         .authorize = op_authorize,
+        .drain = op_drain,
 };
 
 /* API keys: one per line, blank lines and # comments ignored. */
@@ -1046,6 +1054,11 @@ void dsv4d_sup_drain(struct dsv4d_sup *s)
                   s->cfg.drain_timeout);
     dsv4d_sched_set_accepting(s->sched, false, "draining");
     wake(s);
+}
+
+bool dsv4d_sup_drain_requested(struct dsv4d_sup *s)
+{
+    return atomic_load(&s->drain_requested) != 0;
 }
 
 void dsv4d_sup_reload(struct dsv4d_sup *s, const struct dsv4d_config *c, char *changed, size_t len)

@@ -42,6 +42,8 @@ struct dsv4_svc *dsv4d_sup_svc(struct dsv4d_sup *s);
 /* SIGTERM: readiness goes draining at once, new requests are refused, running ones get
  * drain_timeout seconds, then the workers stop and the state becomes stopped. */
 void dsv4d_sup_drain(struct dsv4d_sup *s);
+/* true once a drain began, by dsv4d_sup_drain or by a client (the service's drain op). */
+bool dsv4d_sup_drain_requested(struct dsv4d_sup *s);
 /* SIGHUP: the reloadable keys of c (API keys, log level, queue, timeouts). */
 void dsv4d_sup_reload(struct dsv4d_sup *s, const struct dsv4d_config *c, char *changed, size_t len);
 /* The readiness state and its reason. */

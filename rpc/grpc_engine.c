@@ -13,7 +13,7 @@
  *
  * Health Watch polls the service's state every 50 ms from the server's
  * thread and sends each change.  Everything else answers at once on the
- * server's thread.
+ * server's thread (Drain only starts the drain: the service finishes it).
  *
  * Invariant: every serve path either finishes its call, hands it to an
  * async handle or a poll function, or returns a code for the transport to
@@ -798,6 +798,36 @@ static int detok_serve(struct dsv4_grpc_call *c, const uint8_t *msg, size_t len)
     return code;
 }
 
+/* ---- Drain */
+
+static int drain_check(const uint8_t *msg, size_t len)
+{
+    int code;
+    ProtobufCMessage *m = decode(&dsv4__drain_request__descriptor, msg, len, &code);
+    if (m)
+        protobuf_c_message_free_unpacked(m, NULL);
+    return code;
+}
+
+/* The drain itself runs in the service; the answer is the state it left, so a client sees
+ * "draining" (or "stopped" when nothing was running yet) without a second call. */
+static int drain_serve(struct dsv4_grpc_call *c, const uint8_t *msg, size_t len)
+{
+    struct dsv4_svc *svc = dsv4_grpc_call_svc(c);
+    int code = drain_check(msg, len);
+    if (code)
+        return code;
+    if (!svc->ops->drain) {
+        dsv4_error(DSV4_ENOTSUP, "this server cannot be drained by a client");
+        return DSV4_GRPC_UNIMPLEMENTED;
+    }
+    svc->ops->drain(svc);
+    Dsv4__DrainResponse r = DSV4__DRAIN_RESPONSE__INIT;
+    r.state = (char *)dsv4_svc_state_name(svc->ops->state(svc, NULL, 0));
+    reply(c, &r.base);
+    return 0;
+}
+
 /* ---- grpc.health.v1 */
 
 enum { SVC_LIVE = 1, SVC_ENGINE = 2, SVC_UNKNOWN = 3 };
@@ -912,6 +942,7 @@ static const struct dsv4_grpc_method methods[] = {
         {"/dsv4.Engine/GetLoads", false, empty_check_loads, loads_serve},
         {"/dsv4.Engine/Tokenize", false, tok_check, tok_serve},
         {"/dsv4.Engine/Detokenize", false, detok_check, detok_serve},
+        {"/dsv4.Engine/Drain", false, drain_check, drain_serve},
         {"/grpc.health.v1.Health/Check", true, health_check, hcheck_serve},
         {"/grpc.health.v1.Health/Watch", true, health_check, hwatch_serve},
 };

@@ -145,6 +145,11 @@ struct dsv4_svc_ops {
     enum dsv4_svc_state (*state)(struct dsv4_svc *s, char *why, size_t len);
     /* An API key check: true when no keys are configured or `key` is one of them. */
     bool (*authorize)(struct dsv4_svc *s, const char *key, size_t len);
+    /* Begins a drain, as SIGTERM does (readiness DRAINING at once, new requests refused,
+     * running ones finish within the drain timeout, then STOPPED); returns at once, and a
+     * second call changes nothing.  NULL: the service cannot be drained by a client (the
+     * gRPC Drain method answers UNIMPLEMENTED). */
+    void (*drain)(struct dsv4_svc *s);
 };
 
 struct dsv4_svc {

@@ -242,6 +242,13 @@ static bool f_authorize(struct dsv4_svc *s, const char *key, size_t len)
     return ok;
 }
 
+/* A client's drain: readiness goes DRAINING (new requests refused); running requests go on,
+ * as the real service lets them finish. */
+static void f_drain(struct dsv4_svc *s)
+{
+    fake_svc_set_state(s, DSV4_SVC_DRAINING, "drain requested");
+}
+
 static const struct dsv4_svc_ops fake_ops = {
         .submit = f_submit,
         .cancel = f_cancel,
@@ -252,6 +259,7 @@ static const struct dsv4_svc_ops fake_ops = {
         .loads = f_loads,
         .state = f_state,
         .authorize = f_authorize,
+        .drain = f_drain,
 };
 
 static double now_s(void)

@@ -16,7 +16,8 @@
  * Limits: max_context 4096 (prompt + max_tokens beyond it: DSV4_ERANGE),
  * queue of 64 running requests (beyond: DSV4_ENOSPC, retryable).
  * State: READY after start; fake_svc_set_state changes it (DRAINING refuses
- * new requests with DSV4_ENOTSUP).  API keys: fake_svc_set_keys.
+ * new requests with DSV4_ENOTSUP; the drain op sets it, with the reason
+ * "drain requested").  API keys: fake_svc_set_keys.
  */
 #ifndef DSV4_TESTS_FAKE_SVC_H
 #define DSV4_TESTS_FAKE_SVC_H

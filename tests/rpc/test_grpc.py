@@ -7,7 +7,7 @@ the test's scratch directory.  Covers every method of dsv4.Engine and
 grpc.health.v1.Health: exact streamed text, logprobs, stop strings and stop
 ids, errors and their codes, deadlines, cancellation (the fake's running
 count goes back to 0), Abort, many concurrent streams on one channel, a full
-queue, health Check / Watch across READY -> DRAINING -> READY, API keys,
+queue, health Check / Watch across READY -> DRAINING -> READY, API keys, Drain,
 oversized and malformed messages, and a graceful stop with calls running.
 Every call has a timeout; the whole test takes seconds.  Skips (77) without
 grpcio / grpcio-tools.
@@ -371,6 +371,53 @@ def t_keys(st, srv, ch):
     check(st.GetLoads(pb.GetLoadsRequest(), timeout=T).max_running_requests == 64, "keys off")
 
 
+def t_drain(st, srv, ch):
+    """Drain: needs the key when keys are set; readiness goes NOT_SERVING at once, new
+    requests are refused, a running one finishes; a second Drain changes nothing."""
+    h = hpbg.HealthStub(ch)
+    key = [("authorization", "Bearer k1")]
+    engine = hpb.HealthCheckRequest(service="dsv4.Engine")
+    srv.cmd("keys k1")
+    c = code_of(lambda: st.Drain(pb.DrainRequest(), timeout=T))
+    check(c == grpc.StatusCode.UNAUTHENTICATED, f"drain without a key: {c}")
+    c = code_of(lambda: st.Drain(pb.DrainRequest(), timeout=T,
+                                 metadata=[("authorization", "Bearer nope")]))
+    check(c == grpc.StatusCode.UNAUTHENTICATED, f"drain with a wrong key: {c}")
+    check(h.Check(engine, timeout=T).status == SERVING, "a refused drain changes nothing")
+    running = st.Generate(pb.GenerateRequest(text="p", sampling_params=sp(max_new_tokens=300)),
+                          timeout=T, metadata=key)
+    it = iter(running)
+    first = next(it)
+    r = st.Drain(pb.DrainRequest(), timeout=T, metadata=key)
+    check(r.state == "draining", f"drain answers the state: {r.state!r}")
+    check(h.Check(engine, timeout=T).status == NOT_SERVING, "not ready once draining")
+    check(h.Check(hpb.HealthCheckRequest(service=""), timeout=T).status == SERVING,
+          "alive while draining")
+    c = code_of(lambda: collect(st.Generate(pb.GenerateRequest(text="p"), timeout=T,
+                                            metadata=key)))
+    check(c == grpc.StatusCode.UNAVAILABLE, f"generate refused while draining: {c}")
+    text = first.chunk.text
+    done = None
+    for m in it:
+        if m.HasField("chunk"):
+            text += m.chunk.text
+        else:
+            done = m.complete
+    check(text == expected(300) and done is not None and done.finish_reason == "length",
+          f"a running request finishes during the drain: {len(text)} chars")
+    s = st.GetServerInfo(pb.GetServerInfoRequest(), timeout=T, metadata=key)
+    check(s.state == "draining" and s.state_reason == "drain requested", f"state {s.state}")
+    r = st.Drain(pb.DrainRequest(), timeout=T, metadata=key)
+    check(r.state == "draining", f"a second drain: {r.state!r}")
+    c = code_of(lambda: ch.unary_unary("/dsv4.Engine/Drain")(b"\x0a\x01\xff", timeout=T,
+                                                             metadata=key))
+    check(c == grpc.StatusCode.OK, f"unknown fields of DrainRequest are ignored: {c}")
+    c = code_of(lambda: ch.unary_unary("/dsv4.Engine/Drain")(b"\xff", timeout=T, metadata=key))
+    check(c == grpc.StatusCode.INVALID_ARGUMENT, f"malformed DrainRequest: {c}")
+    srv.cmd("state ready")
+    srv.cmd("keys")
+
+
 def t_malformed(st, srv, ch):
     raw = lambda path: ch.unary_unary(path, request_serializer=None,  # noqa: E731
                                       response_deserializer=None)
@@ -454,6 +501,7 @@ def main():
              ("abort", lambda: t_abort(st, srv)), ("concurrent", lambda: t_concurrent(st, srv)),
              ("queue full", lambda: t_queue_full(st, srv)),
              ("health", lambda: t_health(st, srv, ch)), ("keys", lambda: t_keys(st, srv, ch)),
+             ("drain", lambda: t_drain(st, srv, ch)),
              ("malformed", lambda: t_malformed(st, srv, ch))]
     for name, fn in tests:
         t0 = time.time()

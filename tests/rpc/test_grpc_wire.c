@@ -269,7 +269,7 @@ static void test_methods(void)
 {
     size_t n;
     const struct dsv4_grpc_method *all = dsv4_grpc_engine_methods(&n);
-    CHECK_INT(n, 9);
+    CHECK_INT(n, 10);
     CHECK(dsv4_grpc_engine_method("/dsv4.Engine/Nope", 17) == NULL);
     CHECK(dsv4_grpc_engine_method("/dsv4.Engine/Generat", 20) == NULL);
     CHECK(dsv4_grpc_engine_method("/grpc.health.v1.Health/Watch", 28)->health);
