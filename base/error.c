@@ -6,6 +6,7 @@
 #include "base/dsv4.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,26 +86,34 @@ void dsv4_assert_fail(const char *expr, const char *file, int line)
     abort();
 }
 
-static int log_level = -1;
+/* The threshold: -1 until the first log call reads DSV4_LOG.  Atomic because any thread may
+ * log first (the HTTP and gRPC loops, the pool's workers) and the daemon sets it while
+ * others run; the reads and the one-time setup race harmlessly (every thread computes the
+ * same value from the environment). */
+static _Atomic int log_level = -1;
 
 static int log_threshold(void)
 {
-    if (log_level < 0) {
+    int v = atomic_load_explicit(&log_level, memory_order_relaxed);
+    if (v < 0) {
         const char *e = getenv("DSV4_LOG");
-        log_level = DSV4_LOG_INFO;
+        v = DSV4_LOG_INFO;
         if (e && !strcasecmp(e, "debug"))
-            log_level = DSV4_LOG_DEBUG;
+            v = DSV4_LOG_DEBUG;
         else if (e && !strcasecmp(e, "warn"))
-            log_level = DSV4_LOG_WARN;
+            v = DSV4_LOG_WARN;
         else if (e && !strcasecmp(e, "error"))
-            log_level = DSV4_LOG_ERROR;
+            v = DSV4_LOG_ERROR;
+        int unset = -1;
+        if (!atomic_compare_exchange_strong(&log_level, &unset, v))
+            v = unset;
     }
-    return log_level;
+    return v;
 }
 
 void dsv4_log_set_level(enum dsv4_log_level level)
 {
-    log_level = (int)level;
+    atomic_store(&log_level, (int)level);
 }
 
 static int log_syslog;

@@ -110,6 +110,10 @@ int dsv4_cmd_mkmodel(int argc, char **argv)
         mkmodel_usage(stderr);
         return 2;
     }
+    if (preset && strcmp(preset, "tiny") && strcmp(preset, "small")) {
+        fprintf(stderr, "dsv4 mkmodel: unknown --preset '%s' (tiny, small)\n", preset);
+        return 2;
+    }
     if (format) {
         if (!strcmp(format, "mxfp4"))
             fmt = DSV4_EXPERT_MXFP4;

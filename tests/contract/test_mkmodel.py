@@ -420,7 +420,7 @@ def test_bad_input(one):
          "bad --seed"),
         (("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--shards", "0", "--out", out), 2,
          "bad --shards"),
-        (("mkmodel", "--preset", "nope", "--tokenizer", TOK, "--out", out), 1, "unknown preset"),
+        (("mkmodel", "--preset", "nope", "--tokenizer", TOK, "--out", out), 2, "unknown --preset"),
         (("mkmodel", "--preset", "tiny", "--tokenizer", pro, "--out", out), 1, "model.vocab"),
         (("mkmodel", "--preset", "tiny", "--tokenizer", TOK, "--out",
           os.path.join(TMP, "no-such-dir", "x")), 1, "cannot create"),
