@@ -13,8 +13,8 @@
 3. With "model" set in /etc/dsv4d/dsv4d.json the ExecCondition lets the
    start through; the installed dsv4d runs as the dsv4d user (setpriv, as
    the unit would) in the foreground on the tiny checkpoint (written by the
-   installed dsv4) with a fake NOTIFY_SOCKET: READY=1, one chat answer (dsv4ctl when installed,
-   else curl), SIGTERM, STOPPING=1, exit 0.
+   installed dsv4) with a fake NOTIFY_SOCKET: READY=1, one chat answer
+   (dsv4ctl when installed, else curl), SIGTERM, STOPPING=1, exit 0.
 4. dpkg --purge (also in a finally, whatever failed): nothing left but the
    dsv4d user and group, which Debian policy keeps.
 
