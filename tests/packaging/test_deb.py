@@ -41,7 +41,9 @@ from pkgcommon import check  # noqa: E402
 
 PKGS = ["dsv4d", "dsv4-tools", "dsv4ctl"]
 LOCK = "/run/lock/dsv4d-packaging-test.lock"
-UNITDIR = "/lib/systemd/system"
+# where the build put the units (Debian 12: /lib/systemd/system)
+UNITDIR = subprocess.run(["pkg-config", "--variable=systemdsystemunitdir", "systemd"],
+                         capture_output=True, text=True).stdout.strip() or "/lib/systemd/system"
 UNITS = ["dsv4d.service", "dsv4d-grpc.socket", "dsv4d-http.socket"]
 DSV4D_FILES = {
     "/etc/dsv4d/dsv4d.json", "/usr/bin/dsv4d", f"{UNITDIR}/dsv4d.service",
