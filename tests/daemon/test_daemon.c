@@ -526,11 +526,11 @@ int main(void)
     /* the baseline after a first supervisor: nng keeps its process-wide poller fds */
     int fds0 = count_fds();
     double t0 = dsv4_now();
-#define PHASE(call)                                                                               \
-    do {                                                                                          \
-        call;                                                                                     \
-        fprintf(stderr, "phase %s: %.1f s\n", #call, dsv4_now() - t0);                            \
-        t0 = dsv4_now();                                                                          \
+#define PHASE(call)                                                    \
+    do {                                                               \
+        call;                                                          \
+        fprintf(stderr, "phase %s: %.1f s\n", #call, dsv4_now() - t0); \
+        t0 = dsv4_now();                                               \
     } while (0)
     PHASE(equal_outputs(2, 6, 32));
     PHASE(equal_outputs(4, 6, 32));

@@ -114,8 +114,8 @@ static int rt_trunk(struct rt *r, const struct dsv4_fwd_seq *s, int n, float *lo
 }
 
 /* MTP block over the batch; hidden (host) in; logits and hidden_out as for rt_trunk. */
-static int rt_mtp(struct rt *r, const struct dsv4_fwd_seq *s, int n, const float *hidden,
-                  float *logits, bool all, float *hidden_out)
+static inline int rt_mtp(struct rt *r, const struct dsv4_fwd_seq *s, int n, const float *hidden,
+                         float *logits, bool all, float *hidden_out)
 {
     int nr = logits ? rt_rows(r, s, n, all) : 0;
     if (nr < 0)
