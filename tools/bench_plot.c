@@ -5,6 +5,9 @@
  * TTFT and inter-token latency p50 / p90 / p99 against concurrency.  One
  * color per JSON file, legend from --label, the file's own "label", or its
  * model and target.  Rate runs (--rate) plot against the request rate.
+ * --published adds the published reference sweep (spec/formats.md §3.1:
+ * vLLM on 8x B300, MTP n=1, max_tokens 128, README 056e0502) to the tok/s
+ * panel as a gray dashed line, so that a run reads against the target.
  *
  * Why hand-written SVG: a plot must come out of the same binary on a
  * machine with nothing else installed; SVG is text, opens in any browser
@@ -32,7 +35,7 @@
 #define MAX_POINTS 64
 
 /* panel geometry (px) */
-#define WIDTH   980
+#define WIDTH   1000
 #define PANEL_H 360
 #define LEFT    90
 #define RIGHT   730 /* right edge of the plot area; the legend is to its right */
@@ -54,15 +57,27 @@ struct series {
     double x[MAX_POINTS];
     double v[M_COUNT][3][MAX_POINTS]; /* [metric][p50/p90/p99 or 0 for tok/s][point]; NAN: none */
     bool has[M_COUNT];
+    bool reference; /* the published sweep: gray, dashed */
 };
+
+#define REF_COLOR "#777777"
+#define REF_DASH  "6,4"
+
+/* the published final table (formats.md §3.1): concurrency -> aggregate tok/s */
+static const double PUB_X[4] = {1, 16, 64, 128};
+static const double PUB_TOK[4] = {139.3, 672.6, 1927.3, 3004.8};
+#define PUB_LABEL "published (vLLM, 8x B300)"
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dsv4 bench plot --out FILE.svg [--label L]... [--title T] FILE.json...\n"
+    fprintf(f, "usage: dsv4 bench plot --out FILE.svg [--label L]... [--title T] [--published]\n"
+               "         FILE.json...\n"
                "  --out FILE.svg   the SVG to write\n"
-               "  --label L        legend of the next JSON file (in order; default: the\n"
-               "                   file's label, else its model @ target)\n"
+               "  --label L        legend of the JSON file that follows (default: the file's\n"
+               "                   own label, else its model @ target)\n"
                "  --title T        the title (default: output tok/s vs concurrency)\n"
+               "  --published      add the published reference sweep (vLLM, 8x B300, MTP n=1:\n"
+               "                   139.3 / 672.6 / 1927.3 / 3004.8 tok/s at c = 1/16/64/128)\n"
                "Plots aggregate output tok/s vs concurrency (log2 axis), and TTFT / ITL\n"
                "p50 (solid) / p90 (dashed) / p99 (dotted) when the runs streamed.\n");
 }
@@ -162,8 +177,11 @@ static int load(const char *path, const char *label, struct series *s, bool *rat
         snprintf(s->label, sizeof(s->label), "%s @ %s", model, target);
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(st, "max_tokens");
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(st, "stream");
-    snprintf(s->note, sizeof(s->note), "%s: %s @ %s, max_tokens %.0f, %s, %s, client %s", s->label,
-             model, target, cJSON_IsNumber(mt) ? mt->valuedouble : 0.0,
+    char who[220] = "";
+    if (label || cJSON_IsString(cJSON_GetObjectItemCaseSensitive(root, "label")))
+        snprintf(who, sizeof(who), ": %s @ %s", model, target);
+    snprintf(s->note, sizeof(s->note), "%s%s, max_tokens %.0f, %s, %s, client %s", s->label, who,
+             cJSON_IsNumber(mt) ? mt->valuedouble : 0.0,
              cJSON_IsTrue(stream) ? "streamed" : "not streamed", str_or(root, "date", "?"),
              str_or(root, "client_cpu", "?"));
     const cJSON *lv;
@@ -298,8 +316,9 @@ static void panel(struct dsv4_strbuf *b, int y0, const char *title, const char *
     dsv4_strbuf_str(b, "</text>\n");
     /* the series */
     for (int f = 0; f < n; f++) {
-        const char *col = COLORS[f % DSV4_ARRAY_LEN(COLORS)];
+        const char *col = ss[f].reference ? REF_COLOR : COLORS[f % DSV4_ARRAY_LEN(COLORS)];
         for (int q = 0; q < nq; q++) {
+            const char *dash = ss[f].reference ? REF_DASH : DASH[q];
             struct dsv4_strbuf pts;
             dsv4_strbuf_init(&pts);
             int np = 0;
@@ -315,8 +334,8 @@ static void panel(struct dsv4_strbuf *b, int y0, const char *title, const char *
                 dsv4_strbuf_fmt(b,
                                 "<polyline class=\"series\" fill=\"none\" stroke=\"%s\" "
                                 "stroke-width=\"2\"%s%s%s points=\"%s\"/>\n",
-                                col, DASH[q][0] ? " stroke-dasharray=\"" : "", DASH[q],
-                                DASH[q][0] ? "\"" : "", pts.p);
+                                col, dash[0] ? " stroke-dasharray=\"" : "", dash,
+                                dash[0] ? "\"" : "", pts.p);
                 for (int i = 0; i < ss[f].n; i++) {
                     double v = ss[f].v[m][q][i];
                     if (isnan(v))
@@ -335,13 +354,15 @@ static void panel(struct dsv4_strbuf *b, int y0, const char *title, const char *
     for (int f = 0; f < n; f++) {
         if (!ss[f].has[m])
             continue; /* a run that did not stream has no latency lines */
-        const char *col = COLORS[f % DSV4_ARRAY_LEN(COLORS)];
+        const char *col = ss[f].reference ? REF_COLOR : COLORS[f % DSV4_ARRAY_LEN(COLORS)];
         dsv4_strbuf_fmt(b,
                         "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\" "
-                        "stroke-width=\"3\"/><text class=\"legend\" x=\"%d\" y=\"%d\" "
+                        "stroke-width=\"3\"%s/><text class=\"legend\" x=\"%d\" y=\"%d\" "
                         "font-size=\"12\">",
-                        RIGHT + 14, ly, RIGHT + 40, ly, col, RIGHT + 46, ly + 4);
-        char lab[40];
+                        RIGHT + 14, ly, RIGHT + 40, ly, col,
+                        ss[f].reference ? " stroke-dasharray=\"" REF_DASH "\"" : "", RIGHT + 46,
+                        ly + 4);
+        char lab[32];
         snprintf(lab, sizeof(lab), "%s", ss[f].label);
         if (strlen(ss[f].label) >= sizeof(lab))
             strcpy(lab + sizeof(lab) - 4, "...");
@@ -366,12 +387,18 @@ static void panel(struct dsv4_strbuf *b, int y0, const char *title, const char *
 int dsv4_bench_plot(int argc, char **argv)
 {
     const char *out = NULL, *title = NULL, *labels[MAX_FILES] = {0}, *files[MAX_FILES];
-    int n_files = 0, n_labels = 0;
+    const char *pending = NULL; /* a --label waiting for its file */
+    int n_files = 0;
+    bool published = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
+        }
+        if (!strcmp(a, "--published")) {
+            published = true;
+            continue;
         }
         if (!strcmp(a, "--out") || !strcmp(a, "--label") || !strcmp(a, "--title")) {
             if (i + 1 >= argc) {
@@ -388,11 +415,11 @@ int dsv4_bench_plot(int argc, char **argv)
             } else if (!strcmp(a, "--title")) {
                 title = v;
             } else {
-                if (n_labels >= MAX_FILES) {
-                    fprintf(stderr, ME ": more than %d --label\n", MAX_FILES);
+                if (pending) {
+                    fprintf(stderr, ME ": two --label before one file\n");
                     return 2;
                 }
-                labels[n_labels++] = v;
+                pending = v;
             }
             continue;
         }
@@ -404,18 +431,20 @@ int dsv4_bench_plot(int argc, char **argv)
             fprintf(stderr, ME ": more than %d files\n", MAX_FILES);
             return 2;
         }
+        labels[n_files] = pending;
+        pending = NULL;
         files[n_files++] = a;
+    }
+    if (pending) {
+        fprintf(stderr, ME ": --label '%s' is not followed by a file\n", pending);
+        return 2;
     }
     if (!out || !n_files) {
         fprintf(stderr, ME ": %s\n", !out ? "--out FILE.svg is required" : "no JSON file given");
         usage(stderr);
         return 2;
     }
-    if (n_labels > n_files) {
-        fprintf(stderr, ME ": %d --label for %d files\n", n_labels, n_files);
-        return 2;
-    }
-    struct series *ss = calloc((size_t)n_files, sizeof(*ss));
+    struct series *ss = calloc((size_t)n_files + 1, sizeof(*ss));
     if (!ss) {
         fprintf(stderr, ME ": out of memory\n");
         return 1;
@@ -436,6 +465,27 @@ int dsv4_bench_plot(int argc, char **argv)
     }
     if (!rc && n_rate && n_rate != n_files)
         rc = dsv4_error(DSV4_EINVAL, "cannot mix --rate and --concurrency results in one plot");
+    if (!rc && n_rate && published)
+        rc = dsv4_error(DSV4_EINVAL, "--published is a concurrency sweep: not with --rate results");
+    int n_series = n_files;
+    if (!rc && published) {
+        struct series *r = &ss[n_series++];
+        snprintf(r->label, sizeof(r->label), PUB_LABEL);
+        snprintf(r->note, sizeof(r->note),
+                 PUB_LABEL ": TP 8 + EP, MTP n=1, max_tokens 128, not streamed, README 056e0502 "
+                           "(spec/formats.md 3.1)");
+        r->reference = r->has[M_TOK] = true;
+        r->n = 4;
+        for (int i = 0; i < 4; i++) {
+            r->x[i] = PUB_X[i];
+            r->v[M_TOK][0][i] = PUB_TOK[i];
+            r->v[M_TOK][1][i] = r->v[M_TOK][2][i] = NAN;
+            for (int q = 0; q < 3; q++)
+                r->v[M_TTFT][q][i] = r->v[M_ITL][q][i] = NAN;
+            xmin = DSV4_MIN(xmin, PUB_X[i]);
+            xmax = DSV4_MAX(xmax, PUB_X[i]);
+        }
+    }
     if (rc) {
         fprintf(stderr, ME ": %s\n", dsv4_errmsg());
         free(ss);
@@ -446,7 +496,7 @@ int dsv4_bench_plot(int argc, char **argv)
         lx1 = lx0 + 1;
     const char *xlabel = n_rate ? "request rate (requests/s, log2)" : "concurrency (log2)";
     int n_panels = 1 + any[M_TTFT] + any[M_ITL];
-    int height = TITLE_H + n_panels * PANEL_H + 20 + 16 * n_files;
+    int height = TITLE_H + n_panels * PANEL_H + 20 + 16 * n_series;
 
     struct dsv4_strbuf b;
     dsv4_strbuf_init(&b);
@@ -470,18 +520,18 @@ int dsv4_bench_plot(int argc, char **argv)
     dsv4_strbuf_str(&b, "</text>\n");
     int y = TITLE_H;
     panel(&b, y, "Aggregate output throughput (completion tokens / wall time)", "tok/s", xlabel,
-          M_TOK, ss, n_files, lx0, lx1);
+          M_TOK, ss, n_series, lx0, lx1);
     y += PANEL_H;
     if (any[M_TTFT]) {
-        panel(&b, y, "Time to first token", "TTFT (ms)", xlabel, M_TTFT, ss, n_files, lx0, lx1);
+        panel(&b, y, "Time to first token", "TTFT (ms)", xlabel, M_TTFT, ss, n_series, lx0, lx1);
         y += PANEL_H;
     }
     if (any[M_ITL]) {
         panel(&b, y, "Inter-token latency (gaps between streamed chunks)", "ITL (ms)", xlabel,
-              M_ITL, ss, n_files, lx0, lx1);
+              M_ITL, ss, n_series, lx0, lx1);
         y += PANEL_H;
     }
-    for (int f = 0; f < n_files; f++) {
+    for (int f = 0; f < n_series; f++) {
         dsv4_strbuf_fmt(&b,
                         "<text class=\"note\" x=\"%d\" y=\"%d\" font-size=\"11\" fill=\"#555\">",
                         LEFT, y + 10 + 16 * f);

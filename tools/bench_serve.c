@@ -1088,11 +1088,6 @@ static cJSON *header_json(const struct opts *o, const struct dsv4_bench_client_c
 
 /* ------------------------------------------------------------ the MTP probe */
 
-static double spec_delta(double after, double before)
-{
-    return after - before;
-}
-
 /* Scrapes the counters; exits the probe with a message when it cannot. */
 static int scrape(const char *url, const char *key, double timeout, struct dsv4_bench_spec *sp)
 {
@@ -1118,9 +1113,9 @@ static cJSON *mtp_json(const struct dsv4_bench_spec *a, const struct dsv4_bench_
                        const char *metrics_url, FILE *out)
 {
     cJSON *o = cJSON_CreateObject();
-    double drafts = spec_delta(b->drafts, a->drafts);
-    double dtok = spec_delta(b->draft_tokens, a->draft_tokens);
-    double acc = spec_delta(b->accepted, a->accepted);
+    double drafts = b->drafts - a->drafts;
+    double dtok = b->draft_tokens - a->draft_tokens;
+    double acc = b->accepted - a->accepted;
     cJSON_AddStringToObject(o, "metrics_url", metrics_url);
     if (b->has_drafts)
         cJSON_AddNumberToObject(o, "drafts", drafts);

@@ -15,7 +15,8 @@ OpenAI-compatible server (http.server) whose answers and timings are known.
   without [DONE] and an error event are errors;
 - --rate, --duration, the MTP probe from vllm:-prefixed counters split over two
   engine labels (summed), and strict options (exit 2);
-- the plot of the results: well-formed SVG with the panels, series and legend.
+- the plot of the results: well-formed SVG with the panels, series and legend,
+  the published reference line, bad input refused.
 Bounded in time (about 20 s).
 """
 
@@ -394,6 +395,19 @@ def main():
           "legend, axis labels")
     for t in ("1", "2", "4"):
         check(any((x.text or "") == t for x in root.iter(ns + "text")), f"x tick {t}")
+    p = subprocess.run([DSV4, "bench", "plot", "--out", svg, "--published", j1, "--label", "s", j3],
+                       capture_output=True, text=True, timeout=30)
+    root = ET.parse(svg).getroot()
+    legend = [t.text for t in root.iter(ns + "text") if t.get("class") == "legend"]
+    check(p.returncode == 0 and len(list(root.iter(ns + "polyline"))) == 9
+          and legend[:3] == ["fake-model @ 127.0.0.1:%d" % srv.server_address[1], "s",
+                             "published (vLLM, 8x B300)"],
+          f"--published adds the reference line; --label names the file after it ({legend[:3]})")
+    ticks = [t.text for t in root.iter(ns + "text")]
+    check("128" in ticks and "16" in ticks, "x axis widened to the published c = 1..128")
+    p = subprocess.run([DSV4, "bench", "plot", "--out", svg, j1, "--label", "x"],
+                       capture_output=True, text=True)
+    check(p.returncode == 2 and "not followed by a file" in p.stderr, "a dangling --label")
     p = subprocess.run([DSV4, "bench", "plot", "--out", svg, j7], capture_output=True, text=True)
     check(p.returncode == 1 and "no \"levels\"" in p.stderr, "plot refuses a probe-only file")
     p = subprocess.run([DSV4, "bench", "plot", "--out", svg, pf], capture_output=True, text=True)
