@@ -1,10 +1,12 @@
 /*
  * cmd_bench.c - `dsv4 bench SUBJECT [OPTIONS]`: micro-benchmarks of the
  * engine's building blocks (not tests: they print numbers and assert
- * nothing).  Each subject is one line of the table below and one
- * dsv4_bench_* function (declared in tools/cmds.h) in its own file.
+ * nothing), and of a running server (serve, plot).  Each subject is one
+ * line of the table below and one dsv4_bench_* function (declared in
+ * tools/cmds.h, or tools/bench_serve.h for serve and plot) in its own file.
  */
 #include "base/dsv4.h"
+#include "tools/bench_serve.h"
 #include "tools/cmds.h"
 
 #include <stdio.h>
@@ -14,6 +16,9 @@ static const struct dsv4_cmd subjects[] = {
         {"linear", dsv4_bench_linear, "CPU linear products per weight format vs memory copy"},
         {"forward", dsv4_bench_forward,
          "prefill / decode tok/s of the CPU forward pass vs roofline"},
+        {"serve", dsv4_bench_serve,
+         "throughput sweep / MTP acceptance probe of a running OpenAI-compatible server"},
+        {"plot", dsv4_bench_plot, "SVG of `bench serve` JSON results: tok/s, TTFT, ITL"},
 };
 
 static void usage(FILE *f)
