@@ -241,7 +241,7 @@ int dsv4_cmd_generate(int argc, char **argv)
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", model);
     if (access(path, R_OK) == 0 && dsv4_tokenizer_load(path, &tok) != 0) {
-        fprintf(stderr, "dsv4 generate: %s: %s\n", path, dsv4_errmsg());
+        fprintf(stderr, "dsv4 generate: %s\n", dsv4_errmsg());
         goto out;
     }
     if (ids_s) {

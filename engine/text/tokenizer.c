@@ -861,11 +861,8 @@ int dsv4_tokenizer_load(const char *path, struct dsv4_tokenizer **out)
     if (rc)
         return dsv4_error_ctx(rc, "tokenizer");
     rc = dsv4_tokenizer_load_json(buf, len, out);
-    if (rc) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s", dsv4_errmsg());
-        dsv4_error(rc, "%s (%s)", msg, path);
-    }
+    if (rc)
+        dsv4_error_ctx(rc, "%s", path);
     free(buf);
     return rc;
 }
