@@ -80,9 +80,9 @@ static int f_submit(struct dsv4_svc *s, const struct dsv4_svc_request *q, dsv4_s
             return dsv4_error(DSV4_EINVAL, "token id %d outside the vocabulary", q->ids[i]);
     pthread_mutex_lock(&f->mu);
     if (f->state != DSV4_SVC_READY) {
+        enum dsv4_svc_state st = f->state;
         pthread_mutex_unlock(&f->mu);
-        return dsv4_error(DSV4_ENOTSUP, "not accepting requests: %s",
-                          dsv4_svc_state_name(f->state));
+        return dsv4_error(DSV4_ENOTSUP, "not accepting requests: %s", dsv4_svc_state_name(st));
     }
     struct freq *r = NULL;
     for (int i = 0; i < MAXREQ && !r; i++)
