@@ -502,10 +502,27 @@ static bool header_value_ok(const char *v)
     return true;
 }
 
+#define HOST_MAX 256 /* a target's host, with the NUL */
+#define PORT_MAX 8
+
+/* Checks a target's form; its host and port into host[HOST_MAX] and port[PORT_MAX]. */
+static int parse_target(const char *target, char *host, char *port)
+{
+    if (strlen(target) >= sizeof(((struct dsv4_gc *)0)->target))
+        return dsv4_error(DSV4_EINVAL, "target '%.40s...': too long", target);
+    return split_target(target, host, HOST_MAX, port, PORT_MAX);
+}
+
+int dsv4_gc_target_check(const char *target)
+{
+    char host[HOST_MAX], port[PORT_MAX];
+    return parse_target(target, host, port);
+}
+
 int dsv4_gc_connect(const struct dsv4_gc_opts *o, struct dsv4_gc **out)
 {
     static const struct dsv4_gc_opts none;
-    char host[256], port[8];
+    char host[HOST_MAX], port[PORT_MAX];
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *res = NULL;
     nghttp2_session_callbacks *cb = NULL;
     struct dsv4_gc *c = NULL;
@@ -515,9 +532,7 @@ int dsv4_gc_connect(const struct dsv4_gc_opts *o, struct dsv4_gc **out)
     if (!o)
         o = &none;
     const char *target = o->target && o->target[0] ? o->target : DEFAULT_TARGET;
-    if (strlen(target) >= sizeof(c->target))
-        return dsv4_error(DSV4_EINVAL, "target '%.40s...': too long", target);
-    if ((rc = split_target(target, host, sizeof(host), port, sizeof(port))))
+    if ((rc = parse_target(target, host, port)))
         return rc;
     if (o->api_key && (strlen(o->api_key) > 500 || !header_value_ok(o->api_key)))
         return dsv4_error(DSV4_EINVAL, "the API key must be printable ASCII, at most 500 bytes");

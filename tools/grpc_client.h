@@ -72,6 +72,10 @@ typedef void (*dsv4_gc_done_fn)(void *arg, const struct dsv4_gc_status *st);
  */
 int dsv4_gc_connect(const struct dsv4_gc_opts *o, struct dsv4_gc **out);
 
+/* Checks the form of a target as dsv4_gc_connect does, without resolving it (for option
+ * parsers): 0, or DSV4_EINVAL with the message dsv4_gc_connect would give. */
+int dsv4_gc_target_check(const char *target);
+
 /* Ends the calls still open (done callbacks with CANCELLED), closes and frees; NULL is a
  * no-op.  Not from inside a callback. */
 void dsv4_gc_close(struct dsv4_gc *c);

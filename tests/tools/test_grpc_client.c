@@ -144,7 +144,10 @@ static void test_connect_errors(void)
     for (size_t i = 0; i < DSV4_ARRAY_LEN(bad); i++) {
         struct dsv4_gc_opts o = {.target = bad[i]};
         CHECKF(dsv4_gc_connect(&o, &c) == DSV4_EINVAL && !c, "target '%s'", bad[i]);
+        CHECKF(dsv4_gc_target_check(bad[i]) == DSV4_EINVAL, "checked target '%s'", bad[i]);
     }
+    CHECK_INT(dsv4_gc_target_check("localhost:50051"), 0);
+    CHECK_INT(dsv4_gc_target_check("[::1]:1"), 0);
     struct dsv4_gc_opts o = {.target = "127.0.0.1:1", .connect_timeout_s = 2};
     CHECK_INT(dsv4_gc_connect(&o, &c), DSV4_EIO);
     CHECKF(strstr(dsv4_errmsg(), "cannot connect to 127.0.0.1:1") != NULL, "%s", dsv4_errmsg());
