@@ -1,8 +1,12 @@
 /*
  * bench_serve.c - `dsv4 bench serve`: the serving benchmark of a running
- * OpenAI-compatible server (dsv4d, vLLM, SGLang, ...), reproducing the
- * published harness (spec/formats.md §3): a sweep of concurrency levels,
- * and the MTP acceptance probe.
+ * OpenAI-compatible server (dsv4d, vLLM, SGLang, ...; --openai URL) or of
+ * dsv4d over gRPC (--target HOST:PORT), reproducing the published harness
+ * (spec/formats.md §3): a sweep of concurrency levels, and the MTP
+ * acceptance probe.  Both transports run the same sweep with the same
+ * prompts and definitions (the clients: tools/bench_serve_openai.c and
+ * tools/bench_serve_grpc.c), so that one tool compares them; the JSON
+ * records which ran ("transport").
  *
  * The throughput sweep, as published (§3.1): for each concurrency c,
  * n = 4 x c requests (--requests-per-level), the five published short
@@ -25,7 +29,8 @@
  *
  * Streaming (--stream) adds: TTFT = first output event - send; ITL = the
  * gaps between consecutive output events of a request, pooled over all
- * requests of the level (a chunk that carries several tokens is one gap);
+ * requests of the level (a chunk that carries several tokens is one gap;
+ * over gRPC an event is a Generate chunk with tokens);
  * TPOT = (e2e - TTFT) / (completion_tokens - 1).  Percentiles are linear
  * interpolations between order statistics (numpy's default).
  *
@@ -36,10 +41,11 @@
  * The MTP probe (§3.2, --mtp-probe): 20 requests (the four published
  * prompts cycled), sequential, max_tokens 512, temperature 0; acceptance =
  * delta accepted tokens / delta draft tokens of the server's /metrics
- * counters scraped before and after, overall and per draft position.
+ * counters scraped before and after, overall and per draft position (over
+ * gRPC the scrape URL must be given: --metrics, dsv4d's HTTP /metrics).
  *
  * Invariants: the client never crashes on what a server sends (counted as
- * errors by kind: tools/bench_serve_openai.c); options are strict (exit 2);
+ * errors by kind, by the clients); options are strict (exit 2);
  * exit 1 when the server cannot be used at all (no model, no metrics, every
  * request of a level failed); the JSON is written even then.
  */
@@ -47,6 +53,7 @@
 
 #include "base/dsv4.h"
 #include "engine/io/strbuf.h"
+#include "tools/grpc_client.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -78,7 +85,7 @@ static const char *const MTP_PROMPTS[4] = {
 };
 
 struct opts {
-    const char *url, *model, *api_key, *json_path, *prompt_file, *metrics_url, *label;
+    const char *url, *target, *model, *api_key, *json_path, *prompt_file, *metrics_url, *label;
     int conc[MAX_LEVELS], n_conc;
     double rates[MAX_LEVELS];
     int n_rates;
@@ -93,13 +100,14 @@ struct opts {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dsv4 bench serve --openai URL [--model NAME] [--concurrency 1,16,64,128]\n"
-               "         [--requests-per-level N] [--max-tokens 128] [--stream] [--temperature 0]\n"
-               "         [--prompt-len A[-B] | --prompt-file F] [--rate R[,R...]] [--duration S]\n"
-               "         [--warmup N] [--json FILE] [--api-key K] [--label L]\n"
-               "         [--endpoint chat|completions] [--ignore-eos] [--timeout S] [--seed N]\n"
-               "         [--no-progress]\n"
-               "       dsv4 bench serve --mtp-probe --openai URL [--metrics URL]\n"
+    fprintf(f, "usage: dsv4 bench serve (--openai URL | --target HOST:PORT) [--model NAME]\n"
+               "         [--concurrency 1,16,64,128] [--requests-per-level N] [--max-tokens 128]\n"
+               "         [--stream] [--temperature 0] [--prompt-len A[-B] | --prompt-file F]\n"
+               "         [--rate R[,R...]] [--duration S] [--warmup N] [--json FILE]\n"
+               "         [--api-key K] [--label L] [--endpoint chat|completions] [--ignore-eos]\n"
+               "         [--timeout S] [--seed N] [--no-progress]\n"
+               "       dsv4 bench serve --mtp-probe (--openai URL [--metrics URL] |\n"
+               "         --target HOST:PORT --metrics URL)\n"
                "         [--probe-prompts 20] [--max-tokens 512] [--json FILE] ...\n"
                "\n"
                "The published throughput sweep (default: concurrency 1,16,64,128, 4 x c requests\n"
@@ -107,11 +115,15 @@ static void usage(FILE *f)
                "streamed): tok/s = completion tokens of the good requests / wall time from the\n"
                "first request sent to the last response received.\n"
                "  --openai URL            server base URL (http://HOST:PORT, /v1 optional)\n"
-               "  --model NAME            model to request (default: the first of /v1/models)\n"
+               "  --target HOST:PORT      dsv4d's gRPC address instead (Generate streams; chat is\n"
+               "                          encoded here as dsv4d's chat endpoint does)\n"
+               "  --model NAME            model to request (default: the first of /v1/models;\n"
+               "                          gRPC: GetModelInfo's, and --model only names the run)\n"
                "  --concurrency LIST      requests in flight per level (with --rate: one cap, 64)\n"
                "  --requests-per-level N  requests per level (default 4 x concurrency; rate: 100)\n"
                "  --max-tokens N          max_tokens of each request (128; probe 512)\n"
-               "  --stream                stream (SSE): adds TTFT, ITL and TPOT percentiles\n"
+               "  --stream                stream (SSE; gRPC streams either way) and time the\n"
+               "                          output: adds TTFT, ITL and TPOT percentiles\n"
                "  --temperature T         sampling temperature (0)\n"
                "  --prompt-len A[-B]      random prompts of A to B words (about a token each)\n"
                "  --prompt-file F         prompts, one per line (a JSON string line is decoded)\n"
@@ -119,7 +131,8 @@ static void usage(FILE *f)
                "  --duration S            stop sending after S seconds per level\n"
                "  --warmup N              N requests before the first level, not counted (0)\n"
                "  --json FILE             write the results as JSON\n"
-               "  --api-key K             bearer token (also for --metrics)\n"
+               "  --api-key K             bearer token (gRPC: authorization metadata; also for\n"
+               "                          --metrics)\n"
                "  --label L               legend of this run in `dsv4 bench plot`\n"
                "  --endpoint E            chat (published) or completions\n"
                "  --ignore-eos            ask the server to ignore EOS (ignore_eos: true)\n"
@@ -128,7 +141,8 @@ static void usage(FILE *f)
                "  --no-progress           no progress bar (it is drawn only on a terminal)\n"
                "The MTP acceptance probe (published: 20 requests, sequential, max_tokens 512):\n"
                "  --mtp-probe             run the probe instead of the sweep\n"
-               "  --metrics URL           the server's Prometheus endpoint (default URL/metrics)\n"
+               "  --metrics URL           the server's Prometheus endpoint (default URL/metrics;\n"
+               "                          required with --target: dsv4d's HTTP /metrics)\n"
                "  --probe-prompts N       requests of the probe (20)\n");
 }
 
@@ -243,7 +257,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 "--max-tokens", "--temperature", "--prompt-len",    "--prompt-file",
                 "--rate",       "--duration",    "--warmup",        "--json",
                 "--api-key",    "--metrics",     "--probe-prompts", "--endpoint",
-                "--timeout",    "--seed",        "--label"};
+                "--timeout",    "--seed",        "--label",         "--target"};
         bool known = false;
         for (size_t k = 0; k < DSV4_ARRAY_LEN(with_value); k++)
             known |= !strcmp(a, with_value[k]);
@@ -265,6 +279,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 return 2;
             }
             o->url = v;
+        } else if (!strcmp(a, "--target")) {
+            if (dsv4_gc_target_check(v)) {
+                fprintf(stderr, ME ": bad --target '%s': %s\n", v, dsv4_errmsg());
+                return 2;
+            }
+            o->target = v;
         } else if (!strcmp(a, "--metrics")) {
             struct dsv4_bench_url u;
             if (dsv4_bench_url_parse(v, &u)) {
@@ -351,8 +371,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->plen_hi = (int)hi;
         }
     }
-    if (!o->url) {
-        fprintf(stderr, ME ": --openai URL is required\n");
+    if (!o->url == !o->target) {
+        fprintf(stderr, ME ": %s\n",
+                o->url ? "--openai and --target exclude each other"
+                       : "--openai URL or --target HOST:PORT is required");
+        return 2;
+    }
+    if (o->mtp_probe && o->target && !o->metrics_url) {
+        fprintf(stderr, ME ": --mtp-probe over gRPC needs --metrics URL (dsv4d's HTTP /metrics)\n");
         return 2;
     }
     if (o->prompt_file && o->plen_lo) {
@@ -933,7 +959,10 @@ static cJSON *level_json(const struct level *lv, const struct summary *s)
         cJSON_AddStringToObject(j, "finish_reason", r->o.finish);
         if (lv->cfg->stream)
             cJSON_AddNumberToObject(j, "events", r->o.events);
-        cJSON_AddNumberToObject(j, "http_status", r->o.http_status);
+        if (lv->cli == &dsv4_bench_grpc)
+            cJSON_AddNumberToObject(j, "grpc_status", r->o.grpc_status);
+        else
+            cJSON_AddNumberToObject(j, "http_status", r->o.http_status);
         if (r->o.err) {
             cJSON_AddStringToObject(j, "error", dsv4_bench_err_name(r->o.err));
             cJSON_AddStringToObject(j, "message", r->o.msg);
@@ -1042,7 +1071,7 @@ static cJSON *header_json(const struct opts *o, const struct dsv4_bench_client_c
     cJSON_AddStringToObject(root, "tool", "dsv4 bench serve");
     cJSON_AddStringToObject(root, "version", dsv4_version());
     cJSON_AddStringToObject(root, "date", date);
-    cJSON_AddStringToObject(root, "target", o->url);
+    cJSON_AddStringToObject(root, "target", o->url ? o->url : o->target);
     cJSON_AddStringToObject(root, "transport", transport);
     cJSON_AddStringToObject(root, "model", cfg->model);
     if (o->label)
@@ -1183,8 +1212,9 @@ int dsv4_bench_serve(int argc, char **argv)
     int prc = parse_opts(argc, argv, &o);
     if (prc)
         return prc < 0 ? 0 : prc;
-    const struct dsv4_bench_client *cli = &dsv4_bench_openai;
+    const struct dsv4_bench_client *cli = o.target ? &dsv4_bench_grpc : &dsv4_bench_openai;
     struct dsv4_bench_client_cfg cfg = {.url = o.url,
+                                        .target = o.target,
                                         .api_key = o.api_key,
                                         .chat = o.chat,
                                         .stream = o.stream,
@@ -1237,9 +1267,9 @@ int dsv4_bench_serve(int argc, char **argv)
         fprintf(stderr, ME ": out of memory\n");
         goto out;
     }
-    printf(ME ": %s, model %s, %s, %s, max_tokens %d, temperature %g\n", o.url, model,
-           o.chat ? "chat" : "completions", o.stream ? "streaming" : "non-streaming", o.max_tokens,
-           o.temperature);
+    printf(ME ": %s (%s), model %s, %s, %s, max_tokens %d, temperature %g\n",
+           o.url ? o.url : o.target, cli->name, model, o.chat ? "chat" : "completions",
+           o.stream ? "streaming" : "non-streaming", o.max_tokens, o.temperature);
     fflush(stdout);
 
     if (o.warmup > 0) {

@@ -3,13 +3,14 @@
  * (serving benchmarks against a running server): a small HTTP/1.1 client
  * over plain sockets with an incremental response parser and a
  * server-sent-events parser, the client interface through which the
- * benchmark drives a server (one implementation today: OpenAI-compatible
- * HTTP, tools/bench_serve_openai.c), and a Prometheus text reader.
+ * benchmark drives a server (OpenAI-compatible HTTP,
+ * tools/bench_serve_openai.c; dsv4d's gRPC Engine service,
+ * tools/bench_serve_grpc.c), and a Prometheus text reader.
  *
  * Why a client interface: the benchmark only needs "send one generation
- * request, see each output event as it arrives, learn how it ended"; a gRPC
- * transport (--target HOST:PORT) plugs in as a second dsv4_bench_client
- * without touching the sweep.
+ * request, see each output event as it arrives, learn how it ended"; each
+ * transport is one dsv4_bench_client, and the sweep, the prompts and the
+ * definitions stay the same whichever runs.
  *
  * Invariants: the parsers take untrusted bytes (a server may be broken or
  * hostile) and answer any input with a status, never a crash or an
@@ -83,9 +84,9 @@ enum dsv4_bench_err {
     DSV4_BENCH_ECONNECT,  /* name resolution or connection refused */
     DSV4_BENCH_ETIMEOUT,  /* no answer within the request timeout */
     DSV4_BENCH_EIO,       /* connection reset or closed mid-response */
-    DSV4_BENCH_EPROTOCOL, /* malformed HTTP or event stream */
+    DSV4_BENCH_EPROTOCOL, /* malformed HTTP, event stream or protobuf message */
     DSV4_BENCH_EHTTP,     /* HTTP status other than 200 */
-    DSV4_BENCH_EAPI,      /* malformed or error JSON, no usage */
+    DSV4_BENCH_EAPI,      /* malformed or error JSON, a gRPC error status, no usage */
     DSV4_BENCH_EFINISH,   /* finish_reason not stop/length, or no tokens */
     DSV4_BENCH_ERR_COUNT
 };
@@ -172,7 +173,8 @@ void dsv4_bench_spec_read(const char *text, struct dsv4_bench_spec *out);
 /* ------------------------------------------------------------ the client interface */
 
 struct dsv4_bench_client_cfg {
-    const char *url;     /* --openai base URL */
+    const char *url;     /* --openai base URL (OpenAI client) */
+    const char *target;  /* --target HOST:PORT (gRPC client) */
     const char *api_key; /* or NULL */
     const char *model;   /* model name to request (after discovery) */
     bool chat;           /* chat/completions (published) or completions */
@@ -186,8 +188,9 @@ struct dsv4_bench_client_cfg {
 /* The outcome of one request, filled by generate(). */
 struct dsv4_bench_outcome {
     enum dsv4_bench_err err;
-    int http_status;
-    char msg[200]; /* the error, when err != OK */
+    int http_status; /* OpenAI client */
+    int grpc_status; /* gRPC client: the call's status code (-1: no call was made) */
+    char msg[200];   /* the error, when err != OK */
     char finish[24];
     int64_t prompt_tokens, completion_tokens; /* -1 when the server did not say */
     int events;                               /* streamed events that carried output */
@@ -197,7 +200,7 @@ struct dsv4_bench_outcome {
 typedef void (*dsv4_bench_event_fn)(void *ctx, double t);
 
 struct dsv4_bench_client {
-    const char *name; /* "openai-http" */
+    const char *name; /* "openai-http", "grpc": the JSON's transport */
     /* One connection for one thread. */
     int (*open)(const struct dsv4_bench_client_cfg *cfg, void **conn);
     /* Sends prompt, reports output events while they stream, fills *out when
@@ -212,5 +215,6 @@ struct dsv4_bench_client {
 };
 
 extern const struct dsv4_bench_client dsv4_bench_openai;
+extern const struct dsv4_bench_client dsv4_bench_grpc;
 
 #endif

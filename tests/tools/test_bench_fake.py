@@ -355,7 +355,7 @@ def main():
     run(["--mtp-probe", "--openai", url, "--metrics", url + "/nothing", "--probe-prompts", "1"], 1)
 
     # 6. strict options
-    for args, msg in [([], "--openai URL is required"),
+    for args, msg in [([], "--openai URL or --target HOST:PORT is required"),
                       (["--openai", url, "--concurrency", "0"], "bad --concurrency '0'"),
                       (["--openai", url, "--concurrency", "1,,2"], "bad --concurrency"),
                       (["--openai", url, "--max-tokens", "x"], "bad --max-tokens 'x'"),
