@@ -14,7 +14,7 @@ OpenAI-compatible server (http.server) whose answers and timings are known.
   0.05 s; tokens from the usage chunk, not from the chunk count; a stream
   without [DONE] and an error event are errors;
 - --rate, --duration, the MTP probe from vllm:-prefixed counters split over two
-  engine labels (summed), and strict options (exit 2);
+  engine labels (summed), and strict options (exit 2), --target (gRPC) ones too;
 - the plot of the results: well-formed SVG with the panels, series and legend,
   the published reference line, bad input refused.
 Bounded in time (about 20 s).
@@ -366,7 +366,10 @@ def main():
                       (["--openai", "https://x", "--model", "m"], "only http://"),
                       (["--openai", url, "--temperature", "nan"], "bad --temperature"),
                       (["--openai", url, "--bogus"], "unknown option '--bogus'"),
-                      (["--openai", url, "--json"], "--json needs a value")]:
+                      (["--openai", url, "--json"], "--json needs a value"),
+                      (["--openai", url, "--target", "127.0.0.1:1"], "exclude each other"),
+                      (["--target", "127.0.0.1"], "bad --target '127.0.0.1'"),
+                      (["--mtp-probe", "--target", "127.0.0.1:1"], "needs --metrics URL")]:
         p = subprocess.run([DSV4, "bench", "serve"] + args, capture_output=True, text=True,
                            timeout=30)
         check(p.returncode == 2 and msg in p.stderr, f"usage error {args[-2:]}: {p.stderr.strip()}")
@@ -374,6 +377,14 @@ def main():
                         "--concurrency", "2", "--requests-per-level", "2", "--no-progress"],
                        capture_output=True, text=True, timeout=30)
     check(p.returncode == 1 and "every request" in p.stderr, "nothing listening: exit 1, counted")
+    j8 = os.path.join(TMP, "grpc_refused.json")
+    p = subprocess.run([DSV4, "bench", "serve", "--target", "127.0.0.1:1", "--model", "m",
+                        "--concurrency", "2", "--requests-per-level", "2", "--no-progress",
+                        "--json", j8], capture_output=True, text=True, timeout=30)
+    d8 = load(j8)
+    check(p.returncode == 1 and d8["transport"] == "grpc"
+          and d8["levels"][0]["error_kinds"]["connect"] == 2,
+          "gRPC, nothing listening: exit 1, connect errors")
     p = subprocess.run([DSV4, "bench", "serve", "--help"], capture_output=True, text=True)
     opts = sorted(set(o for o in p.stdout.split() if o.startswith("--")))
     check(p.returncode == 0 and len(opts) >= 20, f"--help lists {len(opts)} options")

@@ -1,5 +1,5 @@
 """test_bench_serve.py - `dsv4 bench serve` and `dsv4 bench plot` against a real
-dsv4d (tiny checkpoint, 2 workers, HTTP on loopback).
+dsv4d (tiny checkpoint, 2 workers, HTTP and gRPC on loopback, an API key).
 
 - a bounded sweep (concurrency 1,4; 8 requests; max_tokens 8), non-streaming and
   streaming: no errors, every JSON field of the schema, rows that add up to the
@@ -9,6 +9,11 @@ dsv4d (tiny checkpoint, 2 workers, HTTP on loopback).
 - --mtp-probe with 3 prompts and max_tokens 16: the draft / accepted deltas equal
   the test's own /metrics scrapes around the run, acceptance = accepted / drafted,
   per position too;
+- the same sweeps over gRPC (--target): the same checks, transport "grpc", and
+  per request the same prompt tokens as over HTTP (the chat turn is encoded on
+  the client); with --ignore-eos at temperature 0, the same prompt and
+  completion tokens over both transports (completions endpoint); a wrong API
+  key is an api error (UNAUTHENTICATED); the probe over gRPC with --metrics;
 - the plot of both sweeps is well-formed SVG with the three panels.
 Bounded in time (about a minute on 2 cores).
 """
@@ -28,6 +33,7 @@ BUILD = os.environ.get("DSV4_BUILDDIR", ".")
 TMP = os.environ.get("DSV4_TMP", "/tmp")
 DSV4 = os.path.join(BUILD, "dsv4")
 DSV4D = os.path.join(BUILD, "dsv4d")
+KEY = "bench-key"
 failures = 0
 
 
@@ -68,12 +74,17 @@ def metrics(base):
     return get(base + "/metrics")[1]
 
 
-def bench(args):
+def bench(args, rc=0):
     p = subprocess.run([DSV4, "bench", "serve"] + args + ["--no-progress"], capture_output=True,
                        text=True, timeout=300)
     print(p.stdout, p.stderr)
-    check(p.returncode == 0, f"bench serve {' '.join(args[:8])} exit {p.returncode}")
+    check(p.returncode == rc, f"bench serve {' '.join(args[:8])} exit {p.returncode}")
     return p
+
+
+def all_rows(path):
+    with open(path) as f:
+        return [r for lv in json.load(f)["levels"] for r in lv["rows"]]
 
 
 def check_pct(p, what):
@@ -82,16 +93,19 @@ def check_pct(p, what):
     check(ok, f"{what}: p50 <= p90 <= p99 ({p})")
 
 
-def check_sweep(path, stream, gen_delta):
+def check_sweep(path, stream, gen_delta, transport="openai-http"):
     with open(path) as f:
         d = json.load(f)
+    name = f"{transport} {'stream' if stream else 'plain'}"
     for k in ("target", "model", "date", "client_cpu", "settings", "levels", "transport"):
-        check(k in d, f"{'stream' if stream else 'plain'}: top-level field {k}")
-    check(d["model"] == "tiny" and d["settings"]["stream"] is stream, "model and mode")
+        check(k in d, f"{name}: top-level field {k}")
+    check(d["model"] == "tiny" and d["settings"]["stream"] is stream, f"{name}: model and mode")
+    check(d["transport"] == transport, f"{name}: transport {d['transport']}")
+    status = "grpc_status" if transport == "grpc" else "http_status"
     total = 0
     for lv in d["levels"]:
         c = lv["concurrency"]
-        tag = f"{'stream' if stream else 'plain'} c={c}"
+        tag = f"{name} c={c}"
         for k in ("concurrency", "requests", "completion_tokens", "wall_s", "tok_s", "ttft_ms",
                   "itl_ms", "errors", "error_kinds", "e2e_ms", "req_tok_s", "rows"):
             check(k in lv, f"{tag}: field {k}")
@@ -102,6 +116,8 @@ def check_sweep(path, stream, gen_delta):
               f"{tag}: rows add up to the level's completion tokens")
         check(all(0 < r["completion_tokens"] <= 8 and r["finish_reason"] in ("stop", "length")
                   for r in rows), f"{tag}: 1..max_tokens tokens, stop/length")
+        check(all(r[status] == (0 if transport == "grpc" else 200) for r in rows),
+              f"{tag}: {status} of each request")
         check(abs(lv["tok_s"] - lv["completion_tokens"] / lv["wall_s"]) <= 1e-9 * lv["tok_s"],
               f"{tag}: tok_s = completion_tokens / wall_s")
         check(max(r["start_s"] * 1e3 + r["e2e_ms"] for r in rows) / 1e3
@@ -117,8 +133,63 @@ def check_sweep(path, stream, gen_delta):
             check(lv["ttft_ms"] is None and lv["itl_ms"] is None, f"{tag}: no TTFT/ITL")
         total += lv["completion_tokens"]
     if gen_delta is not None:
-        check(total == gen_delta, f"{'stream' if stream else 'plain'}: tokens {total} = "
-              f"server's generation counter {gen_delta}")
+        check(total == gen_delta, f"{name}: tokens {total} = server's generation counter "
+              f"{gen_delta}")
+
+
+def grpc_checks(base, target, key, j_http):
+    """The sweeps, a transport comparison, a wrong key and the probe over gRPC."""
+    jg1 = os.path.join(TMP, "grpc_plain.json")
+    g0 = counter(metrics(base), "dsv4_generation_tokens_total")
+    p = bench(["--target", target, "--concurrency", "1,4", "--requests-per-level", "8",
+               "--max-tokens", "8", "--json", jg1] + key)
+    g1 = counter(metrics(base), "dsv4_generation_tokens_total")
+    check_sweep(jg1, False, g1 - g0, "grpc")
+    check(re.search(r"^\s+4\s+8\s+0\s", p.stdout, re.M) is not None, "grpc: summary table")
+    http, grpc = all_rows(j_http), all_rows(jg1)
+    check([r["prompt_tokens"] for r in grpc] == [r["prompt_tokens"] for r in http],
+          "grpc: the chat prompts' tokens equal the chat endpoint's "
+          f"({[r['prompt_tokens'] for r in grpc]})")
+    jg2 = os.path.join(TMP, "grpc_stream.json")
+    bench(["--target", target, "--concurrency", "1,4", "--requests-per-level", "8",
+           "--max-tokens", "8", "--stream", "--json", jg2] + key)
+    g2 = counter(metrics(base), "dsv4_generation_tokens_total")
+    check_sweep(jg2, True, g2 - g1, "grpc")
+
+    # greedy with ignore_eos: the same tokens in and out over both transports
+    same = []
+    for t in (["--openai", base], ["--target", target]):
+        j = os.path.join(TMP, "same.json")
+        bench(t + ["--endpoint", "completions", "--ignore-eos", "--concurrency", "2",
+                   "--requests-per-level", "5", "--max-tokens", "6", "--json", j] + key)
+        same.append([(r["prompt_tokens"], r["completion_tokens"]) for r in all_rows(j)])
+    check(len(same[0]) == 5 and same[0] == same[1] and all(c == 6 for _, c in same[1]),
+          f"completions, ignore_eos: the same tokens over HTTP and gRPC {same}")
+
+    jk = os.path.join(TMP, "grpc_badkey.json")
+    bench(["--target", target, "--model", "tiny", "--concurrency", "1", "--requests-per-level",
+           "1", "--api-key", "wrong", "--json", jk], rc=1)
+    with open(jk) as f:
+        lv = json.load(f)["levels"][0]
+    check(lv["error_kinds"]["api"] == 1 and "UNAUTHENTICATED" in lv["first_error"]
+          and lv["rows"][0]["grpc_status"] == 16, f"grpc: a wrong key ({lv['first_error']})")
+
+    jp = os.path.join(TMP, "grpc_mtp.json")
+    m0 = metrics(base)
+    bench(["--mtp-probe", "--target", target, "--metrics", base + "/metrics", "--probe-prompts",
+           "2", "--max-tokens", "8", "--json", jp] + key)
+    m1 = metrics(base)
+    with open(jp) as f:
+        d = json.load(f)
+    m, pre = d["mtp"], "dsv4_spec_decode_num_"
+    dt = counter(m1, pre + "draft_tokens_total") - counter(m0, pre + "draft_tokens_total")
+    da = counter(m1, pre + "accepted_tokens_total") - counter(m0, pre + "accepted_tokens_total")
+    check(d["transport"] == "grpc" and m["metrics_url"] == base + "/metrics"
+          and m["draft_tokens"] == dt > 0 and m["accepted_tokens"] == da,
+          f"grpc probe: deltas = /metrics deltas ({m['draft_tokens']}/{dt}, "
+          f"{m['accepted_tokens']}/{da})")
+    check(m["level"]["requests"] == 2 and m["level"]["errors"] == 0
+          and m["level"]["completion_tokens"] > 0, "grpc probe: 2 requests, no errors")
 
 
 def main():
@@ -129,12 +200,18 @@ def main():
                     "--out", model], check=True, stdout=subprocess.DEVNULL)
     run = os.path.join(TMP, "run")
     os.makedirs(run, exist_ok=True)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    port, gport = free_port(), free_port()
+    base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
+    keys = os.path.join(TMP, "keys")
+    with open(keys, "w") as f:
+        f.write(KEY + "\n")
     log = open(os.path.join(TMP, "dsv4d.log"), "w")
+    # the probes and /metrics stay open: the test scrapes them without the key
     d = subprocess.Popen([DSV4D, "--model", model, "--workers", "2", "--runtime-dir", run,
                           "--threads-per-worker", "1", "--http-listen", f"127.0.0.1:{port}",
-                          "--grpc-listen", "off"], stdout=log, stderr=subprocess.STDOUT)
+                          "--grpc-listen", target, "--api-key-file", keys, "--open-probes"],
+                         stdout=log, stderr=subprocess.STDOUT)
+    key = ["--api-key", KEY]
     try:
         end = time.time() + 120
         ready = False
@@ -153,14 +230,14 @@ def main():
         j1 = os.path.join(TMP, "plain.json")
         g0 = counter(metrics(base), "dsv4_generation_tokens_total")
         p = bench(["--openai", base, "--concurrency", "1,4", "--requests-per-level", "8",
-                   "--max-tokens", "8", "--json", j1])
+                   "--max-tokens", "8", "--json", j1] + key)
         g1 = counter(metrics(base), "dsv4_generation_tokens_total")
         check_sweep(j1, False, g1 - g0)
         check(re.search(r"^\s+1\s+8\s+0\s", p.stdout, re.M) is not None, "summary table row c=1")
 
         j2 = os.path.join(TMP, "stream.json")
         p = bench(["--openai", base + "/v1", "--concurrency", "1,4", "--requests-per-level", "8",
-                   "--max-tokens", "8", "--stream", "--json", j2, "--warmup", "2"])
+                   "--max-tokens", "8", "--stream", "--json", j2, "--warmup", "2"] + key)
         g2 = counter(metrics(base), "dsv4_generation_tokens_total")
         check_sweep(j2, True, None)
         with open(j2) as f:  # the server also generated the 2 warm-up requests' tokens
@@ -171,7 +248,7 @@ def main():
         j3 = os.path.join(TMP, "mtp.json")
         m0 = metrics(base)
         p = bench(["--mtp-probe", "--openai", base, "--probe-prompts", "3", "--max-tokens", "16",
-                   "--json", j3])
+                   "--json", j3] + key)
         m1 = metrics(base)
         with open(j3) as f:
             m = json.load(f)["mtp"]
@@ -199,6 +276,8 @@ def main():
         check(lv["requests"] == 3 and lv["errors"] == 0 and lv["concurrency"] == 1,
               "probe: 3 sequential requests, no errors")
         check("acceptance" in p.stdout and "position 0" in p.stdout, "probe: printed")
+
+        grpc_checks(base, target, key, j1)
 
         svg = os.path.join(TMP, "serve.svg")
         p = subprocess.run([DSV4, "bench", "plot", "--out", svg, j1, j2], capture_output=True,
