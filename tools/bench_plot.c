@@ -4,7 +4,8 @@
  * concurrency (the published sweep's axes), and, when the runs streamed,
  * TTFT and inter-token latency p50 / p90 / p99 against concurrency.  One
  * color per JSON file, legend from --label, the file's own "label", or its
- * model and target.  Rate runs (--rate) plot against the request rate.
+ * model and target ("gRPC HOST:PORT" for a run over gRPC).  Rate runs
+ * (--rate) plot against the request rate.
  * --published adds the published reference sweep (spec/formats.md §3.1:
  * vLLM on 8x B300, MTP n=1, max_tokens 128, README 056e0502) to the tok/s
  * panel as a gray dashed line, so that a run reads against the target.
@@ -173,8 +174,9 @@ static int load(const char *path, const char *label, struct series *s, bool *rat
         snprintf(s->label, sizeof(s->label), "%s", label);
     else if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(root, "label")))
         snprintf(s->label, sizeof(s->label), "%s", str_or(root, "label", ""));
-    else
-        snprintf(s->label, sizeof(s->label), "%s @ %s", model, target);
+    else /* the same server over both transports must read apart, also when cut short */
+        snprintf(s->label, sizeof(s->label), "%s @ %s%s", model,
+                 strcmp(str_or(root, "transport", ""), "grpc") ? "" : "gRPC ", target);
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(st, "max_tokens");
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(st, "stream");
     char who[220] = "";

@@ -155,6 +155,13 @@ def grpc_checks(base, target, key, j_http):
            "--max-tokens", "8", "--stream", "--json", jg2] + key)
     g2 = counter(metrics(base), "dsv4_generation_tokens_total")
     check_sweep(jg2, True, g2 - g1, "grpc")
+    svg = os.path.join(TMP, "grpc.svg")
+    p = subprocess.run([DSV4, "bench", "plot", "--out", svg, j_http, jg2], capture_output=True,
+                       text=True, timeout=30)
+    legend = [t.text for t in ET.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}text")
+              if t.get("class") == "legend"]
+    check(p.returncode == 0 and legend[:2] == [f"tiny @ {base[7:]}", f"tiny @ gRPC {target}"],
+          f"plot: the transports read apart in the legend {legend[:2]}")
 
     # greedy with ignore_eos: the same tokens in and out over both transports
     same = []
