@@ -60,6 +60,9 @@ static const struct key keys[] = {
         {"max_queue", I(max_queue), 0, 1 << 20, true, "requests waiting beyond max_seqs"},
         {"drain_timeout", N(drain_timeout), 0, 86400, true,
          "seconds running requests may finish after SIGTERM"},
+        {"drain_grace", N(drain_grace), 0, 3600, true,
+         "seconds a draining dsv4d still admits new requests while it reports not ready, so a "
+         "balancer polling /ready takes it out first (0: refuse at once)"},
         {"runtime_dir", S(runtime_dir), 0, 0, false,
          "sockets of the workers (default $RUNTIME_DIRECTORY or /run/dsv4d)"},
         {"grpc_listen", S(grpc_listen), 0, 0, false, "gRPC HOST:PORT, or off"},

@@ -32,6 +32,7 @@ struct dsv4d_config {
     uint64_t state_mem;                /* bytes of each rank's state pool (0 = max_seqs full) */
     int max_queue;                     /* waiting requests beyond max_seqs */
     double drain_timeout;              /* seconds running requests get after SIGTERM */
+    double drain_grace;                /* seconds a draining daemon still admits requests */
     char runtime_dir[DSV4D_PATH_MAX];  /* sockets ("" = $RUNTIME_DIRECTORY or /run/dsv4d) */
     char grpc_listen[256];             /* HOST:PORT, or "off" */
     char http_listen[256];             /* HOST:PORT, or "off" */

@@ -83,6 +83,7 @@ struct dsv4d_sup {
     pthread_t loop;
     bool loop_started;
     atomic_int quit, drain_requested;
+    atomic_bool in_grace; /* draining, not ready, still admitting (drain_grace) */
     atomic_uint_fast64_t ticks, restarts;
     int wake_fd;
     char exe[DSV4D_PATH_MAX];
@@ -102,7 +103,7 @@ struct dsv4d_sup {
     char url[DSV4D_PATH_MAX + 160], sock_path[DSV4D_PATH_MAX + 64];
     bool sock_unlinked;
     enum phase phase;
-    double phase_since, drain_deadline, next_spawn;
+    double phase_since, drain_deadline, next_spawn, grace_end;
     double crashes[1024];
     int n_crashes, consecutive;
     bool given_up;
@@ -160,7 +161,8 @@ static int op_submit(struct dsv4_svc *v, const struct dsv4_svc_request *q, dsv4_
     char why[256];
     snprintf(why, sizeof why, "%s", s->why);
     pthread_mutex_unlock(&s->mu);
-    if (st != DSV4_SVC_READY && !(st == DSV4_SVC_DEGRADED && !given_up))
+    if (st != DSV4_SVC_READY && !(st == DSV4_SVC_DEGRADED && !given_up) &&
+        !(st == DSV4_SVC_DRAINING && atomic_load(&s->in_grace)))
         return dsv4_error(DSV4_ENOTSUP, "not serving: %s%s%s", dsv4_svc_state_name(st),
                           why[0] ? ": " : "", why);
     int32_t *ids = NULL;
@@ -851,13 +853,27 @@ static void advance(struct dsv4d_sup *s, double now)
     if (s->phase != PH_SERVING || s->in_flight)
         return;
     if (atomic_load(&s->drain_requested) && s->drain_deadline == 0) {
-        s->drain_deadline = now + s->cfg.drain_timeout;
+        pthread_mutex_lock(&s->mu);
+        double grace = s->cfg.drain_grace, timeout = s->cfg.drain_timeout;
+        pthread_mutex_unlock(&s->mu);
+        /* the grace: not ready, still admitting, so that requests a balancer sends before it
+         * notices are served rather than refused; the drain timeout counts after it */
+        s->grace_end = now + grace;
+        s->drain_deadline = s->grace_end + timeout;
+        if (grace <= 0) {
+            atomic_store(&s->in_grace, false);
+            dsv4d_sched_set_accepting(s->sched, false, "draining");
+        }
+        set_state(s, DSV4_SVC_DRAINING, "finishing running requests (up to %.0f s)", timeout);
+    }
+    if (s->drain_deadline > 0 && s->grace_end > 0 && now >= s->grace_end) {
+        atomic_store(&s->in_grace, false);
         dsv4d_sched_set_accepting(s->sched, false, "draining");
-        set_state(s, DSV4_SVC_DRAINING, "finishing running requests (up to %.0f s)",
-                  s->cfg.drain_timeout);
+        s->grace_end = 0;
     }
     dsv4d_sched_intake(s->sched, now);
-    if (s->drain_deadline > 0 && (dsv4d_sched_live(s->sched) == 0 || now >= s->drain_deadline)) {
+    if (s->drain_deadline > 0 && s->grace_end == 0 &&
+        (dsv4d_sched_live(s->sched) == 0 || now >= s->drain_deadline)) {
         dsv4d_sched_end_all(s->sched, DSV4_ENOTSUP, "the server is shutting down; retry", true);
         struct dsv4d_plan_buf *pb = &s->pb;
         /* the last plan frees what the ended requests held (best effort) */
@@ -1047,12 +1063,16 @@ void dsv4d_sup_drain(struct dsv4d_sup *s)
     atomic_store(&s->drain_requested, 1);
     pthread_mutex_lock(&s->mu);
     enum dsv4_svc_state st = s->state;
+    double grace = s->cfg.drain_grace, timeout = s->cfg.drain_timeout;
     pthread_mutex_unlock(&s->mu);
-    /* readiness flips at once (the loop may be inside a step) */
+    /* readiness flips at once (the loop may be inside a step); admission stops at once too
+     * unless a grace is configured, which the loop then times */
     if (st != DSV4_SVC_STOPPED)
-        set_state(s, DSV4_SVC_DRAINING, "finishing running requests (up to %.0f s)",
-                  s->cfg.drain_timeout);
-    dsv4d_sched_set_accepting(s->sched, false, "draining");
+        set_state(s, DSV4_SVC_DRAINING, "finishing running requests (up to %.0f s)", timeout);
+    if (grace > 0 && st == DSV4_SVC_READY)
+        atomic_store(&s->in_grace, true);
+    else if (!atomic_load(&s->in_grace))
+        dsv4d_sched_set_accepting(s->sched, false, "draining");
     wake(s);
 }
 
@@ -1073,6 +1093,7 @@ void dsv4d_sup_reload(struct dsv4d_sup *s, const struct dsv4d_config *c, char *c
     pthread_mutex_lock(&s->mu);
     s->cfg.max_queue = fresh.max_queue;
     s->cfg.drain_timeout = fresh.drain_timeout;
+    s->cfg.drain_grace = fresh.drain_grace;
     s->cfg.request_timeout = fresh.request_timeout;
     snprintf(s->cfg.api_key_file, sizeof s->cfg.api_key_file, "%s", fresh.api_key_file);
     snprintf(s->cfg.log_level, sizeof s->cfg.log_level, "%s", fresh.log_level);

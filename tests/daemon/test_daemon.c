@@ -361,6 +361,39 @@ static void faults(int workers, int rounds, uint64_t seed)
     dsv4d_sup_free(s);
 }
 
+/* Drain with a grace: not ready at once, new requests still served until the grace ends,
+ * refused after it; everything admitted finishes; the supervisor stops. */
+static void drain_with_grace(void)
+{
+    struct dsv4d_config c;
+    base_config(&c, 2);
+    c.drain_grace = 1.0;
+    struct dsv4d_sup *s = NULL;
+    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
+    if (!s)
+        return;
+    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    struct dsv4_svc *svc = dsv4d_sup_svc(s);
+    struct rec r[3];
+    uint64_t id;
+    CHECK_INT(submit(svc, 1, 20, 0, &r[0], &id), 0);
+    double t0 = dsv4_now();
+    dsv4d_sup_drain(s);
+    CHECK_INT(dsv4d_sup_state(s, NULL, 0), DSV4_SVC_DRAINING);
+    /* inside the grace: admitted (a balancer may not have noticed yet) */
+    CHECK_INT(submit(svc, 2, 20, 0, &r[1], &id), 0);
+    while (dsv4_now() - t0 < 1.3)
+        usleep(20000);
+    /* after it: refused, retryable elsewhere */
+    CHECK_INT(submit(svc, 3, 20, 0, &r[2], &id), DSV4_ENOTSUP);
+    CHECK(wait_done(r, 2, 60));
+    for (int i = 0; i < 2; i++)
+        CHECK(!r[i].error && r[i].n == 20 &&
+              !memcmp(r[i].toks, ref_toks[i + 1], sizeof(int32_t) * 20));
+    CHECKF(wait_state(s, DSV4_SVC_STOPPED, 30), "drain with a grace: did not stop");
+    dsv4d_sup_free(s);
+}
+
 /* A hung rank is replaced; a request whose deadline passes meanwhile gets a retryable error. */
 static void deadline_during_recovery(void)
 {
@@ -547,6 +580,7 @@ int main(void)
     PHASE(faults(2, 16, 12345));
     PHASE(faults(4, 8, 777));
     PHASE(deadline_during_recovery());
+    PHASE(drain_with_grace());
     PHASE(restart_from_image(model_dir, 2, 1.0));
     /* the proof: on the small preset a restart is >= 10x faster than a cold load */
     char small_dir[4200];

@@ -136,8 +136,9 @@ def main():
     svc = unit("dsv4d.service")
     check(svc["Type"] == ["notify"] and svc["KillMode"] == ["mixed"], "Type=notify, KillMode=mixed")
     stop = seconds(svc["TimeoutStopSec"][0])
-    check(stop >= defaults["drain_timeout"] + 30,
-          f"TimeoutStopSec {stop} s >= drain_timeout {defaults['drain_timeout']} s + 30 s")
+    check(stop >= defaults["drain_grace"] + defaults["drain_timeout"] + 30,
+          f"TimeoutStopSec {stop} s >= drain_grace {defaults['drain_grace']} s + drain_timeout "
+          f"{defaults['drain_timeout']} s + 30 s")
     cond = shlex.split(svc["ExecCondition"][0].replace("/usr/bin/dsv4d", DSV4D))
     check(cond[:2] == ["/bin/sh", "-c"] and "--check-config" in cond[2], "ExecCondition shape")
     # the condition reads the default config path; give it one through a
