@@ -157,6 +157,7 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
     }
     if (rc)
         return rc;
+    double t1 = dsv4_now();
     const struct dsv4_config *c = dsv4_model_config(w->m);
     int threads = w->cfg.threads_per_worker;
     if (threads <= 0)
@@ -185,6 +186,8 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
     ready->max_seqs = st.max_seqs;
     ready->state_bytes = st.state_bytes;
     ready->load_seconds = dsv4_now() - t0;
+    dsv4_log(DSV4_LOG_DEBUG, "weights %.3f s (%s), engine %.3f s", t1 - t0,
+             ready->from_image ? "image" : "checkpoint", dsv4_now() - t1);
     ready->image_bytes = image_bytes;
     ready->vocab_size = c->vocab_size;
     ready->max_context = ctx;

@@ -350,7 +350,26 @@ static int bind_tid2eid(struct dsv4_model *m, const char *name, struct dsv4_laye
     int32_t *v = malloc(sizeof(int32_t) * V * k);
     if ((rc = own(m, v)))
         return rc;
-    for (int64_t i = 0; i < V * k; i++) {
+    /* one pass without branches (a restart binds this on its critical path), then the first
+     * bad entry looked up only when there is one */
+    const uint64_t E = (uint64_t)c->n_routed_experts;
+    uint64_t bad = 0;
+    if (t->dtype == DSV4_DTYPE_I64) {
+        for (int64_t i = 0; i < V * k; i++) {
+            int64_t x;
+            memcpy(&x, (const uint8_t *)t->data + 8 * i, 8);
+            bad |= (uint64_t)x >= E;
+            v[i] = (int32_t)x;
+        }
+    } else {
+        for (int64_t i = 0; i < V * k; i++) {
+            int32_t y;
+            memcpy(&y, (const uint8_t *)t->data + 4 * i, 4);
+            bad |= (uint64_t)(int64_t)y >= E;
+            v[i] = y;
+        }
+    }
+    for (int64_t i = 0; bad && i < V * k; i++) {
         int64_t x;
         if (t->dtype == DSV4_DTYPE_I64) {
             memcpy(&x, (const uint8_t *)t->data + 8 * i, 8);
@@ -359,10 +378,9 @@ static int bind_tid2eid(struct dsv4_model *m, const char *name, struct dsv4_laye
             memcpy(&y, (const uint8_t *)t->data + 4 * i, 4);
             x = y;
         }
-        if (x < 0 || x >= c->n_routed_experts)
+        if ((uint64_t)x >= E)
             return dsv4_error(DSV4_EFORMAT, "checkpoint: %s[%lld] = %lld is not an expert id", name,
                               (long long)i, (long long)x);
-        v[i] = (int32_t)x;
     }
     lw->tid2eid = v;
     return 0;
