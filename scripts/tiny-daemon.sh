@@ -4,13 +4,24 @@
 # it with SIGTERM and fails unless it exits 0.
 #   DSV4_GRPC_PORT (50051), DSV4_HTTP_PORT (8000): loopback ports.
 #   DSV4_THREADS_PER_WORKER (1): CPU threads of each worker.
+#   DSV4_PRESET (tiny): the checkpoint, tiny or small (written to PRESET-model/).
+#   DSV4_MTP (-1): dsv4d's mtp key (-1: the checkpoint's MTP head, 0: off).
 grpc_port=${DSV4_GRPC_PORT:-50051}
 http_port=${DSV4_HTTP_PORT:-8000}
 
+preset=${DSV4_PRESET:-tiny}
+case $preset in
+tiny | small) ;;
+*)
+    echo "DSV4_PRESET: tiny or small, not '$preset'" >&2
+    exit 2
+    ;;
+esac
+
 make_tiny_model() {
-    if [ ! -f tiny-model/config.json ]; then
-        ./dsv4 mkmodel --preset tiny --format nvfp4 \
-            --tokenizer ../shared/data/tokenizer/deepseek-v3-tokenizer.json --out tiny-model
+    if [ ! -f "$preset-model/config.json" ]; then
+        ./dsv4 mkmodel --preset "$preset" --format nvfp4 \
+            --tokenizer ../shared/data/tokenizer/deepseek-v3-tokenizer.json --out "$preset-model"
     fi
 }
 
@@ -19,10 +30,11 @@ start_tiny_daemon() {
     run=$(mktemp -d "${TMPDIR:-/tmp}/dsv4d-run.XXXXXX")
     cat >"$run/dsv4d.json" <<JSON
 {
-  "model": "$(pwd)/tiny-model",
-  "served_model_name": "tiny",
+  "model": "$(pwd)/$preset-model",
+  "served_model_name": "$preset",
   "workers": 2,
   "threads_per_worker": ${DSV4_THREADS_PER_WORKER:-1},
+  "mtp": ${DSV4_MTP:--1},
   "max_model_len": 4096,
   "runtime_dir": "$run",
   "grpc_listen": "127.0.0.1:$grpc_port",
