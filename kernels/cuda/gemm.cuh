@@ -30,7 +30,7 @@ struct dsv4_cu_w {
     float scale2, input_scale;
 };
 
-static inline struct dsv4_cu_w dsv4_cu_w_of(const struct dsv4_qweight *q)
+DSV4_HD struct dsv4_cu_w dsv4_cu_w_of(const struct dsv4_qweight *q)
 {
     struct dsv4_cu_w w;
     w.fmt = (int)q->fmt;
