@@ -2,7 +2,7 @@
  * comm.h - the communicator between the ranks of one model instance
  * (DESIGN.md §1): one interface, two backends.  The CPU backend
  * (engine/model/comm_shm.c) runs N ranks over one shared-memory arena with futex
- * barriers; the NCCL backend (a later file) wraps NCCL on GPUs.
+ * barriers; the NCCL backend (engine/model/comm_nccl.c) wraps NCCL on GPUs.
  *
  * Semantics (every backend):
  *   - Collectives are blocking and are called by every rank of the group in
@@ -124,6 +124,26 @@ size_t dsv4_comm_shm_slot_bytes(const struct dsv4_comm_shm *g);
  */
 typedef int (*dsv4_comm_rank_fn)(struct dsv4_comm *comm, void *arg);
 int dsv4_comm_run_threads(int n, size_t slot_bytes, dsv4_comm_rank_fn fn, void *arg);
+
+/* ---- NCCL backend (engine/model/comm_nccl.c; DSV4_ENOTSUP in builds without NCCL) ----
+ *
+ * One rank per GPU, on one or several hosts; buffers are device memory of the rank's GPU.
+ * Collectives are enqueued on `stream` (the cudaStream_t of the rank's CUDA backend,
+ * dsv4_cuda_stream in kernels/cuda/cuda.h; NULL: the legacy default stream) and waited for,
+ * at most timeout_ms (0: 10 minutes) each, creation included: past it, or on an
+ * asynchronous NCCL error, the communicator is aborted and the call and every later one
+ * return DSV4_EIO.  all_reduce_sum_f32 sums in NCCL's order (exact for the forward pass's
+ * disjoint contributions); all_to_allv cannot detect mismatched counts.
+ */
+#define DSV4_COMM_NCCL_ID_BYTES 128
+
+/* A fresh group id, made once (by the supervisor or rank 0) and handed to every rank. */
+int dsv4_comm_nccl_unique_id(uint8_t id[DSV4_COMM_NCCL_ID_BYTES]);
+
+/* Joins group `id` as rank `rank` of `size` on GPU `device`; returns when every rank has
+ * joined (or DSV4_EIO after the timeout). */
+int dsv4_comm_nccl_init(const uint8_t id[DSV4_COMM_NCCL_ID_BYTES], int rank, int size, int device,
+                        void *stream, int timeout_ms, struct dsv4_comm **out);
 
 #ifdef __cplusplus
 }

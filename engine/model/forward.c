@@ -126,6 +126,17 @@ int dsv4_fwd_init(const struct dsv4_model *m, struct dsv4_state *st, struct dsv4
                           comm ? dsv4_comm_rank(comm) : 0, N, m->rank, m->nranks);
     if (max_tokens < 1 || max_out < 0 || max_out > max_tokens)
         return dsv4_error(DSV4_EINVAL, "forward: max_tokens %d, max_out %d", max_tokens, max_out);
+    /* a device backend reads weights and exchanges activations in its own memory */
+    if (dsv4_model_device(m) != be->device)
+        return dsv4_error(DSV4_EINVAL,
+                          "forward: the model's weights are not in the %s backend's memory "
+                          "(dsv4_model_upload)",
+                          be->name);
+    if (N > 1 && be->device != DSV4_DEVICE_HOST && !strcmp(dsv4_comm_backend(comm), "shm"))
+        return dsv4_error(DSV4_EINVAL,
+                          "forward: the shm communicator moves host memory, the %s backend's "
+                          "buffers are device memory",
+                          be->name);
     struct dsv4_fwd *f = calloc(1, sizeof *f);
     if (!f)
         return dsv4_error(DSV4_ENOMEM, "forward: out of memory");
@@ -649,12 +660,13 @@ static int setup(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq,
         for (int s = 0; s < nseq; s++)
             if ((rc = dsv4_state_reserve(f->st, seqs[s].seq, seqs[s].start + seqs[s].n)))
                 return rc;
-    be->upload(be, f->d_slot, f->h_slot, sizeof(int32_t) * T);
-    be->upload(be, f->d_pos, f->h_pos, sizeof(int64_t) * T);
-    be->upload(be, f->d_tid, f->h_tid, sizeof(int32_t) * T);
-    be->upload(be, f->d_row0, f->h_row0, sizeof(int32_t) * T);
-    be->upload(be, f->d_len, f->h_len, sizeof(int32_t) * T);
-    be->upload(be, f->d_rows, f->h_rows, sizeof(int32_t) * (n_out ? n_out : 1));
+    if ((rc = be->upload(be, f->d_slot, f->h_slot, sizeof(int32_t) * T)) ||
+        (rc = be->upload(be, f->d_pos, f->h_pos, sizeof(int64_t) * T)) ||
+        (rc = be->upload(be, f->d_tid, f->h_tid, sizeof(int32_t) * T)) ||
+        (rc = be->upload(be, f->d_row0, f->h_row0, sizeof(int32_t) * T)) ||
+        (rc = be->upload(be, f->d_len, f->h_len, sizeof(int32_t) * T)) ||
+        (rc = be->upload(be, f->d_rows, f->h_rows, sizeof(int32_t) * (n_out ? n_out : 1))))
+        return dsv4_error_ctx(rc, "forward: token metadata upload");
     f->toks.T = T;
     *Tout = T;
     return 0;

@@ -652,6 +652,14 @@ void dsv4_model_close(struct dsv4_model *m)
 {
     if (!m)
         return;
+    if (m->host) {
+        /* a device copy (upload.c): its allocation and layer array; the rest is borrowed */
+        if (m->dev_arena)
+            m->dev_be->free(m->dev_be, m->dev_arena);
+        free(m->layers);
+        free(m);
+        return;
+    }
     dsv4_contract_free(m->con);
     for (int i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
@@ -673,6 +681,8 @@ static uint64_t expert_bytes(const struct dsv4_ffn_w *e)
 
 uint64_t dsv4_model_decode_bytes(const struct dsv4_model *m)
 {
+    if (m->host) /* a device copy: the expert views to size are the host model's */
+        return dsv4_model_decode_bytes(m->host);
     const struct dsv4_config *c = &m->cfg;
     uint64_t b = lin_bytes(&m->head) + (uint64_t)c->hidden_size * 2;
     int k = c->num_experts_per_tok, ne = m->e1 - m->e0;
@@ -725,6 +735,8 @@ void dsv4_model_expert_range(const struct dsv4_model *m, int *e0, int *e1)
 
 const int32_t *dsv4_model_hash_ids(const struct dsv4_model *m, int layer, int32_t token)
 {
+    if (m->host) /* a device copy: the table in host memory is the host model's */
+        return dsv4_model_hash_ids(m->host, layer, token);
     if (layer < 0 || layer >= m->n_layers || !m->layers[layer].tid2eid || token < 0 ||
         token >= m->cfg.vocab_size)
         return NULL;

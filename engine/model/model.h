@@ -58,6 +58,21 @@ int dsv4_model_export_shard(const struct dsv4_model *m, const char *config_json,
                             dsv4_progress_fn progress, void *ctx, uint64_t *bytes);
 int dsv4_model_open_shard(int fd, int rank, int nranks, struct dsv4_model **out);
 
+/*
+ * A copy of model m whose weights live in the memory of backend be (a GPU backend): every
+ * matrix, scale and small vector uploaded into one allocation, and the routed-expert arrays
+ * as device arrays of device pointers (what the moe op reads).  The forward pass, state
+ * pool and step object of a device backend take the copy (dsv4_step_create makes one
+ * itself when given a host model).  The copy borrows m (config, checkpoint, host tables),
+ * which must outlive it; close it with dsv4_model_close before closing m.  DSV4_EINVAL for a
+ * host backend, DSV4_ENOMEM when the weights do not fit.
+ */
+struct dsv4_backend;
+int dsv4_model_upload(const struct dsv4_model *m, struct dsv4_backend *be, struct dsv4_model **out);
+/* Where the weights live: DSV4_DEVICE_HOST (0) for a bound model, else the device of the
+ * backend they were uploaded to (base/tensor.h). */
+int dsv4_model_device(const struct dsv4_model *m);
+
 const struct dsv4_config *dsv4_model_config(const struct dsv4_model *m);
 int dsv4_model_rank(const struct dsv4_model *m);
 int dsv4_model_nranks(const struct dsv4_model *m);

@@ -4,7 +4,8 @@
  *
  * Matrices are struct dsv4_lin views (kernels/backend.h) into the mmapped
  * checkpoint in their stored formats; small vectors are FP32 / int32 copies
- * owned by the model.  Rank ranges follow the contract's splits
+ * owned by the model.  A device copy (upload.c) has the same struct with
+ * every weight pointer in device memory.  Rank ranges follow the contract's splits
  * (engine/io/contract.h, DESIGN.md §2).
  */
 #ifndef DSV4_MODEL_INT_H
@@ -66,6 +67,12 @@ struct dsv4_model {
     uint64_t weight_bytes; /* bytes of this rank's views */
     void **owned;          /* small copies to free */
     int n_owned, cap_owned;
+    /* where the weights live (upload.c): DSV4_DEVICE_HOST for a bound model; a device copy
+     * made by dsv4_model_upload borrows `host` and owns dev_arena (freed through dev_be) */
+    int device;
+    const struct dsv4_model *host;
+    struct dsv4_backend *dev_be;
+    void *dev_arena;
 };
 
 #endif

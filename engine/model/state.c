@@ -11,6 +11,13 @@
  * Invariants: a live slot maps exactly its first ceil(max(len, reserved) /
  * B) logical blocks; every physical block is on the free stack or mapped by
  * exactly one slot.
+ *
+ * Device backends: the kernels read the block table, so the view points at
+ * a device copy of it (dtable); the host table stays the master, and every
+ * entry that becomes mapped is uploaded in dsv4_state_reserve, in stream
+ * order before the forward call that uses it.  Unmapping needs no upload:
+ * kernels read only the blocks of positions below a sequence's length,
+ * which stay mapped.
  */
 #include "engine/model/state.h"
 
@@ -39,7 +46,8 @@ struct dsv4_state {
     int64_t hid_off; /* bytes from the slot start */
     uint64_t arena_bytes;
     uint8_t *arena;
-    int32_t *table; /* [max_seqs, max_blocks] */
+    int32_t *table;  /* [max_seqs, max_blocks] */
+    int32_t *dtable; /* its device copy (device backends), else NULL */
     int32_t *free_ids;
     int32_t *tokens; /* host [n_blocks, B] */
     struct slot_info *slots;
@@ -203,6 +211,17 @@ int dsv4_state_init(const struct dsv4_model *m, struct dsv4_backend *be,
     v->rd = c->qk_rope_head_dim;
     v->idim = c->index_head_dim;
     v->block_table = st->table;
+    if (be->device != DSV4_DEVICE_HOST) {
+        size_t tb = sizeof(int32_t) * (size_t)(max_blocks * o->max_seqs);
+        st->dtable = be->alloc(be, tb);
+        if (!st->dtable) {
+            rc = dsv4_error(DSV4_ENOMEM, "state: no device memory for the block table");
+            goto fail;
+        }
+        if ((rc = be->upload(be, st->dtable, st->table, tb)))
+            goto fail;
+        v->block_table = st->dtable;
+    }
     v->max_blocks = (int)max_blocks;
     v->n_layers = m->n_layers;
     v->layers = st->layers;
@@ -219,6 +238,8 @@ void dsv4_state_free(struct dsv4_state *st)
         return;
     if (st->arena)
         st->be->free(st->be, st->arena);
+    if (st->dtable)
+        st->be->free(st->be, st->dtable);
     free(st->layers);
     free(st->table);
     free(st->free_ids);
@@ -303,6 +324,17 @@ int dsv4_state_reserve(struct dsv4_state *st, int slot, int64_t end)
     int32_t *row = table_row(st, slot);
     for (int64_t i = s->mapped; i < need; i++)
         row[i] = st->free_ids[--st->n_free];
+    if (st->dtable) {
+        int rc = st->be->upload(st->be, st->dtable + (row - st->table) + s->mapped, row + s->mapped,
+                                sizeof(int32_t) * (size_t)(need - s->mapped));
+        if (rc) {
+            for (int64_t i = need - 1; i >= s->mapped; i--) {
+                st->free_ids[st->n_free++] = row[i];
+                row[i] = -1;
+            }
+            return dsv4_error_ctx(rc, "state: block table upload");
+        }
+    }
     s->mapped = need;
     return 0;
 }

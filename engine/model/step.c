@@ -19,6 +19,12 @@
  * token t + 1 and predicts token t + 2.  After a step its state covers every
  * position whose successor is known (plus the speculative positions of the
  * drafts, rolled back by the next step).
+ *
+ * Device backends: the step uploads a host model's weights into the backend
+ * once (dsv4_model_upload, the copy owned here); argmax runs on the device
+ * and only the ids come back; the full logits rows are downloaded once per
+ * forward call and only when something reads them on the host (sampling,
+ * logprobs, penalties, the logits hook).
  */
 #include "engine/model/step.h"
 
@@ -53,6 +59,7 @@ struct work {
 
 struct dsv4_step {
     const struct dsv4_model *m;
+    struct dsv4_model *mdev; /* the device copy of a host model (device backends), owned */
     struct dsv4_backend *be;
     struct dsv4_state *st;
     struct dsv4_fwd *f;
@@ -67,6 +74,8 @@ struct dsv4_step {
     struct work *w;
     int32_t *tokbuf, *rows, *amax, *hist, *mtok;
     float *p, *lhost;
+    int32_t *d_amax;      /* device backends: argmax ids [T] in backend memory */
+    int nout, lhost_ok;   /* logits rows of the last forward call; lhost holds them */
     float *mhid;          /* backend [T, hc, D]: MTP input streams */
     struct seq_rec **rec; /* [max_seqs]: the entries' sequences */
     struct dsv4_step_stats stats;
@@ -88,6 +97,9 @@ void dsv4_step_free(struct dsv4_step *s)
     dsv4_sampler_free(s->smp);
     if (s->mhid)
         s->be->free(s->be, s->mhid);
+    if (s->d_amax)
+        s->be->free(s->be, s->d_amax);
+    dsv4_model_close(s->mdev);
     void *h[] = {s->seqs, s->fs,   s->w, s->tokbuf, s->rows, s->amax,
                  s->hist, s->mtok, s->p, s->lhost,  s->rec};
     for (size_t i = 0; i < DSV4_ARRAY_LEN(h); i++)
@@ -113,13 +125,18 @@ int dsv4_step_create(const struct dsv4_model *m, struct dsv4_backend *be, struct
     struct dsv4_step *s = calloc(1, sizeof *s);
     if (!s)
         return dsv4_error(DSV4_ENOMEM, "step: out of memory");
-    s->m = m;
     s->be = be;
     s->o = *o;
+    int rc;
+    if (dsv4_model_device(m) != be->device) {
+        if ((rc = dsv4_model_upload(m, be, &s->mdev)))
+            goto fail;
+        m = s->mdev;
+    }
+    s->m = m;
     s->V = c->vocab_size;
     s->hc = c->hc_mult;
     s->D = c->hidden_size;
-    int rc;
     struct dsv4_state_opts so = {.max_seqs = o->max_seqs,
                                  .max_ctx = o->max_ctx,
                                  .max_rollback = o->mtp + 1,
@@ -146,10 +163,13 @@ int dsv4_step_create(const struct dsv4_model *m, struct dsv4_backend *be, struct
     s->hist = calloc((size_t)o->max_ctx, sizeof(int32_t));
     s->p = calloc((size_t)(o->mtp + 1) * s->V, sizeof(float));
     s->mhid = be->alloc(be, sizeof(float) * (size_t)s->T * s->hc * s->D);
-    if (be->device != DSV4_DEVICE_HOST)
+    if (be->device != DSV4_DEVICE_HOST) {
         s->lhost = calloc((size_t)s->T * s->V, sizeof(float));
+        s->d_amax = be->alloc(be, sizeof(int32_t) * (size_t)s->T);
+    }
     if (!s->seqs || !s->fs || !s->w || !s->rec || !s->tokbuf || !s->rows || !s->amax || !s->mtok ||
-        !s->hist || !s->p || !s->mhid || (be->device != DSV4_DEVICE_HOST && !s->lhost)) {
+        !s->hist || !s->p || !s->mhid ||
+        (be->device != DSV4_DEVICE_HOST && (!s->lhost || !s->d_amax))) {
         rc = dsv4_error(DSV4_ENOMEM, "step: out of memory for scratch");
         goto fail;
     }
@@ -358,11 +378,45 @@ static int check_entry(struct dsv4_step *s, const struct dsv4_step_entry *e, int
     return 0;
 }
 
+/* A forward call made nout logits rows (on the device for device backends). */
+static void fwd_done(struct dsv4_step *s, int nout)
+{
+    s->nout = nout;
+    s->lhost_ok = 0;
+}
+
+/* The logits of the last forward call on the host, downloaded at most once per call. */
+static const float *host_logits(struct dsv4_step *s)
+{
+    const float *lg = dsv4_fwd_logits(s->f);
+    if (!s->lhost)
+        return lg;
+    if (!s->lhost_ok && s->nout) {
+        if (s->be->download(s->be, s->lhost, lg, sizeof(float) * (size_t)s->nout * s->V))
+            dsv4_log(DSV4_LOG_ERROR, "step: logits download: %s", dsv4_errmsg());
+        s->lhost_ok = 1;
+    }
+    return s->lhost;
+}
+
+/* amax[r] = argmax of logits row r of the last forward call (on the backend). */
+static int argmax_rows(struct dsv4_step *s)
+{
+    struct dsv4_backend *be = s->be;
+    const float *lg = dsv4_fwd_logits(s->f);
+    if (!s->nout)
+        return 0;
+    if (!s->d_amax) {
+        be->argmax(be, DSV4_F2(lg, s->nout, s->V), s->amax);
+        return 0;
+    }
+    be->argmax(be, DSV4_F2(lg, s->nout, s->V), s->d_amax);
+    return be->download(be, s->amax, s->d_amax, sizeof(int32_t) * (size_t)s->nout);
+}
+
 static const float *lrow(struct dsv4_step *s, int row)
 {
-    if (s->lhost)
-        return s->lhost + (int64_t)row * s->V;
-    return dsv4_fwd_logits(s->f) + (int64_t)row * s->V;
+    return host_logits(s) + (int64_t)row * s->V;
 }
 
 /* Sampling history for verify row i: prompt and output so far (tokens up to the entry's
@@ -390,17 +444,6 @@ static bool is_stop(const struct dsv4_step_entry *e, int32_t t)
         if (e->stop_ids[i] == t)
             return true;
     return false;
-}
-
-/* The logits of the last forward call on the host: nout rows. */
-static const float *host_logits(struct dsv4_step *s, int nout)
-{
-    const float *lg = dsv4_fwd_logits(s->f);
-    if (s->lhost && nout) {
-        s->be->download(s->be, s->lhost, lg, sizeof(float) * (size_t)nout * s->V);
-        lg = s->lhost;
-    }
-    return lg;
 }
 
 /* Step 3 for one entry: emitted tokens and logprobs into res. */
@@ -544,8 +587,9 @@ static int mtp_pass(struct dsv4_step *s, const struct dsv4_step_entry *e, int n,
         return 0;
     if ((rc = dsv4_fwd_mtp(s->f, s->fs, nseg, s->mhid, s->rows, nout)))
         return rc;
+    fwd_done(s, nout);
     if (s->hook) {
-        const float *lg = host_logits(s, nout);
+        const float *lg = host_logits(s);
         for (int i = 0; i < n; i++)
             if (s->w[i].mn)
                 s->hook(s->hook_ctx, DSV4_STEP_ROWS_MTP, i, s->w[i].ma,
@@ -558,8 +602,8 @@ static int mtp_pass(struct dsv4_step *s, const struct dsv4_step_entry *e, int n,
     if (!ncont)
         return 0;
     for (int d = 0;; d++) {
-        const float *lg = host_logits(s, nout);
-        be->argmax(be, DSV4_F2(lg, nout, s->V), s->amax);
+        if ((rc = argmax_rows(s)))
+            return rc;
         /* next MTP call: one token per entry that wants more drafts */
         int nb = 0, nr = 0;
         const float *mh = dsv4_fwd_mtp_hidden(s->f);
@@ -572,7 +616,7 @@ static int mtp_pass(struct dsv4_step *s, const struct dsv4_step_entry *e, int n,
             out[i].n_drafts = d + 1;
             if (s->hook)
                 s->hook(s->hook_ctx, DSV4_STEP_ROWS_DRAFT, i, w->last + w->used + d + 1,
-                        lg + (int64_t)w->mout * s->V, 1, s->V);
+                        host_logits(s) + (int64_t)w->mout * s->V, 1, s->V);
             if (d + 1 >= w->nd) {
                 w->mout = -1;
                 continue;
@@ -593,6 +637,7 @@ static int mtp_pass(struct dsv4_step *s, const struct dsv4_step_entry *e, int n,
             break;
         if ((rc = dsv4_fwd_mtp(s->f, s->fs, nb, s->mhid, s->rows, nr)))
             return rc;
+        fwd_done(s, nr);
         nout = nr;
     }
     return 0;
@@ -601,7 +646,6 @@ static int mtp_pass(struct dsv4_step *s, const struct dsv4_step_entry *e, int n,
 int dsv4_step_run(struct dsv4_step *s, const struct dsv4_step_entry *e, int n,
                   struct dsv4_step_result *out)
 {
-    struct dsv4_backend *be = s->be;
     struct seq_rec **rr = s->rec;
     int rc, T = 0, nout = 0;
     if (n < 1 || n > s->o.max_seqs || !e || !out)
@@ -641,15 +685,15 @@ int dsv4_step_run(struct dsv4_step *s, const struct dsv4_step_entry *e, int n,
     }
     if ((rc = dsv4_fwd_trunk(s->f, s->fs, n, s->rows, nout, s->o.mtp > 0)))
         return rc;
+    fwd_done(s, nout);
     s->stats.steps++;
     s->stats.tokens_in += (uint64_t)T;
-    const float *lg = host_logits(s, nout);
-    if (nout)
-        be->argmax(be, DSV4_F2(lg, nout, s->V), s->amax);
+    if ((rc = argmax_rows(s)))
+        return rc;
     if (s->hook)
         for (int i = 0; i < n; i++)
             s->hook(s->hook_ctx, DSV4_STEP_ROWS_TRUNK, i, e[i].start,
-                    lg + (int64_t)s->w[i].row0 * s->V, s->w[i].n_in, s->V);
+                    host_logits(s) + (int64_t)s->w[i].row0 * s->V, s->w[i].n_in, s->V);
     /* 3. emission, rollback of rejected positions */
     for (int i = 0; i < n; i++) {
         struct work *w = &s->w[i];
