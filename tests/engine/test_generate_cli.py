@@ -157,6 +157,15 @@ def main():
     bad("huge chunk", ["--chunk"], "--model", m, *P, "--chunk", "2000000000")
     bad("nan temperature", ["--temperature"], "--model", m, *P, "--temperature", "nan")
     bad("garbage seed", ["--seed"], "--model", m, *P, "--seed", "12a")
+    bad("unknown backend", ["--backend", "tpu"], "--model", m, *P, "--backend", "tpu")
+    bad("cuda backend with 2 ranks", ["one rank"], "--model", m, *P, "--backend", "cuda",
+        "--ranks", "2")
+    # without a GPU (or without CUDA in the build) a clear error; on a GPU machine it runs
+    rc, out, err = gen("--model", m, *P, "--max-tokens", "2", "--backend", "cuda")
+    ok = (rc == 0 or (rc == 1 and "CUDA" in err)) and not any(x in err for x in CRASH_MARKS)
+    if not ok:
+        print("  rc", rc, "stderr:", err[-1500:])
+    check(ok, "backend cuda: runs, or exit 1 naming CUDA (exit %d)" % rc)
     bad("unwritable --dump-logits", ["cannot create"], "--model", m, *P, "--dump-logits",
         os.path.join(root, "nope", "x.f32"))
     bad("unwritable --dump-layers", ["cannot create"], "--model", m, *P, "--dump-layers",
