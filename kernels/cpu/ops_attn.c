@@ -144,18 +144,19 @@ AVX2 static inline ALWAYS void pv_g(int G, const double *pd, const float *pf, in
         }
 }
 
-/* the oracle's softmax of one head's n scores in place; returns the denominator */
+/* the oracle's softmax of one head's n scores in place (its expf through the vector
+ * one); returns the denominator */
 static float softmax(float *z, int n, float sink, bool bf16_p)
 {
     float mx = -INFINITY;
     for (int s = 0; s < n; s++)
         mx = fmaxf(mx, z[s]);
+    for (int s = 0; s < n; s++)
+        z[s] -= mx;
+    dsv4_cpu_exp(z, n, z);
     double den = 0.0;
-    for (int s = 0; s < n; s++) {
-        float e = expf(z[s] - mx);
-        den += e;
-        z[s] = e;
-    }
+    for (int s = 0; s < n; s++)
+        den += z[s];
     float fden = (float)den + expf(sink - mx);
     if (bf16_p)
         dsv4_ref_round_bf16(z, n);
