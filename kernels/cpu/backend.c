@@ -6,8 +6,8 @@
  * Every op is the ref backend's per-row body (kernels/ref/backend.h) run in
  * parallel over rows, tokens or (token, head range) pairs, with the oracle's
  * inner kernels replaced where time goes: GEMMs by dsv4_cpu_linear, attention
- * by dsv4_cpu_sparse_attn, the element-wise ops (RMSNorm, SwiGLU, BF16
- * rounding, activation simulation, the mHC sums, argmax) by the vector
+ * by dsv4_cpu_sparse_attn, the element-wise ops (RMSNorm, RoPE, SwiGLU, BF16
+ * rounding, activation simulation, the mHC and MoE sums, argmax) by the vector
  * versions of kernels/cpu/ops.h, whose bodies are written out here.  Rows
  * are independent and each is computed by one thread in a fixed order, so
  * results do not depend on the thread count or on the other rows of the
@@ -162,8 +162,10 @@ static void cpu_rmsnorm(struct dsv4_backend *be, const struct dsv4_tensor *x, co
 static void t_rope(void *arg, int64_t t, int th)
 {
     const struct rows_job *j = arg;
+    int64_t nh = j->x->shape[1], dh = j->x->shape[2];
     (void)th;
-    dsv4_ref_rope_row(j->x, j->pos, j->rope, j->inverse, j->flags, t);
+    dsv4_cpu_rope(j->rope, (float *)j->x->data + t * nh * dh + dh - j->rope->dim, nh, dh, j->pos[t],
+                  j->inverse, j->flags & DSV4_OP_BF16);
 }
 
 static void cpu_rope(struct dsv4_backend *be, const struct dsv4_tensor *x, const int64_t *pos,
@@ -369,8 +371,12 @@ struct combine_job {
 static void t_combine(void *arg, int64_t t, int th)
 {
     const struct combine_job *j = arg;
+    int64_t S = j->slots->shape[1], D = j->slots->shape[2];
+    float *o = (float *)j->out->data + t * D;
     (void)th;
-    dsv4_ref_combine_token(j->slots, j->out, j->flags, t);
+    dsv4_cpu_sum_rows((const float *)j->slots->data + t * S * D, S, D, o);
+    if (j->flags & DSV4_OP_BF16)
+        dsv4_cpu_round_bf16(o, D);
 }
 
 static void cpu_moe_combine(struct dsv4_backend *be, const struct dsv4_tensor *slots,

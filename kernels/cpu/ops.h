@@ -43,6 +43,11 @@ void dsv4_cpu_topk(const float *v, int n, int k, int *idx);
  *                         rare last-bit cases (another order of FP64 additions)
  *   dsv4_cpu_hc_post      dsv4_ref_hc_post
  *   dsv4_cpu_hc_sum       y[d] = sum_j pre[j] X[j, d] (double, j in order; hc_pre's y)
+ *   dsv4_cpu_sum_rows     out[d] = sum_i s[i, d] over s [S, D] (double, i in order; the
+ *                         MoE combine)
+ *   dsv4_cpu_rope         dsv4_ref_rope of r->dim values at x + h * stride for nh heads
+ *                         (x: the first head's rotated part), then their BF16
+ *                         rounding if bf16; the angles once for all heads
  *   dsv4_cpu_act_sim      dsv4_act_sim_fp8 / _fp4 of x [n] in place, per `group`
  * NaN inputs give NaN outputs where the oracle's do (not necessarily the same NaN bits).
  */
@@ -55,6 +60,9 @@ float dsv4_cpu_rms_inv(const float *x, int64_t n, float eps);
 void dsv4_cpu_hc_post(const float *A, const float *X, const float *post, const float *comb, int hc,
                       int64_t D, float *Xo);
 void dsv4_cpu_hc_sum(const float *X, const float *pre, int hc, int64_t D, float *y);
+void dsv4_cpu_sum_rows(const float *s, int64_t S, int64_t D, float *out);
+void dsv4_cpu_rope(const struct dsv4_rope *r, float *x, int64_t nh, int64_t stride, int64_t pos,
+                   bool inverse, bool bf16);
 void dsv4_cpu_act_sim(float *x, int64_t n, enum dsv4_sim kind, int group);
 
 /* Whether the vector path is in use ("avx2+fma" or "scalar"). */

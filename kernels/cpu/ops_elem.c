@@ -2,8 +2,8 @@
  * ops_elem.c - AVX2 versions of the element-wise and per-row ops that the
  * cpu backend used to run as the oracle's scalar loops (kernels/ref/ops.c,
  * formats.c, backend.c): BF16 rounding, argmax, expf, SwiGLU, RMSNorm, the
- * mHC stream sums and the FP8/FP4 activation simulation.  Semantics and
- * exactness in kernels/cpu/ops.h.
+ * mHC stream sums, the MoE slot sum, RoPE and the FP8/FP4 activation
+ * simulation.  Semantics and exactness in kernels/cpu/ops.h.
  *
  * expf: the oracle calls libm's expf, so a vector exp is only a drop-in if
  * it rounds identically.  exp8 is glibc's expf (the FMA variant it selects
@@ -350,6 +350,92 @@ void dsv4_cpu_hc_sum(const float *X, const float *pre, int hc, int64_t D, float 
         for (int j = 0; j < hc; j++)
             acc += (double)pre[j] * X[j * D + d];
         y[d] = (float)acc;
+    }
+}
+
+/* ---------------------------------------------------------------- MoE slot sum */
+
+/* out[d] = (float)(sum_i s[i, d]) in double from zero, i in order */
+AVX2 static void sum_rows_avx2(const float *s, int64_t S, int64_t D, float *out)
+{
+    int64_t d4 = D & ~(int64_t)3;
+    for (int64_t d = 0; d < d4; d += 4) {
+        __m256d acc = _mm256_setzero_pd();
+        for (int64_t i = 0; i < S; i++)
+            acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm_loadu_ps(s + i * D + d)));
+        _mm_storeu_ps(out + d, _mm256_cvtpd_ps(acc));
+    }
+    for (int64_t d = d4; d < D; d++) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < S; i++)
+            acc += s[i * D + d];
+        out[d] = (float)acc;
+    }
+}
+
+void dsv4_cpu_sum_rows(const float *s, int64_t S, int64_t D, float *out)
+{
+    if (pick()) {
+        sum_rows_avx2(s, S, D, out);
+        return;
+    }
+    for (int64_t d = 0; d < D; d++) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < S; i++)
+            acc += s[i * D + d];
+        out[d] = (float)acc;
+    }
+}
+
+/* ---------------------------------------------------------------- RoPE */
+
+/* 4 pairs rotated by per-pair cos and sin, each duplicated to both lanes of its pair:
+ * (a c - b s, b c + a s), the oracle's products and one rounding each (no FMA) */
+AVX2 static inline __m256 rotate8(__m256 v, const float *cd, const float *sd)
+{
+    __m256 t1 = _mm256_mul_ps(v, _mm256_loadu_ps(cd));
+    __m256 t2 = _mm256_mul_ps(_mm256_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)), _mm256_loadu_ps(sd));
+    return _mm256_addsub_ps(t1, t2);
+}
+
+/* x [n] (n even); cd, sd hold at least n rounded up to 8 values.  The tail goes through a
+ * padded copy: a scalar a * c - b * s could be contracted into an FMA in this target. */
+AVX2 static void rotate_avx2(float *x, const float *cd, const float *sd, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, rotate8(_mm256_loadu_ps(x + i), cd + i, sd + i));
+    if (i < n) {
+        float t[8] = {0};
+        memcpy(t, x + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(t, rotate8(_mm256_loadu_ps(t), cd + i, sd + i));
+        memcpy(x + i, t, sizeof(float) * (size_t)(n - i));
+    }
+}
+
+void dsv4_cpu_rope(const struct dsv4_rope *r, float *x, int64_t nh, int64_t stride, int64_t pos,
+                   bool inverse, bool bf16)
+{
+    float cd[2 * DSV4_ROPE_MAX_PAIRS + 8] = {0}, sd[2 * DSV4_ROPE_MAX_PAIRS + 8] = {0};
+    int pairs = r->dim / 2;
+    if (!pick()) {
+        for (int64_t h = 0; h < nh; h++) {
+            dsv4_ref_rope(r, x + h * stride, pos, inverse);
+            if (bf16)
+                dsv4_ref_round_bf16(x + h * stride, r->dim);
+        }
+        return;
+    }
+    for (int i = 0; i < pairs; i++) { /* dsv4_ref_rope's angles, once for all heads */
+        float phi = (float)pos * r->freq[i];
+        float c = (float)cos((double)phi), s = (float)sin((double)phi);
+        cd[2 * i] = cd[2 * i + 1] = c;
+        sd[2 * i] = sd[2 * i + 1] = inverse ? -s : s;
+    }
+    for (int64_t h = 0; h < nh; h++) {
+        rotate_avx2(x + h * stride, cd, sd, r->dim);
+        if (bf16)
+            round_bf16_avx2(x + h * stride, r->dim);
     }
 }
 

@@ -4,10 +4,10 @@
  * rounding over every sign/exponent/top-mantissa pattern with the critical
  * low halves (ties, carries, NaN payloads, infinities), expf against libm
  * over a sweep of all bit patterns (every one with DSV4_TEST_EXHAUSTIVE=1),
- * SwiGLU, the mHC sums and the FP8/FP4 activation simulation bit for bit
- * (NaN outputs only need to be NaN), argmax on ties, signed zeros, NaN and
- * infinities, and RMSNorm within the documented last-bit difference of its
- * FP64 sum.  Also the NVFP4 block scales of the activation quantiser over
+ * SwiGLU, the mHC and MoE sums, RoPE (several heads, tails, inverse) and
+ * the FP8/FP4 activation simulation bit for bit (NaN outputs only need to
+ * be NaN), argmax on ties, signed zeros, NaN and infinities, and RMSNorm
+ * within the documented last-bit difference of its FP64 sum.  Also the NVFP4 block scales of the activation quantiser over
  * every scale exponent (round_avx2.h's E4M3 rounding with saturation).
  */
 #include "base/dsv4.h"
@@ -220,6 +220,48 @@ static void test_hc(void)
     }
 }
 
+static void test_rope(void)
+{
+    enum { NH = 5, DH = 80 };
+    static float x[NH * DH], f[NH * DH], r[NH * DH];
+    struct dsv4_rope rp;
+    const int dims[3] = {64, 6, 14};
+    for (int c = 0; c < 6; c++) {
+        int dim = dims[c % 3];
+        bool inverse = c >= 3, bf16 = c % 2;
+        CHECK_INT(dsv4_rope_init(&rp, dim, 160000.0, c % 2, 16, 32, 1, 65536), 0);
+        for (int i = 0; i < NH * DH; i++)
+            x[i] = rndf(-6, 3);
+        int64_t pos = (int64_t)(rnd() % 100000);
+        memcpy(r, x, sizeof x);
+        memcpy(f, x, sizeof x);
+        for (int h = 0; h < NH; h++) {
+            dsv4_ref_rope(&rp, r + h * DH + DH - dim, pos, inverse);
+            if (bf16)
+                dsv4_ref_round_bf16(r + h * DH + DH - dim, dim);
+        }
+        dsv4_cpu_rope(&rp, f + DH - dim, NH, DH, pos, inverse, bf16);
+        CHECKF(differ_nan(f, r, NH * DH, "rope", 0) == 0, "dim %d inverse %d bf16 %d", dim, inverse,
+               bf16);
+    }
+}
+
+static void test_sum_rows(void)
+{
+    enum { S = 7, D = 131 };
+    static float s[S * D], o[D], r[D];
+    for (int i = 0; i < S * D; i++)
+        s[i] = i % 9 == 0 ? -0.0f : rndf(-10, 10);
+    for (int d = 0; d < D; d++) {
+        double acc = 0.0;
+        for (int i = 0; i < S; i++)
+            acc += s[i * D + d];
+        r[d] = (float)acc;
+    }
+    dsv4_cpu_sum_rows(s, S, D, o);
+    CHECK(differ_nan(o, r, D, "sum_rows", 0) == 0);
+}
+
 static void test_act_sim(void)
 {
     enum { N = 2100 };
@@ -290,6 +332,8 @@ int main(void)
         test_argmax();
         test_rmsnorm();
         test_hc();
+        test_rope();
+        test_sum_rows();
         test_act_sim();
         test_nvfp4_scales();
     }
