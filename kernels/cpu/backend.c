@@ -6,9 +6,12 @@
  * Every op is the ref backend's per-row body (kernels/ref/backend.h) run in
  * parallel over rows, tokens or (token, head range) pairs, with the oracle's
  * inner kernels replaced where time goes: GEMMs by dsv4_cpu_linear, attention
- * by dsv4_cpu_sparse_attn.  Rows are independent and each is computed by one
- * thread in a fixed order, so results do not depend on the thread count or
- * on the other rows of the batch (batch invariance, kernels/backend.h).
+ * by dsv4_cpu_sparse_attn, the element-wise ops (RMSNorm, RoPE, SwiGLU, BF16
+ * rounding, activation simulation, the mHC and MoE sums, argmax) by the vector
+ * versions of kernels/cpu/ops.h, whose bodies are written out here.  Rows
+ * are independent and each is computed by one thread in a fixed order, so
+ * results do not depend on the thread count or on the other rows of the
+ * batch (batch invariance, kernels/backend.h).
  *
  * Scratch: per-thread task buffers in the pool (sized by reserve) and this
  * backend's staging buffers for the grouped GEMMs; nothing is allocated per
@@ -130,11 +133,21 @@ struct rows_job {
     int group;
 };
 
+/* row r of a 2-D view with a row stride (or of a contiguous N-D one) */
+static float *frow(const struct dsv4_tensor *t, int64_t r)
+{
+    return (float *)t->data + r * dsv4_be_ld(t);
+}
+
 static void t_rmsnorm(void *arg, int64_t r, int th)
 {
     const struct rows_job *j = arg;
+    int64_t n = dsv4_be_cols(j->x);
+    float *y = frow(j->y, r);
     (void)th;
-    dsv4_ref_rmsnorm_row(j->x, j->w, j->eps, j->y, j->flags, r);
+    dsv4_cpu_rmsnorm(frow(j->x, r), j->w, n, j->eps, y);
+    if (j->flags & DSV4_OP_BF16)
+        dsv4_cpu_round_bf16(y, n);
 }
 
 static void cpu_rmsnorm(struct dsv4_backend *be, const struct dsv4_tensor *x, const float *w,
@@ -149,8 +162,10 @@ static void cpu_rmsnorm(struct dsv4_backend *be, const struct dsv4_tensor *x, co
 static void t_rope(void *arg, int64_t t, int th)
 {
     const struct rows_job *j = arg;
+    int64_t nh = j->x->shape[1], dh = j->x->shape[2];
     (void)th;
-    dsv4_ref_rope_row(j->x, j->pos, j->rope, j->inverse, j->flags, t);
+    dsv4_cpu_rope(j->rope, (float *)j->x->data + t * nh * dh + dh - j->rope->dim, nh, dh, j->pos[t],
+                  j->inverse, j->flags & DSV4_OP_BF16);
 }
 
 static void cpu_rope(struct dsv4_backend *be, const struct dsv4_tensor *x, const int64_t *pos,
@@ -166,7 +181,7 @@ static void t_act_sim(void *arg, int64_t r, int th)
 {
     const struct rows_job *j = arg;
     (void)th;
-    dsv4_ref_act_sim_row(j->x, j->sim, j->group, r);
+    dsv4_cpu_act_sim(frow(j->x, r), dsv4_be_cols(j->x), j->sim, j->group);
 }
 
 static void cpu_act_sim(struct dsv4_backend *be, const struct dsv4_tensor *x, enum dsv4_sim kind,
@@ -194,8 +209,12 @@ static void cpu_hadamard(struct dsv4_backend *be, const struct dsv4_tensor *x, u
 static void t_swiglu(void *arg, int64_t t, int th)
 {
     const struct rows_job *j = arg;
+    int64_t n = dsv4_be_cols(j->x);
+    float *h = frow(j->h, t);
     (void)th;
-    dsv4_ref_swiglu_row(j->x, j->u, j->limit, j->w, j->h, j->flags, t);
+    dsv4_cpu_swiglu(frow(j->x, t), frow(j->u, t), n, j->limit, j->w ? j->w[t] : 1.0f, h);
+    if (j->flags & DSV4_OP_BF16)
+        dsv4_cpu_round_bf16(h, n);
 }
 
 static void cpu_swiglu(struct dsv4_backend *be, const struct dsv4_tensor *g,
@@ -216,13 +235,13 @@ static void t_round(void *arg, int64_t i, int th)
     const struct round_job *j = arg;
     (void)th;
     int64_t b = i * j->per, e = DSV4_MIN(j->n, b + j->per);
-    dsv4_ref_round_bf16(j->x + b, e - b);
+    dsv4_cpu_round_bf16(j->x + b, e - b);
 }
 
 static void round_n(struct dsv4_backend *be, float *x, int64_t n)
 {
     if (n < 65536) {
-        dsv4_ref_round_bf16(x, n);
+        dsv4_cpu_round_bf16(x, n);
         return;
     }
     struct round_job j = {x, n, 16384};
@@ -291,8 +310,8 @@ static void t_swiglu_rows(void *arg, int64_t j, int th)
     int64_t I = a->I;
     (void)th;
     float *h = c->hb.p + j * I;
-    dsv4_ref_swiglu(c->gb.p + j * I, c->ub.p + j * I, I, a->limit, a->wts[mj->lst[j]], h);
-    dsv4_ref_round_bf16(h, I);
+    dsv4_cpu_swiglu(c->gb.p + j * I, c->ub.p + j * I, I, a->limit, a->wts[mj->lst[j]], h);
+    dsv4_cpu_round_bf16(h, I);
 }
 
 static void cpu_moe(struct dsv4_backend *be, const struct dsv4_moe_args *a)
@@ -331,12 +350,12 @@ static void cpu_moe(struct dsv4_backend *be, const struct dsv4_moe_args *a)
             memcpy(c->xb.p + j * D, a->x + (lst[j] / k) * D, sizeof(float) * D);
         dsv4_cpu_linear(c->pool, &w->w1.w, w->w1.act, c->xb.p, n, c->gb.p);
         dsv4_cpu_linear(c->pool, &w->w3.w, w->w3.act, c->xb.p, n, c->ub.p);
-        dsv4_ref_round_bf16(c->gb.p, n * I);
-        dsv4_ref_round_bf16(c->ub.p, n * I);
+        round_n(be, c->gb.p, n * I);
+        round_n(be, c->ub.p, n * I);
         struct moe_job mj = {a, c, lst, n};
         dsv4_pool_run(c->pool, t_swiglu_rows, &mj, n);
         dsv4_cpu_linear(c->pool, &w->w2.w, w->w2.act, c->hb.p, n, c->yb.p);
-        dsv4_ref_round_bf16(c->yb.p, n * D);
+        round_n(be, c->yb.p, n * D);
         for (int j = 0; j < n; j++) {
             int64_t t = lst[j] / k, i = lst[j] % k;
             memcpy(a->out + (t * a->slots + i) * D, c->yb.p + j * D, sizeof(float) * D);
@@ -352,8 +371,12 @@ struct combine_job {
 static void t_combine(void *arg, int64_t t, int th)
 {
     const struct combine_job *j = arg;
+    int64_t S = j->slots->shape[1], D = j->slots->shape[2];
+    float *o = (float *)j->out->data + t * D;
     (void)th;
-    dsv4_ref_combine_token(j->slots, j->out, j->flags, t);
+    dsv4_cpu_sum_rows((const float *)j->slots->data + t * S * D, S, D, o);
+    if (j->flags & DSV4_OP_BF16)
+        dsv4_cpu_round_bf16(o, D);
 }
 
 static void cpu_moe_combine(struct dsv4_backend *be, const struct dsv4_tensor *slots,
@@ -429,12 +452,23 @@ static const float *hc_mix(struct cpu_be *c, const struct dsv4_hc_params *p,
     return c->mix.p;
 }
 
+/* dsv4_ref_hc_pre_token with the vector rho, stream sum, norm and roundings */
 static void t_hc_pre(void *arg, int64_t t, int th)
 {
     const struct hc_job *j = arg;
+    const struct dsv4_hc_params *p = j->p;
+    int hc = p->hc;
+    int64_t D = dsv4_be_cols(j->y);
+    const float *X = (const float *)j->X->data + t * hc * D;
+    float *y = (float *)j->y->data + t * D, *xn = (float *)j->xn->data + t * D, pre[16];
     (void)th;
-    dsv4_ref_hc_pre_token(j->p, j->X, j->norm_w, j->eps, j->y, j->xn, j->post, j->comb,
-                          j->mix + t * j->nmix, t);
+    dsv4_ref_hc_weights(j->mix + t * j->nmix, dsv4_cpu_rms_inv(X, hc * D, p->norm_eps), hc,
+                        p->scale, p->base, p->hc_eps, p->iters, pre,
+                        (float *)j->post->data + t * hc, (float *)j->comb->data + t * hc * hc);
+    dsv4_cpu_hc_sum(X, pre, hc, D, y);
+    dsv4_cpu_round_bf16(y, D);
+    dsv4_cpu_rmsnorm(y, j->norm_w, D, j->eps, xn);
+    dsv4_cpu_round_bf16(xn, D);
 }
 
 static void cpu_hc_pre(struct dsv4_backend *be, const struct dsv4_hc_params *p,
@@ -460,8 +494,15 @@ static void cpu_hc_pre(struct dsv4_backend *be, const struct dsv4_hc_params *p,
 static void t_hc_post(void *arg, int64_t t, int th)
 {
     const struct hc_job *j = arg;
+    int hc = (int)j->X->shape[1];
+    int64_t D = j->X->shape[2];
+    float *xo = (float *)j->Xo->data + t * hc * D;
     (void)th;
-    dsv4_ref_hc_post_token(j->A, j->X, j->post, j->comb, j->Xo, j->flags, t);
+    dsv4_cpu_hc_post((const float *)j->A->data + t * D, (const float *)j->X->data + t * hc * D,
+                     (const float *)j->post->data + t * hc,
+                     (const float *)j->comb->data + t * hc * hc, hc, D, xo);
+    if (j->flags & DSV4_OP_BF16)
+        dsv4_cpu_round_bf16(xo, hc * D);
 }
 
 static void cpu_hc_post(struct dsv4_backend *be, const struct dsv4_tensor *A,
@@ -583,7 +624,7 @@ static void t_argmax(void *arg, int64_t r, int th)
     const struct argmax_job *j = arg;
     (void)th;
     int64_t V = j->l->shape[1];
-    j->ids[r] = dsv4_ref_argmax_row((const float *)j->l->data + r * V, V);
+    j->ids[r] = dsv4_cpu_argmax((const float *)j->l->data + r * V, V);
 }
 
 static void cpu_argmax(struct dsv4_backend *be, const struct dsv4_tensor *logits, int32_t *ids)

@@ -17,14 +17,13 @@
  *     consecutive columns, dec_c16q only names them in column order.
  *   E2M1 -> int8 2*value through a 16-entry PSHUFB table; as floats,
  *     widened, converted and multiplied by half the block scale.
- * Activation rounding (reference: dsv4_act_quant_fp8 / _nvfp4):
- *   to E4M3 RNE: normal range by integer rounding of the FP32 mantissa to
- *     3 bits (ties to even), subnormal range |v| < 2^-6 by rint(v * 2^9) /
- *     2^9; to E2M1 RNE: 1 mantissa bit for |v| >= 1, rint(2v)/2 below,
- *     then saturation at 6.  Tails fall back to the scalar encoders.
+ * Activation rounding (reference: dsv4_act_quant_fp8 / _nvfp4) through
+ * the vector E4M3 / E2M1 rounding of round_avx2.h, NVFP4 block scales
+ * included; tails fall back to the scalar encoders.
  */
 #include "base/dsv4.h"
 #include "kernels/cpu/cpu_int.h"
+#include "kernels/cpu/round_avx2.h"
 #include "kernels/formats.h"
 
 #include <immintrin.h>
@@ -34,60 +33,6 @@
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
 /* ---------------------------------------------------------------- activations */
-
-/* max |x| of n values (n % 8 == 0) with NaN propagation */
-AVX2 static float amax8(const float *x, int64_t n)
-{
-    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256 m = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        m = _mm256_max_ps(m, _mm256_and_ps(v, abs));
-    }
-    if (_mm256_movemask_ps(nan))
-        return NAN;
-    __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_max_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* clamp to [-lim, lim] keeping NaN: MAXPS/MINPS return the second operand on NaN */
-AVX2 static inline __m256 clamp_keep_nan(__m256 v, float lim)
-{
-    return _mm256_min_ps(_mm256_set1_ps(lim), _mm256_max_ps(_mm256_set1_ps(-lim), v));
-}
-
-/* round to E4M3 (RNE) a vector already clamped to [-448, 448] */
-AVX2 static inline __m256 round_e4m3(__m256 v)
-{
-    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256i u = _mm256_castps_si256(v);
-    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 20), _mm256_set1_epi32(1));
-    u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7ffff), odd));
-    __m256 rn = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32((int)0xfff00000u)));
-    __m256 rs = _mm256_mul_ps(_mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(512.0f)),
-                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                              _mm256_set1_ps(1.0f / 512.0f));
-    __m256 sub = _mm256_cmp_ps(_mm256_and_ps(v, abs), _mm256_set1_ps(0x1p-6f), _CMP_LT_OQ);
-    return _mm256_blendv_ps(rn, rs, sub);
-}
-
-/* round to E2M1 (RNE, saturating at 6) */
-AVX2 static inline __m256 round_e2m1(__m256 v)
-{
-    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256i u = _mm256_castps_si256(v);
-    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 22), _mm256_set1_epi32(1));
-    u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x1fffff), odd));
-    __m256 rn = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32((int)0xffc00000u)));
-    __m256 rs = _mm256_mul_ps(
-            _mm256_round_ps(_mm256_add_ps(v, v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-            _mm256_set1_ps(0.5f));
-    __m256 sub = _mm256_cmp_ps(_mm256_and_ps(v, abs), _mm256_set1_ps(1.0f), _CMP_LT_OQ);
-    return clamp_keep_nan(_mm256_blendv_ps(rn, rs, sub), 6.0f);
-}
 
 AVX2 static void act_fp8_avx2(const float *x, int64_t n, int group, float *out)
 {
@@ -120,8 +65,7 @@ AVX2 static void act_nvfp4_avx2(const float *x, int64_t n, float input_scale, fl
     int64_t g0 = 0;
     for (; g0 + 16 <= n; g0 += 16) {
         float amax = amax8(x + g0, 16);
-        uint8_t sfc = dsv4_f32_to_e4m3(gs * (amax * (1.0f / 6.0f)), DSV4_ROUND_NEAREST_EVEN, true);
-        float sfv = dsv4_e4m3_to_f32(sfc);
+        float sfv = e4m3_sat(gs * (amax * (1.0f / 6.0f)));
         float osc = sfv != 0.0f ? 1.0f / (sfv * (1.0f / gs)) : 0.0f;
         __m256 o = _mm256_set1_ps(osc), sv = _mm256_set1_ps(sfv);
         __m256 r0 = round_e2m1(_mm256_mul_ps(_mm256_loadu_ps(x + g0), o));
@@ -162,8 +106,7 @@ AVX2 static void act_w4a4_avx2(const float *x, int64_t n, float input_scale, int
     int64_t g0 = 0;
     for (; g0 + 16 <= n; g0 += 16) {
         float amax = amax8(x + g0, 16);
-        uint8_t sfc = dsv4_f32_to_e4m3(gs * (amax * (1.0f / 6.0f)), DSV4_ROUND_NEAREST_EVEN, true);
-        float sfv = dsv4_e4m3_to_f32(sfc);
+        float sfv = e4m3_sat(gs * (amax * (1.0f / 6.0f)));
         float osc = sfv != 0.0f ? 1.0f / (sfv * (1.0f / gs)) : 0.0f;
         __m256 o = _mm256_set1_ps(osc);
         w4a4_codes(round_e2m1(_mm256_mul_ps(_mm256_loadu_ps(x + g0), o)),

@@ -9,7 +9,9 @@
  * values per step (cvtps_pd + fmadd_pd), then the lanes are added: the same
  * terms in another order of FP64 additions, equal to the oracle after the
  * rounding to FP32 except in rare last-bit cases.  Keys are widened from
- * BF16 in registers.  A score over n entries costs n * nh * d FMAs; the
+ * BF16 in registers, once for a group of four heads, over blocks of keys
+ * that stay in L1 while the head groups pass over them (the sum over heads
+ * keeps its order).  A score over n entries costs n * nh * d FMAs; the
  * chunk of a long prefill spends most of its indexer time here.
  *
  * Top-k: a min-heap of the k best by (value, then lower index), O(n log k),
@@ -26,7 +28,13 @@
 #include <math.h>
 #include <string.h>
 
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2   __attribute__((target("avx2,fma")))
+#define ALWAYS __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 4")
+/* heads per group, keys per block, the widest head the vector path takes */
+#define HG    4
+#define KB    64
+#define MAX_D 1024
 
 AVX2 static inline __m256 load_bf16(const uint16_t *p)
 {
@@ -42,44 +50,79 @@ static inline float bf16f(uint16_t h)
     return f;
 }
 
-AVX2 static double dot_pd(const float *a, const uint16_t *b, int n)
+/* 8 BF16 values -> two vectors of 4 doubles (columns 0-3, 4-7) */
+AVX2 static inline void load_bf16_pd(const uint16_t *p, __m256d *lo, __m256d *hi)
 {
-    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 va = _mm256_loadu_ps(a + i), vb = load_bf16(b + i);
-        s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(va)),
-                             _mm256_cvtps_pd(_mm256_castps256_ps128(vb)), s0);
-        s1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(va, 1)),
-                             _mm256_cvtps_pd(_mm256_extractf128_ps(vb, 1)), s1);
-    }
-    double l[4];
-    _mm256_storeu_pd(l, _mm256_add_pd(s0, s1));
-    double s = (l[0] + l[1]) + (l[2] + l[3]);
-    for (; i < n; i++)
-        s += (double)a[i] * bf16f(b[i]);
-    return s;
+    __m256 f = load_bf16(p);
+    *lo = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
+    *hi = _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1));
 }
 
+/*
+ * acc[b] += sum_g w_g max((float)(q_g . k_b), 0) over the G heads of a group, in head
+ * order, for the keys of one block; qd [G, d] the group's queries in double.  Each dot:
+ * lanes of columns c % 8 < 4 and >= 4 apart, their sum, (l0 + l1) + (l2 + l3), then the
+ * columns past the last multiple of 8 in order.
+ */
+AVX2 static inline ALWAYS void group_dots(int G, const double *qd, const float *w, int d,
+                                          const uint16_t *const *keys, int nb, double *acc)
+{
+    int d8 = d & ~7;
+    for (int b = 0; b < nb; b++) {
+        const uint16_t *k = keys[b];
+        __m256d a0[HG], a1[HG];
+        UNROLL
+        for (int g = 0; g < G; g++)
+            a0[g] = a1[g] = _mm256_setzero_pd();
+        for (int i = 0; i < d8; i += 8) {
+            __m256d lo, hi;
+            load_bf16_pd(k + i, &lo, &hi);
+            UNROLL
+            for (int g = 0; g < G; g++) {
+                a0[g] = _mm256_fmadd_pd(_mm256_loadu_pd(qd + g * d + i), lo, a0[g]);
+                a1[g] = _mm256_fmadd_pd(_mm256_loadu_pd(qd + g * d + i + 4), hi, a1[g]);
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            double l[4];
+            _mm256_storeu_pd(l, _mm256_add_pd(a0[g], a1[g]));
+            double dot = (l[0] + l[1]) + (l[2] + l[3]);
+            for (int i = d8; i < d; i++)
+                dot += qd[g * d + i] * bf16f(k[i]);
+            acc[b] += (double)w[g] * fmaxf((float)dot, 0.0f);
+        }
+    }
+}
+
+/* Per block of KB keys (they stay in L1 while every head group passes over them), per
+ * group of HG heads (each widened key serves all of them): the score sums in head order. */
 AVX2 static void scores_avx2(const float *q, const float *w, int nh, int d,
                              const uint16_t *const *keys, int n, float *scores)
 {
-    for (int b = 0; b < n; b++) {
-        if (b + 2 < n)
-            _mm_prefetch((const char *)keys[b + 2], _MM_HINT_T0);
-        double acc = 0.0;
-        for (int h = 0; h < nh; h++) {
-            double dot = dot_pd(q + (int64_t)h * d, keys[b], d);
-            acc += (double)w[h] * fmaxf((float)dot, 0.0f);
+    double qd[HG * MAX_D], acc[KB];
+    for (int b0 = 0; b0 < n; b0 += KB) {
+        int nb = n - b0 < KB ? n - b0 : KB;
+        for (int b = 0; b < nb; b++)
+            acc[b] = 0.0;
+        for (int h = 0; h < nh;) {
+            int G = nh - h >= HG ? HG : 1; /* the last nh % HG heads one at a time */
+            for (int i = 0; i < G * d; i++)
+                qd[i] = q[(int64_t)h * d + i];
+            if (G == HG)
+                group_dots(HG, qd, w + h, d, keys + b0, nb, acc);
+            else
+                group_dots(1, qd, w + h, d, keys + b0, nb, acc);
+            h += G;
         }
-        scores[b] = (float)acc;
+        for (int b = 0; b < nb; b++)
+            scores[b0 + b] = (float)acc[b];
     }
 }
 
 void dsv4_cpu_indexer_scores(const float *q, const float *w, int nh, int d,
                              const uint16_t *const *keys, int n, float *scores)
 {
-    if (strcmp(dsv4_cpu_isa(), "scalar"))
+    if (strcmp(dsv4_cpu_isa(), "scalar") && d <= MAX_D)
         scores_avx2(q, w, nh, d, keys, n, scores);
     else
         dsv4_ref_indexer_scores(q, w, nh, d, keys, n, scores);

@@ -359,13 +359,12 @@ void dsv4_ref_attn_token(const struct dsv4_attn_args *a, int t, int h0, int h1, 
     }
     float *probs = (float *)(keys + n + 1);
     probs = (float *)(((uintptr_t)probs + 15) & ~(uintptr_t)15);
-    for (int h = h0; h < h1; h++) {
-        float *o = a->out + ((int64_t)t * a->nh + h) * dh;
-        attn(a->q + ((int64_t)t * a->nh + h) * dh, 1, (int)dh, keys, n, a->sink + h, a->scale, true,
-             probs, o);
-        if (a->flags & DSV4_OP_BF16)
-            dsv4_ref_round_bf16(o, dh);
-    }
+    /* the heads in one call: a fast kernel shares each key between them */
+    float *o = a->out + ((int64_t)t * a->nh + h0) * dh;
+    attn(a->q + ((int64_t)t * a->nh + h0) * dh, h1 - h0, (int)dh, keys, n, a->sink + h0, a->scale,
+         true, probs, o);
+    if (a->flags & DSV4_OP_BF16)
+        dsv4_ref_round_bf16(o, (h1 - h0) * dh);
 }
 
 void dsv4_ref_store_token(const struct dsv4_kv_args *a, int t)

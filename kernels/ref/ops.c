@@ -134,6 +134,18 @@ void dsv4_ref_sinkhorn(float *c, int hc, float eps, int iters)
     }
 }
 
+void dsv4_ref_hc_weights(const float *m, float rho, int hc, const float *scale, const float *base,
+                         float hc_eps, int iters, float *pre, float *post, float *comb)
+{
+    for (int j = 0; j < hc; j++) {
+        pre[j] = sigmoidf(m[j] * rho * scale[0] + base[j]) + hc_eps;
+        post[j] = 2.0f * sigmoidf(m[hc + j] * rho * scale[1] + base[hc + j]);
+    }
+    for (int i = 0; i < hc * hc; i++)
+        comb[i] = m[2 * hc + i] * rho * scale[2] + base[2 * hc + i];
+    dsv4_ref_sinkhorn(comb, hc, hc_eps, iters);
+}
+
 void dsv4_ref_hc_pre(const float *X, int hc, int64_t D, const float *fn, const float *scale,
                      const float *base, const float *mix, float norm_eps, float hc_eps, int iters,
                      float *y, float *post, float *comb)
@@ -144,15 +156,9 @@ void dsv4_ref_hc_pre(const float *X, int hc, int64_t D, const float *fn, const f
         memcpy(m, mix, sizeof(float) * nmix);
     else
         mix_proj(fn, nmix, X, hc * D, m);
-    float rho = stream_rho(X, hc * D, norm_eps);
     float pre[16];
-    for (int j = 0; j < hc; j++) {
-        pre[j] = sigmoidf(m[j] * rho * scale[0] + base[j]) + hc_eps;
-        post[j] = 2.0f * sigmoidf(m[hc + j] * rho * scale[1] + base[hc + j]);
-    }
-    for (int i = 0; i < hc * hc; i++)
-        comb[i] = m[2 * hc + i] * rho * scale[2] + base[2 * hc + i];
-    dsv4_ref_sinkhorn(comb, hc, hc_eps, iters);
+    dsv4_ref_hc_weights(m, stream_rho(X, hc * D, norm_eps), hc, scale, base, hc_eps, iters, pre,
+                        post, comb);
     for (int64_t d = 0; d < D; d++) {
         double acc = 0.0;
         for (int j = 0; j < hc; j++)

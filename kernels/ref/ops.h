@@ -42,6 +42,11 @@ void dsv4_ref_hc_pre(const float *X, int hc, int64_t D, const float *fn, const f
                      const float *base, const float *mix, float norm_eps, float hc_eps, int iters,
                      float *y, float *post, float *comb);
 
+/* The mixing weights of hc_pre alone, from m = fn . flatten(X) [(2 + hc) * hc] and rho:
+ * pre[hc], post[hc], comb[hc * hc] as above (a fast backend computes m, rho and y itself). */
+void dsv4_ref_hc_weights(const float *m, float rho, int hc, const float *scale, const float *base,
+                         float hc_eps, int iters, float *pre, float *post, float *comb);
+
 /* Sinkhorn part alone: comb[hc*hc] from its logits c[hc*hc] (already scaled and biased). */
 void dsv4_ref_sinkhorn(float *c, int hc, float eps, int iters);
 
