@@ -310,7 +310,8 @@ out:
     dsv4_step_free(r.step);
     dsv4_backend_destroy(be);
     dsv4_model_close(m);
-    if (rc)
+    /* with several ranks each says its own error (the caller gets one of them) */
+    if (rc && r.N > 1)
         dsv4_log(DSV4_LOG_ERROR, "generate: rank %d: %s", r.rank, dsv4_errmsg());
     return rc;
 }
