@@ -7,6 +7,9 @@
  *
  * Prefill: one sequence per prompt length, fed in chunks of --chunk tokens
  * (the last chunk samples the first token); tok/s = prompt tokens / time.
+ * Preemption, after each prefill: the sequence's state swapped out to host
+ * memory (zstd per state kind) and back in, timed, with its raw and packed
+ * bytes per kind, next to what dropping it costs (the prefill again).
  * Decode: B sequences (16-token prompts, different tokens), then --steps
  * steps with all B in one plan; tok/s = tokens emitted / time (with --mtp,
  * accepted drafts count, as a server would count them).
@@ -152,7 +155,12 @@ struct bench {
     uint64_t next_id;
 };
 
-static int prefill(struct bench *b, int P, int chunk, double *secs)
+/* Swap-out and swap-in of one prefilled sequence. */
+struct swap_res {
+    struct dsv4_swap_stats out, in;
+};
+
+static int prefill(struct bench *b, int P, int chunk, double *secs, struct swap_res *sw)
 {
     struct dsv4_step_entry e = {0};
     struct dsv4_step_result r;
@@ -174,8 +182,20 @@ static int prefill(struct bench *b, int P, int chunk, double *secs)
         rc = dsv4_step_run(b->step, &e, 1, &r);
     }
     *secs = dsv4_now() - t0;
+    if (!rc)
+        rc = dsv4_step_seq_swap_out(b->step, id, &sw->out);
+    if (!rc)
+        rc = dsv4_step_seq_swap_in(b->step, id, &sw->in);
     dsv4_step_seq_free(b->step, id);
     return rc;
+}
+
+static uint64_t sum_kinds(const uint64_t *v)
+{
+    uint64_t s = 0;
+    for (int k = 0; k < DSV4_STATE_KIND_COUNT; k++)
+        s += v[k];
+    return s;
 }
 
 static int decode(struct bench *b, int B, int steps, double *tok_s)
@@ -291,6 +311,8 @@ int dsv4_bench_forward(int argc, char **argv)
     struct dsv4_backend *be = NULL;
     struct bench b = {.k = k, .next_id = 1};
     double pre[MAX_LIST] = {0}, dec[MAX_LIST] = {0};
+    struct swap_res sw[MAX_LIST];
+    memset(sw, 0, sizeof sw);
     int rc = dsv4_model_open(dir, 0, 1, &m);
     if (!rc)
         rc = dsv4_backend_create(backend, threads, &be);
@@ -329,7 +351,7 @@ int dsv4_bench_forward(int argc, char **argv)
             rc = dsv4_error(DSV4_EINVAL, "bench: prompt %d beyond the model's context", prompt[i]);
             goto fail;
         }
-        if ((rc = prefill(&b, prompt[i], chunk, &t)))
+        if ((rc = prefill(&b, prompt[i], chunk, &t, &sw[i])))
             goto fail;
         pre[i] = prompt[i] / t;
     }
@@ -348,6 +370,20 @@ int dsv4_bench_forward(int argc, char **argv)
         printf("],\n \"prefill\": [");
         for (int i = 0; i < np; i++)
             printf("%s{\"prompt\": %d, \"prefill_tok_s\": %.2f}", i ? ", " : "", prompt[i], pre[i]);
+        printf("],\n \"preempt\": [");
+        for (int i = 0; i < np; i++) {
+            printf("%s{\"prompt\": %d, \"reprefill_s\": %.6f, \"swap_out_s\": %.6f, "
+                   "\"swap_in_s\": %.6f, \"raw_bytes\": %llu, \"packed_bytes\": %llu, "
+                   "\"kinds\": {",
+                   i ? ", " : "", prompt[i], prompt[i] / pre[i], sw[i].out.seconds,
+                   sw[i].in.seconds, (unsigned long long)sum_kinds(sw[i].out.raw),
+                   (unsigned long long)sum_kinds(sw[i].out.packed));
+            for (int q = 0; q < DSV4_STATE_KIND_COUNT; q++)
+                printf("%s\"%s\": [%llu, %llu]", q ? ", " : "", dsv4_state_kind_name(q),
+                       (unsigned long long)sw[i].out.raw[q],
+                       (unsigned long long)sw[i].out.packed[q]);
+            printf("}}");
+        }
         printf("],\n \"roofline_tok_s\": %.2f, \"read_bandwidth_GBps\": %.3f, "
                "\"decode_bytes_per_token\": %llu}\n",
                roof, bw / 1e9, (unsigned long long)bytes);
@@ -362,6 +398,20 @@ int dsv4_bench_forward(int argc, char **argv)
         printf("%8s  %14s\n", "prompt", "prefill tok/s");
         for (int i = 0; i < np; i++)
             printf("%8d  %14.1f\n", prompt[i], pre[i]);
+        printf("preemption of one prefilled sequence: drop (prefill again) or swap to host "
+               "memory (zstd)\n");
+        printf("%8s  %12s  %11s  %11s  %11s  %11s\n", "prompt", "re-prefill s", "swap out s",
+               "swap in s", "raw MB", "packed MB");
+        for (int i = 0; i < np; i++)
+            printf("%8d  %12.3f  %11.4f  %11.4f  %11.2f  %11.2f\n", prompt[i], prompt[i] / pre[i],
+                   sw[i].out.seconds, sw[i].in.seconds, sum_kinds(sw[i].out.raw) / 1e6,
+                   sum_kinds(sw[i].out.packed) / 1e6);
+        printf("  per kind at prompt %d (raw MB -> packed MB):", prompt[np - 1]);
+        for (int q = 0; q < DSV4_STATE_KIND_COUNT; q++)
+            if (sw[np - 1].out.raw[q])
+                printf(" %s %.3f -> %.3f;", dsv4_state_kind_name(q), sw[np - 1].out.raw[q] / 1e6,
+                       sw[np - 1].out.packed[q] / 1e6);
+        printf("\n");
         printf("%8s  %14s  %12s\n", "batch", "decode tok/s", "x roofline");
         for (int i = 0; i < nb; i++)
             printf("%8d  %14.1f  %12.2f\n", batch[i], dec[i], roof > 0 ? dec[i] / roof : 0);

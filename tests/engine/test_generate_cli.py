@@ -180,6 +180,31 @@ def main():
                    "--ranks", ranks, "--threads", "2", "--json")
         toks = json.loads(out)["tokens"] if out else None
         check(toks == ref, "ranks %s (> heads, > experts for 17): tokens %s == %s" % (ranks, toks, ref))
+    # dsv4 bench forward through the step API: prefill, preemption by swap, decode, JSON
+    r = subprocess.run([BIN, "bench", "forward", "--model", m, "--threads", "1", "--prompt",
+                        "40,70", "--batch", "1,2", "--steps", "2", "--mtp", "1", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    try:
+        bj = json.loads(r.stdout)
+    except ValueError:
+        bj = None
+        print("  rc", r.returncode, "stdout:", r.stdout[-800:], "stderr:", r.stderr[-800:])
+    check(r.returncode == 0 and bj is not None, "bench forward --json: exit 0, one JSON object")
+    if bj:
+        check([d["batch"] for d in bj["decode"]] == [1, 2] and
+              all(d["decode_tok_s"] > 0 for d in bj["decode"]), "bench forward: decode levels")
+        check([p["prompt"] for p in bj["prefill"]] == [40, 70] and
+              all(p["prefill_tok_s"] > 0 for p in bj["prefill"]), "bench forward: prefill levels")
+        pre = bj["preempt"]
+        check(len(pre) == 2 and all(0 < p["packed_bytes"] <= p["raw_bytes"] + 1024 and
+                                    p["swap_out_s"] > 0 and p["swap_in_s"] > 0 and
+                                    p["reprefill_s"] > 0 and
+                                    sum(v[0] for v in p["kinds"].values()) == p["raw_bytes"]
+                                    for p in pre),
+              "bench forward: swap bytes and times per prompt, kinds summing to the total")
+        tb = pre[1]["kinds"]["tokens"][0]
+        check(tb >= 4 * 70 and tb % 1024 == 0, "bench forward: the token ids' blocks swapped (%d B)" % tb)
+        check(bj["roofline_tok_s"] > 0 and bj["mtp"] == 1, "bench forward: roofline, mtp")
     shutil.rmtree(root, ignore_errors=True)
     return 1 if failures else 0
 
