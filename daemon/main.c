@@ -161,6 +161,10 @@ int main(int argc, char **argv)
         dsv4d_sd_status("failed: %s", dsv4_errmsg());
         return 1;
     }
+    /* the loading phase begins here; say so before the loop samples the state (a tiny model
+     * can be loaded before its first pass) */
+    dsv4d_sd_status("loading: starting %d worker%s", c.workers, c.workers > 1 ? "s" : "");
+    dsv4d_sd_extend_timeout(30 * 1000000ull);
     struct dsv4d_frontends *fe = NULL;
     if (dsv4d_frontends_start(&c, dsv4d_sup_svc(sup), metrics, grpc_fd, http_fd, &fe)) {
         dsv4_log(DSV4_LOG_ERROR, "%s", dsv4_errmsg());
