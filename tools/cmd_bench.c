@@ -4,12 +4,17 @@
  * nothing), and of a running server (serve, plot).  Each subject is one
  * line of the table below and one dsv4_bench_* function (declared in
  * tools/cmds.h, or tools/bench_serve.h for serve and plot) in its own file.
+ *
+ * Shorthands for a server benchmark: `dsv4 bench --openai URL ...` (or any
+ * other leading option) is `dsv4 bench serve ...`, and `dsv4 bench --plot
+ * OUT.svg A.json ...` is `dsv4 bench plot --out OUT.svg A.json ...`.
  */
 #include "base/dsv4.h"
 #include "tools/bench_serve.h"
 #include "tools/cmds.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const struct dsv4_cmd subjects[] = {
@@ -26,6 +31,30 @@ static void usage(FILE *f)
     fprintf(f, "usage: dsv4 bench SUBJECT [OPTIONS]   (dsv4 bench SUBJECT --help)\n\n");
     for (size_t i = 0; i < DSV4_ARRAY_LEN(subjects); i++)
         fprintf(f, "  %-12s %s\n", subjects[i].name, subjects[i].summary);
+    fprintf(f, "\nShorthands: dsv4 bench --openai URL | --target HOST:PORT [OPTIONS] is\n"
+               "dsv4 bench serve ...; dsv4 bench --plot OUT.svg RESULT.json... is\n"
+               "dsv4 bench plot --out OUT.svg RESULT.json...\n");
+}
+
+/* `dsv4 bench --plot OUT A.json ...` -> `plot --out OUT A.json ...` */
+static int plot_shorthand(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "dsv4 bench: --plot needs the SVG file to write\n");
+        return 2;
+    }
+    char **av = calloc((size_t)argc + 2, sizeof *av);
+    if (!av) {
+        fprintf(stderr, "dsv4 bench: out of memory\n");
+        return 1;
+    }
+    av[0] = "plot";
+    av[1] = "--out";
+    for (int i = 2; i < argc; i++)
+        av[i] = argv[i];
+    int rc = dsv4_bench_plot(argc, av);
+    free(av);
+    return rc;
 }
 
 int dsv4_cmd_bench(int argc, char **argv)
@@ -41,6 +70,12 @@ int dsv4_cmd_bench(int argc, char **argv)
     for (size_t i = 0; i < DSV4_ARRAY_LEN(subjects); i++)
         if (!strcmp(argv[1], subjects[i].name))
             return subjects[i].run(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "--plot"))
+        return plot_shorthand(argc, argv);
+    if (!strncmp(argv[1], "--", 2)) {
+        argv[0] = "serve"; /* the options start at argv[1], as serve's own argv */
+        return dsv4_bench_serve(argc, argv);
+    }
     fprintf(stderr, "dsv4 bench: unknown subject '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -74,8 +74,10 @@ def metrics(base):
     return get(base + "/metrics")[1]
 
 
-def bench(args, rc=0):
-    p = subprocess.run([DSV4, "bench", "serve"] + args + ["--no-progress"], capture_output=True,
+def bench(args, rc=0, shorthand=False):
+    """`dsv4 bench serve ARGS`, or with shorthand the same as `dsv4 bench ARGS`"""
+    cmd = [DSV4, "bench"] + ([] if shorthand else ["serve"])
+    p = subprocess.run(cmd + args + ["--no-progress"], capture_output=True,
                        text=True, timeout=300)
     print(p.stdout, p.stderr)
     check(p.returncode == rc, f"bench serve {' '.join(args[:8])} exit {p.returncode}")
@@ -142,7 +144,7 @@ def grpc_checks(base, target, key, j_http):
     jg1 = os.path.join(TMP, "grpc_plain.json")
     g0 = counter(metrics(base), "dsv4_generation_tokens_total")
     p = bench(["--target", target, "--concurrency", "1,4", "--requests-per-level", "8",
-               "--max-tokens", "8", "--json", jg1] + key)
+               "--max-tokens", "8", "--json", jg1] + key, shorthand=True)
     g1 = counter(metrics(base), "dsv4_generation_tokens_total")
     check_sweep(jg1, False, g1 - g0, "grpc")
     check(re.search(r"^\s+4\s+8\s+0\s", p.stdout, re.M) is not None, "grpc: summary table")
@@ -156,7 +158,7 @@ def grpc_checks(base, target, key, j_http):
     g2 = counter(metrics(base), "dsv4_generation_tokens_total")
     check_sweep(jg2, True, g2 - g1, "grpc")
     svg = os.path.join(TMP, "grpc.svg")
-    p = subprocess.run([DSV4, "bench", "plot", "--out", svg, j_http, jg2], capture_output=True,
+    p = subprocess.run([DSV4, "bench", "--plot", svg, j_http, jg2], capture_output=True,
                        text=True, timeout=30)
     legend = [t.text for t in ET.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}text")
               if t.get("class") == "legend"]
