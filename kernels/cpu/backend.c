@@ -80,6 +80,9 @@ static int grow(struct fbuf *b, int64_t n)
     return 0;
 }
 
+/* cpu_moe takes the moe_few path up to this many (token, slot) pairs */
+#define MOE_FEW_PAIRS 64
+
 static int cpu_reserve(struct dsv4_backend *be, const struct dsv4_be_limits *lim)
 {
     struct cpu_be *c = C(be);
@@ -110,7 +113,9 @@ static int cpu_reserve(struct dsv4_backend *be, const struct dsv4_be_limits *lim
             rc = -1;
         }
     }
-    if (!rc && dsv4_cpu_linear_reserve(c->pool, T * 4, DSV4_MAX(wide, lim->cols)))
+    /* dsv4_cpu_linear at up to 4T rows; moe_few's products: 2 x its pairs in all */
+    int64_t lin_m = DSV4_MAX(T * 4, 2 * DSV4_MIN(T * k, (int64_t)MOE_FEW_PAIRS));
+    if (!rc && dsv4_cpu_linear_reserve(c->pool, lin_m, DSV4_MAX(wide, lim->cols)))
         rc = -1;
     if (rc)
         return dsv4_error(DSV4_ENOMEM, "cpu backend: out of memory for scratch (%lld tokens)",
@@ -314,6 +319,51 @@ static void t_swiglu_rows(void *arg, int64_t j, int th)
     dsv4_cpu_round_bf16(h, I);
 }
 
+/* A few (token, slot) pairs (a decode step): every expert's product of a stage in one pair of
+ * pool jobs (dsv4_cpu_linear_multi), so that the threads share the experts instead of taking
+ * one small product at a time; the same outputs, bit for bit, as one expert at a time.  The
+ * pairs are gathered in elist order: expert e's rows are [ecnt[e - 1], ecnt[e]). */
+static void moe_few(struct dsv4_backend *be, const struct dsv4_moe_args *a, int total)
+{
+    struct cpu_be *c = C(be);
+    int64_t D = a->D, I = a->I;
+    int k = a->k;
+    struct dsv4_cpu_lin it[DSV4_CPU_LIN_MULTI_MAX];
+    for (int j = 0; j < total; j++)
+        memcpy(c->xb.p + j * D, a->x + (c->elist[j] / k) * D, sizeof(float) * D);
+    int n = 0;
+    for (int e = a->e0; e < a->e1; e++) {
+        int beg = e > 0 ? c->ecnt[e - 1] : 0, m = c->ecnt[e] - beg;
+        if (m <= 0)
+            continue;
+        const struct dsv4_ffn_w *w = &a->ex[e - a->e0];
+        it[n++] =
+                (struct dsv4_cpu_lin){&w->w1.w, w->w1.act, c->xb.p + beg * D, m, c->gb.p + beg * I};
+        it[n++] =
+                (struct dsv4_cpu_lin){&w->w3.w, w->w3.act, c->xb.p + beg * D, m, c->ub.p + beg * I};
+    }
+    dsv4_cpu_linear_multi(c->pool, it, n);
+    round_n(be, c->gb.p, total * I);
+    round_n(be, c->ub.p, total * I);
+    struct moe_job mj = {a, c, c->elist, total};
+    dsv4_pool_run(c->pool, t_swiglu_rows, &mj, total);
+    n = 0;
+    for (int e = a->e0; e < a->e1; e++) {
+        int beg = e > 0 ? c->ecnt[e - 1] : 0, m = c->ecnt[e] - beg;
+        if (m <= 0)
+            continue;
+        const struct dsv4_ffn_w *w = &a->ex[e - a->e0];
+        it[n++] =
+                (struct dsv4_cpu_lin){&w->w2.w, w->w2.act, c->hb.p + beg * I, m, c->yb.p + beg * D};
+    }
+    dsv4_cpu_linear_multi(c->pool, it, n);
+    round_n(be, c->yb.p, total * D);
+    for (int j = 0; j < total; j++) {
+        int64_t t = c->elist[j] / k, i = c->elist[j] % k;
+        memcpy(a->out + (t * a->slots + i) * D, c->yb.p + j * D, sizeof(float) * D);
+    }
+}
+
 static void cpu_moe(struct dsv4_backend *be, const struct dsv4_moe_args *a)
 {
     struct cpu_be *c = C(be);
@@ -340,6 +390,13 @@ static void cpu_moe(struct dsv4_backend *be, const struct dsv4_moe_args *a)
                 c->elist[c->ecnt[e]++] = (int)(t * k + i);
         }
     /* ecnt[e] is now the end of e's run; its start is ecnt[e - 1] (0 for e = 0) */
+    int total = E > 0 ? c->ecnt[E - 1] : 0, active = 0;
+    for (int e = a->e0; e < a->e1; e++)
+        active += c->ecnt[e] > (e > 0 ? c->ecnt[e - 1] : 0);
+    if (total <= MOE_FEW_PAIRS && 2 * active <= DSV4_CPU_LIN_MULTI_MAX) {
+        moe_few(be, a, total);
+        return;
+    }
     for (int e = a->e0; e < a->e1; e++) {
         int beg = e > 0 ? c->ecnt[e - 1] : 0, n = c->ecnt[e] - beg;
         if (n <= 0)

@@ -63,7 +63,26 @@ int dsv4_cpu_force_isa(const char *name);
  */
 void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv4_act act,
                      const float *x, int64_t m, float *y);
-/* Sizes the shared scratch of dsv4_cpu_linear for m <= max_m, cols <= max_cols. */
+/*
+ * n independent products (n <= DSV4_CPU_LIN_MULTI_MAX) in two pool jobs,
+ * the activations of all of them and then the rows of all of them, each
+ * output bitwise what dsv4_cpu_linear gives for its product: for many
+ * small products (the routed experts of a decode step), which one at a
+ * time would each be a job too small to split over the threads.  Shared
+ * slot 0 holds every product's activations (the sum of what each would
+ * take); items with m == 0 are skipped.
+ */
+#define DSV4_CPU_LIN_MULTI_MAX 64
+struct dsv4_cpu_lin {
+    const struct dsv4_qweight *w;
+    enum dsv4_act act;
+    const float *x; /* [m, w->cols] */
+    int64_t m;
+    float *y; /* [m, w->rows] */
+};
+void dsv4_cpu_linear_multi(struct dsv4_pool *p, const struct dsv4_cpu_lin *items, int n);
+/* Sizes the shared scratch of dsv4_cpu_linear for m <= max_m, cols <= max_cols (and of
+ * dsv4_cpu_linear_multi for products of max_m rows in all). */
 int dsv4_cpu_linear_reserve(struct dsv4_pool *p, int64_t max_m, int64_t max_cols);
 
 /*

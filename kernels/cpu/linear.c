@@ -293,15 +293,15 @@ static int64_t task_count(struct dsv4_pool *p, double work, int64_t units)
     return DSV4_MAX((int64_t)1, DSV4_MIN(n, units));
 }
 
-void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv4_act act,
-                     const float *x, int64_t m, float *y)
+/* One product's job over the activation buffer buf (act_bytes(m, w->cols) bytes); the task
+ * sizes follow the pool's thread count. */
+static void call_setup(struct call *c, struct dsv4_pool *p, const struct dsv4_qweight *w,
+                       enum dsv4_act act, const float *x, int64_t m, float *y, uint8_t *buf)
 {
     const struct dsv4_cpu_kern *k = get_kern();
     DSV4_ASSERT(dsv4_linear_check(w, act) == 0 && m >= 0);
-    if (m == 0)
-        return;
-    struct call c = {.k = k, .pool = p, .act = act, .x = x};
-    struct lin_job *j = &c.j;
+    *c = (struct call){.k = k, .pool = p, .act = act, .x = x, .buf = buf};
+    struct lin_job *j = &c->j;
     j->w = w;
     j->m = m;
     j->y = y;
@@ -314,26 +314,96 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
     j->alpha = 1.0f;
     if (w->fmt == DSV4_WFMT_NVFP4)
         j->alpha = act == DSV4_ACT_NVFP4 ? w->scale2 * w->input_scale : w->scale2;
-
-    c.buf = dsv4_pool_shared(p, 0, act_bytes(m, w->cols));
-    DSV4_ASSERT(c.buf);
     if (j->fam == LIN_FAM_I) {
-        j->qe = (const int8_t *)c.buf;
+        j->qe = (const int8_t *)buf;
         j->qo = j->qe + m * (j->kx / 2);
-        j->sfa2 = (const float *)(c.buf + m * j->kx);
-        j->acorr = (const int32_t *)(c.buf + m * j->kx * 3 / 2);
+        j->sfa2 = (const float *)(buf + m * j->kx);
+        j->acorr = (const int32_t *)(buf + m * j->kx * 3 / 2);
     } else {
-        j->x = (const float *)c.buf;
+        j->x = (const float *)buf;
     }
-    int64_t nprep = task_count(p, (double)(m * w->cols) * 16, m);
-    c.acts_per_task = (m + nprep - 1) / nprep;
-    dsv4_pool_run(p, prep_task, &c, (m + c.acts_per_task - 1) / c.acts_per_task);
-
+    int64_t nprep = task_count(p, (double)(m * w->cols) * 16, DSV4_MAX(m, (int64_t)1));
+    c->acts_per_task = DSV4_MAX((m + nprep - 1) / nprep, (int64_t)1);
     /* contiguous ranges of whole tiles */
     int64_t tiles = (w->rows + LIN_NR - 1) / LIN_NR;
     int64_t ntasks = task_count(p, (double)w->rows * (double)w->cols * (double)m, tiles);
-    c.rows_per_task = (tiles + ntasks - 1) / ntasks * LIN_NR;
+    c->rows_per_task = (tiles + ntasks - 1) / ntasks * LIN_NR;
+}
+
+void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv4_act act,
+                     const float *x, int64_t m, float *y)
+{
+    DSV4_ASSERT(dsv4_linear_check(w, act) == 0 && m >= 0);
+    if (m == 0)
+        return;
+    uint8_t *buf = dsv4_pool_shared(p, 0, act_bytes(m, w->cols));
+    DSV4_ASSERT(buf);
+    struct call c;
+    call_setup(&c, p, w, act, x, m, y, buf);
+    dsv4_pool_run(p, prep_task, &c, (m + c.acts_per_task - 1) / c.acts_per_task);
     dsv4_pool_run(p, rows_task, &c, (w->rows + c.rows_per_task - 1) / c.rows_per_task);
+}
+
+/* ---------------------------------------------------------------- several products */
+
+struct multi {
+    struct call c[DSV4_CPU_LIN_MULTI_MAX];
+    int64_t prep0[DSV4_CPU_LIN_MULTI_MAX + 1], rows0[DSV4_CPU_LIN_MULTI_MAX + 1];
+    int n;
+};
+
+/* the product of flat task t and its own task index: the last start <= t */
+static int multi_find(const int64_t *start, int n, int64_t t)
+{
+    int i = 0;
+    while (i + 1 < n && start[i + 1] <= t)
+        i++;
+    return i;
+}
+
+static void multi_prep(void *arg, int64_t t, int thread)
+{
+    struct multi *mu = arg;
+    int i = multi_find(mu->prep0, mu->n, t);
+    prep_task(&mu->c[i], t - mu->prep0[i], thread);
+}
+
+static void multi_rows(void *arg, int64_t t, int thread)
+{
+    struct multi *mu = arg;
+    int i = multi_find(mu->rows0, mu->n, t);
+    rows_task(&mu->c[i], t - mu->rows0[i], thread);
+}
+
+void dsv4_cpu_linear_multi(struct dsv4_pool *p, const struct dsv4_cpu_lin *items, int n)
+{
+    DSV4_ASSERT(n >= 0 && n <= DSV4_CPU_LIN_MULTI_MAX);
+    struct multi mu;
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += act_bytes(items[i].m, items[i].w->cols); /* multiples of 512 bytes */
+    uint8_t *buf = dsv4_pool_shared(p, 0, DSV4_MAX(bytes, (size_t)1));
+    DSV4_ASSERT(buf);
+    mu.n = 0;
+    mu.prep0[0] = mu.rows0[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const struct dsv4_cpu_lin *it = &items[i];
+        if (it->m <= 0) {
+            DSV4_ASSERT(it->m == 0);
+            continue;
+        }
+        struct call *c = &mu.c[mu.n];
+        call_setup(c, p, it->w, it->act, it->x, it->m, it->y, buf);
+        buf += act_bytes(it->m, it->w->cols);
+        mu.prep0[mu.n + 1] = mu.prep0[mu.n] + (it->m + c->acts_per_task - 1) / c->acts_per_task;
+        mu.rows0[mu.n + 1] =
+                mu.rows0[mu.n] + (it->w->rows + c->rows_per_task - 1) / c->rows_per_task;
+        mu.n++;
+    }
+    if (mu.n == 0)
+        return;
+    dsv4_pool_run(p, multi_prep, &mu, mu.prep0[mu.n]);
+    dsv4_pool_run(p, multi_rows, &mu, mu.rows0[mu.n]);
 }
 
 int dsv4_cpu_linear_reserve(struct dsv4_pool *p, int64_t max_m, int64_t max_cols)

@@ -223,6 +223,58 @@ static void test_invariance(void)
         dsv4_pool_free(pool[t]);
 }
 
+/*
+ * dsv4_cpu_linear_multi: every product of a call (formats and activation paths mixed, tails,
+ * m = 0 items skipped) bitwise what dsv4_cpu_linear gives for it alone, on 1-3 threads.
+ */
+static void test_multi(void)
+{
+    enum { N = 2 * DSV4_ARRAY_LEN(combos) };
+    static const int64_t shapes[][2] = {{384, 512}, {13, 100}, {130, 300}, {5, 2111}};
+    static const int64_t ms[] = {1, 0, 3, 1, 17, 2};
+    struct dsv4_pool *pool[3];
+    for (int t = 0; t < 3; t++)
+        CHECK_INT(dsv4_pool_init(t + 1, &pool[t]), 0);
+    for (int isa = 0; isa < 3; isa++) {
+        if (dsv4_cpu_force_isa(isas[isa]) != 0)
+            continue;
+        struct lt_weight w[N];
+        struct dsv4_cpu_lin it[N];
+        float *want[N];
+        for (int i = 0; i < N; i++) {
+            size_t c = (size_t)i % DSV4_ARRAY_LEN(combos);
+            int64_t R = shapes[i % 4][0], K = shapes[i % 4][1], m = ms[i % 6];
+            lt_weight_make(&w[i], combos[c].fmt, R, K);
+            float *x = malloc((size_t)(DSV4_MAX(m, 1) * K) * sizeof(float));
+            lt_act_make(x, DSV4_MAX(m, 1), K);
+            it[i] = (struct dsv4_cpu_lin){&w[i].q, combos[c].act, x, m,
+                                          malloc((size_t)(DSV4_MAX(m, 1) * R) * sizeof(float))};
+            want[i] = malloc((size_t)(DSV4_MAX(m, 1) * R) * sizeof(float));
+            dsv4_cpu_linear(pool[0], &w[i].q, combos[c].act, x, m, want[i]);
+        }
+        for (int th = 0; th < 3; th++) {
+            int bad = 0;
+            dsv4_cpu_linear_multi(pool[th], it, 0);
+            dsv4_cpu_linear_multi(pool[th], it, N);
+            for (int i = 0; i < N; i++)
+                if (it[i].m > 0)
+                    bad += same_bits(it[i].y, want[i], it[i].m * it[i].w->rows, "multi") != 0;
+            CHECKF(bad == 0,
+                   "%s, %d threads: %d of %d products of linear_multi differ from "
+                   "dsv4_cpu_linear",
+                   dsv4_cpu_isa(), th + 1, bad, N);
+        }
+        for (int i = 0; i < N; i++) {
+            free((void *)it[i].x);
+            free(it[i].y);
+            free(want[i]);
+            lt_weight_free(&w[i]);
+        }
+    }
+    for (int t = 0; t < 3; t++)
+        dsv4_pool_free(pool[t]);
+}
+
 struct count_arg {
     int hits[1000];
 };
@@ -260,5 +312,6 @@ int main(void)
     test_act();
     test_linear();
     test_invariance();
+    test_multi();
     TEST_DONE();
 }
