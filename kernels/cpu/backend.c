@@ -323,6 +323,30 @@ static void t_swiglu_rows(void *arg, int64_t j, int th)
  * pool jobs (dsv4_cpu_linear_multi), so that the threads share the experts instead of taking
  * one small product at a time; the same outputs, bit for bit, as one expert at a time.  The
  * pairs are gathered in elist order: expert e's rows are [ecnt[e - 1], ecnt[e]). */
+/* The products of one stage of moe_few for every expert with pairs: w1 and w3 (xb -> gb, ub)
+ * or w2 (hb -> yb); returns their count. */
+static int moe_stage(struct cpu_be *c, const struct dsv4_moe_args *a, bool down,
+                     struct dsv4_cpu_lin *it)
+{
+    int64_t D = a->D, I = a->I;
+    int n = 0;
+    for (int e = a->e0; e < a->e1; e++) {
+        int beg = e > 0 ? c->ecnt[e - 1] : 0, m = c->ecnt[e] - beg;
+        if (m <= 0)
+            continue;
+        const struct dsv4_ffn_w *w = &a->ex[e - a->e0];
+        if (down) {
+            it[n++] = (struct dsv4_cpu_lin){&w->w2.w, w->w2.act, c->hb.p + beg * I, m,
+                                            c->yb.p + beg * D};
+        } else {
+            const float *x = c->xb.p + beg * D;
+            it[n++] = (struct dsv4_cpu_lin){&w->w1.w, w->w1.act, x, m, c->gb.p + beg * I};
+            it[n++] = (struct dsv4_cpu_lin){&w->w3.w, w->w3.act, x, m, c->ub.p + beg * I};
+        }
+    }
+    return n;
+}
+
 static void moe_few(struct dsv4_backend *be, const struct dsv4_moe_args *a, int total)
 {
     struct cpu_be *c = C(be);
@@ -331,32 +355,12 @@ static void moe_few(struct dsv4_backend *be, const struct dsv4_moe_args *a, int 
     struct dsv4_cpu_lin it[DSV4_CPU_LIN_MULTI_MAX];
     for (int j = 0; j < total; j++)
         memcpy(c->xb.p + j * D, a->x + (c->elist[j] / k) * D, sizeof(float) * D);
-    int n = 0;
-    for (int e = a->e0; e < a->e1; e++) {
-        int beg = e > 0 ? c->ecnt[e - 1] : 0, m = c->ecnt[e] - beg;
-        if (m <= 0)
-            continue;
-        const struct dsv4_ffn_w *w = &a->ex[e - a->e0];
-        it[n++] =
-                (struct dsv4_cpu_lin){&w->w1.w, w->w1.act, c->xb.p + beg * D, m, c->gb.p + beg * I};
-        it[n++] =
-                (struct dsv4_cpu_lin){&w->w3.w, w->w3.act, c->xb.p + beg * D, m, c->ub.p + beg * I};
-    }
-    dsv4_cpu_linear_multi(c->pool, it, n);
+    dsv4_cpu_linear_multi(c->pool, it, moe_stage(c, a, false, it));
     round_n(be, c->gb.p, total * I);
     round_n(be, c->ub.p, total * I);
     struct moe_job mj = {a, c, c->elist, total};
     dsv4_pool_run(c->pool, t_swiglu_rows, &mj, total);
-    n = 0;
-    for (int e = a->e0; e < a->e1; e++) {
-        int beg = e > 0 ? c->ecnt[e - 1] : 0, m = c->ecnt[e] - beg;
-        if (m <= 0)
-            continue;
-        const struct dsv4_ffn_w *w = &a->ex[e - a->e0];
-        it[n++] =
-                (struct dsv4_cpu_lin){&w->w2.w, w->w2.act, c->hb.p + beg * I, m, c->yb.p + beg * D};
-    }
-    dsv4_cpu_linear_multi(c->pool, it, n);
+    dsv4_cpu_linear_multi(c->pool, it, moe_stage(c, a, true, it));
     round_n(be, c->yb.p, total * D);
     for (int j = 0; j < total; j++) {
         int64_t t = c->elist[j] / k, i = c->elist[j] % k;
