@@ -361,6 +361,13 @@ struct dsv4_backend {
     /* y [m, rows] = act(x [m, cols]) . W^T; flags: DSV4_OP_BF16. */
     void (*linear)(struct dsv4_backend *be, const struct dsv4_lin *l, const struct dsv4_tensor *x,
                    const struct dsv4_tensor *y, unsigned flags);
+    /* n independent products of one input: y[i] [m, l[i]->rows] = act(x [m, cols]) .
+     * W[i]^T with flags[i] (DSV4_OP_BF16), each exactly as `linear` computes it, in one
+     * go: for the small products of a decode step, which one at a time leave threads idle.
+     * Optional: NULL means the caller runs `linear` n times. */
+    void (*linear_multi)(struct dsv4_backend *be, int n, const struct dsv4_lin *const *l,
+                         const struct dsv4_tensor *x, const struct dsv4_tensor *const *y,
+                         const unsigned *flags);
     /* G groups: W [G * R, K] (l->w.rows = G * R), x [m, G * K], y [m, G * R];
      * y[:, g R : (g+1) R] = act(x[:, g K : (g+1) K]) . W[g R : (g+1) R]^T; flags: BF16. */
     void (*linear_grouped)(struct dsv4_backend *be, const struct dsv4_lin *l, int G,

@@ -64,6 +64,27 @@ static void lin(struct dsv4_fwd *f, const struct dsv4_lin *l, const float *x, in
     f->be->linear(f->be, l, DSV4_F2(x, m, l->w.cols), DSV4_F2(y, m, l->w.rows), flags);
 }
 
+/* n (<= 6) products of one input x [m, cols] at once: y[i] = lin(l[i], x) with flags[i];
+ * through the backend's linear_multi where it has one (the same values as one at a time) */
+enum { LIN_N_MAX = 6 };
+static void lin_n(struct dsv4_fwd *f, int n, const struct dsv4_lin *const *l, const float *x,
+                  int64_t m, float *const *y, const unsigned *flags)
+{
+    struct dsv4_tensor yt[LIN_N_MAX];
+    const struct dsv4_tensor *yp[LIN_N_MAX], *xt = DSV4_F2(x, m, l[0]->w.cols);
+    DSV4_ASSERT(n >= 1 && n <= LIN_N_MAX);
+    for (int i = 0; i < n; i++) {
+        yt[i] = *DSV4_F2(y[i], m, l[i]->w.rows);
+        yp[i] = &yt[i];
+    }
+    if (f->be->linear_multi) {
+        f->be->linear_multi(f->be, n, l, xt, yp, flags);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        f->be->linear(f->be, l[i], xt, yp[i], flags[i]);
+}
+
 static int comm_gather(struct dsv4_fwd *f, const void *send, void *recv, size_t bytes)
 {
     int rc = dsv4_comm_all_gather(f->comm, send, recv, bytes);
@@ -340,8 +361,23 @@ static int attention(struct dsv4_fwd *f, int layer, int T)
     const struct dsv4_rope *rope = w->ratio > 0 ? &f->rope_comp : &f->rope_win;
     const struct dsv4_kv_view *kv = dsv4_state_view(f->st);
     int rc;
+    /* the products of xn at once: query and kv projections, the compressors' */
+    {
+        const struct dsv4_lin *l[LIN_N_MAX] = {&w->wq_a, &w->wkv};
+        float *y[LIN_N_MAX] = {f->cq, f->kv};
+        unsigned fl[LIN_N_MAX] = {DSV4_OP_BF16, DSV4_OP_BF16};
+        int n = 2;
+        if (w->ratio > 0) {
+            l[n] = &w->c_wkv, y[n] = f->ckv, fl[n++] = 0;
+            l[n] = &w->c_wgate, y[n] = f->cg, fl[n++] = 0;
+        }
+        if (w->ratio == 4) {
+            l[n] = &w->ic_wkv, y[n] = f->ickv, fl[n++] = 0;
+            l[n] = &w->ic_wgate, y[n] = f->icg, fl[n++] = 0;
+        }
+        lin_n(f, n, l, f->xn, T, y, fl);
+    }
     /* query path */
-    lin(f, &w->wq_a, f->xn, T, f->cq, DSV4_OP_BF16);
     be->rmsnorm(be, DSV4_F2(f->cq, T, Rq), w->q_norm, eps, DSV4_F2(f->cq, T, Rq), DSV4_OP_BF16);
     if (nh > 0) {
         lin(f, &w->wq_b, f->cq, T, f->q, DSV4_OP_BF16);
@@ -350,7 +386,6 @@ static int attention(struct dsv4_fwd *f, int layer, int T)
         be->rope(be, DSV4_F3(f->q, T, nh, dh), f->d_pos, rope, false, DSV4_OP_BF16);
     }
     /* kv path: BF16-exact values, kept as BF16 for the state */
-    lin(f, &w->wkv, f->xn, T, f->kv, DSV4_OP_BF16);
     be->rmsnorm(be, DSV4_F2(f->kv, T, dh), w->kv_norm, eps, DSV4_F2(f->kv, T, dh), DSV4_OP_BF16);
     be->rope(be, DSV4_F3(f->kv, T, 1, dh), f->d_pos, rope, false, DSV4_OP_BF16);
     be->act_sim(be, DSV4_T2S(f->kv, DSV4_DTYPE_F32, T, dh - rd, dh), DSV4_SIM_FP8, 64);
@@ -369,13 +404,7 @@ static int attention(struct dsv4_fwd *f, int layer, int T)
                               .inorm = w->ic_norm,
                               .rope = rope,
                               .eps = eps};
-    if (w->ratio > 0) {
-        lin(f, &w->c_wkv, f->xn, T, f->ckv, 0);
-        lin(f, &w->c_wgate, f->xn, T, f->cg, 0);
-    }
     if (w->ratio == 4) {
-        lin(f, &w->ic_wkv, f->xn, T, f->ickv, 0);
-        lin(f, &w->ic_wgate, f->xn, T, f->icg, 0);
         if ((rc = indexer_q(f, w, T, rope)))
             return rc;
     }
@@ -468,7 +497,13 @@ static int moe(struct dsv4_fwd *f, int layer, int T)
     int64_t D = c->hidden_size, E = c->n_routed_experts, Ish = f->Ish;
     int k = c->num_experts_per_tok, rc;
     float limit = (float)c->swiglu_limit;
-    lin(f, &w->gate, f->xn, T, f->rl, 0);
+    /* the router's and the shared expert's (rank 0) products of xn at once */
+    {
+        const struct dsv4_lin *l[3] = {&w->gate, &w->shared.w1, &w->shared.w3};
+        float *y[3] = {f->rl, f->sg, f->su};
+        unsigned fl[3] = {0, DSV4_OP_BF16, DSV4_OP_BF16};
+        lin_n(f, m->rank == 0 ? 3 : 1, l, f->xn, T, y, fl);
+    }
     struct dsv4_route_args ra = {.T = T,
                                  .E = (int)E,
                                  .k = k,
@@ -501,8 +536,6 @@ static int moe(struct dsv4_fwd *f, int layer, int T)
     /* shared expert on rank 0 (slot k); zeros elsewhere */
     size_t fs = sizeof(float);
     if (m->rank == 0) {
-        lin(f, &w->shared.w1, f->xn, T, f->sg, DSV4_OP_BF16);
-        lin(f, &w->shared.w3, f->xn, T, f->su, DSV4_OP_BF16);
         be->swiglu(be, DSV4_F2(f->sg, T, Ish), DSV4_F2(f->su, T, Ish), limit, NULL,
                    DSV4_F2(f->sh, T, Ish), DSV4_OP_BF16);
         lin(f, &w->shared.w2, f->sh, T, f->sy, DSV4_OP_BF16);

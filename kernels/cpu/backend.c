@@ -80,8 +80,11 @@ static int grow(struct fbuf *b, int64_t n)
     return 0;
 }
 
-/* cpu_moe takes the moe_few path up to this many (token, slot) pairs */
-#define MOE_FEW_PAIRS 64
+/* cpu_moe takes the moe_few path up to this many (token, slot) pairs, and cpu_linear_multi
+ * runs its products as one job up to this many activation rows in all (larger products fill
+ * the threads on their own) */
+#define MOE_FEW_PAIRS  64
+#define LIN_MULTI_ROWS 64
 
 static int cpu_reserve(struct dsv4_backend *be, const struct dsv4_be_limits *lim)
 {
@@ -115,6 +118,7 @@ static int cpu_reserve(struct dsv4_backend *be, const struct dsv4_be_limits *lim
     }
     /* dsv4_cpu_linear at up to 4T rows; moe_few's products: 2 x its pairs in all */
     int64_t lin_m = DSV4_MAX(T * 4, 2 * DSV4_MIN(T * k, (int64_t)MOE_FEW_PAIRS));
+    lin_m = DSV4_MAX(lin_m, (int64_t)LIN_MULTI_ROWS); /* and cpu_linear_multi's */
     if (!rc && dsv4_cpu_linear_reserve(c->pool, lin_m, DSV4_MAX(wide, lim->cols)))
         rc = -1;
     if (rc)
@@ -273,6 +277,31 @@ static void cpu_linear(struct dsv4_backend *be, const struct dsv4_lin *l,
     dsv4_cpu_linear(P(be), &l->w, l->act, x->data, m, y->data);
     if (flags & DSV4_OP_BF16)
         round_n(be, y->data, m * l->w.rows);
+}
+
+static void cpu_linear_multi(struct dsv4_backend *be, int n, const struct dsv4_lin *const *l,
+                             const struct dsv4_tensor *x, const struct dsv4_tensor *const *y,
+                             const unsigned *flags)
+{
+    int64_t m = dsv4_be_rows(x);
+    if (n > DSV4_CPU_LIN_MULTI_MAX || n * m > LIN_MULTI_ROWS) {
+        for (int i = 0; i < n; i++)
+            cpu_linear(be, l[i], x, y[i], flags[i]);
+        return;
+    }
+    struct dsv4_cpu_lin it[DSV4_CPU_LIN_MULTI_MAX];
+    dsv4_be_check(x, DSV4_DTYPE_F32, -1);
+    DSV4_ASSERT(dsv4_tensor_contig(x));
+    for (int i = 0; i < n; i++) {
+        dsv4_be_check(y[i], DSV4_DTYPE_F32, -1);
+        DSV4_ASSERT(dsv4_be_cols(x) == l[i]->w.cols && dsv4_be_cols(y[i]) == l[i]->w.rows &&
+                    dsv4_be_rows(y[i]) == m && dsv4_tensor_contig(y[i]));
+        it[i] = (struct dsv4_cpu_lin){&l[i]->w, l[i]->act, x->data, m, y[i]->data};
+    }
+    dsv4_cpu_linear_multi(P(be), it, n);
+    for (int i = 0; i < n; i++)
+        if (flags[i] & DSV4_OP_BF16)
+            round_n(be, y[i]->data, m * l[i]->w.rows);
 }
 
 static void cpu_linear_grouped(struct dsv4_backend *be, const struct dsv4_lin *l, int G,
@@ -723,6 +752,7 @@ int dsv4_backend_cpu_create(int threads, struct dsv4_backend **out)
     b->rope = cpu_rope;
     b->swiglu = cpu_swiglu;
     b->linear = cpu_linear;
+    b->linear_multi = cpu_linear_multi;
     b->linear_grouped = cpu_linear_grouped;
     b->moe = cpu_moe;
     b->moe_combine = cpu_moe_combine;

@@ -11,6 +11,7 @@
  * thread count (cpu.h).
  */
 #include "base/dsv4.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/cpu.h"
 #include "tests/kernels/lintest.h"
 
@@ -275,6 +276,57 @@ static void test_multi(void)
         dsv4_pool_free(pool[t]);
 }
 
+/*
+ * The cpu backend's linear_multi: products of one input, BF16 rounding per product, bitwise
+ * what `linear` gives one at a time, at a decode's m (one job) and past its row limit (one
+ * product at a time).
+ */
+static void test_backend_multi(void)
+{
+    enum { K = 300 };
+    static const int64_t rows[3] = {130, 33, 262};
+    static const unsigned flags[3] = {DSV4_OP_BF16, 0, DSV4_OP_BF16};
+    static const int64_t ms[] = {1, 3, 40};
+    struct dsv4_backend *be;
+    CHECK_INT(dsv4_backend_cpu_create(2, &be), 0);
+    struct lt_weight w[3];
+    struct dsv4_lin l[3];
+    const struct dsv4_lin *lp[3];
+    for (int i = 0; i < 3; i++) {
+        size_t c = (size_t)(i * 3 + 2) % DSV4_ARRAY_LEN(combos); /* FP8/F32, NVFP4/NVFP4, F32 */
+        lt_weight_make(&w[i], combos[c].fmt, rows[i], K);
+        l[i] = (struct dsv4_lin){w[i].q, combos[c].act};
+        lp[i] = &l[i];
+    }
+    for (size_t mi = 0; mi < DSV4_ARRAY_LEN(ms); mi++) {
+        int64_t m = ms[mi];
+        float *x = malloc((size_t)(m * K) * sizeof(float)), *y[3], *want[3];
+        struct dsv4_tensor yt[3];
+        const struct dsv4_tensor *yp[3];
+        lt_act_make(x, m, K);
+        int bad = 0;
+        for (int i = 0; i < 3; i++) {
+            y[i] = malloc((size_t)(m * rows[i]) * sizeof(float));
+            want[i] = malloc((size_t)(m * rows[i]) * sizeof(float));
+            be->linear(be, &l[i], DSV4_F2(x, m, K), DSV4_F2(want[i], m, rows[i]), flags[i]);
+            yt[i] = *DSV4_F2(y[i], m, rows[i]);
+            yp[i] = &yt[i];
+        }
+        be->linear_multi(be, 3, lp, DSV4_F2(x, m, K), yp, flags);
+        for (int i = 0; i < 3; i++) {
+            bad += same_bits(y[i], want[i], m * rows[i], "linear_multi") != 0;
+            free(y[i]);
+            free(want[i]);
+        }
+        CHECKF(bad == 0, "cpu backend linear_multi, m = %lld: %d of 3 products differ",
+               (long long)m, bad);
+        free(x);
+    }
+    for (int i = 0; i < 3; i++)
+        lt_weight_free(&w[i]);
+    be->destroy(be);
+}
+
 struct count_arg {
     int hits[1000];
 };
@@ -313,5 +365,6 @@ int main(void)
     test_linear();
     test_invariance();
     test_multi();
+    test_backend_multi();
     TEST_DONE();
 }
