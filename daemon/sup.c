@@ -500,6 +500,12 @@ static int spawn_all(struct dsv4d_sup *s)
             return dsv4_error(DSV4_EIO, "control socket %s: %s", url, nng_strerror(rv));
         }
         w->sock_open = true;
+        /* a send to a rank that died or hangs would block the loop for good (pair1 holds
+         * the message until a peer takes it), and with it reaping and the heartbeat checks:
+         * bounded by the hang-detection time, after which send_plan fails and the group is
+         * restarted */
+        nng_socket_set_ms(w->sock, NNG_OPT_SENDTIMEO,
+                          (nng_duration)DSV4_MAX(100.0, s->cfg.heartbeat_timeout * 1000.0));
         nng_socket_get_int(w->sock, NNG_OPT_RECVFD, &w->recv_fd);
         snprintf(s->url, sizeof s->url, "%s", url);
         if ((rc = spawn_one(s, r)))
