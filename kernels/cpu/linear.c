@@ -293,13 +293,13 @@ static int64_t task_count(struct dsv4_pool *p, double work, int64_t units)
     return DSV4_MAX((int64_t)1, DSV4_MIN(n, units));
 }
 
-/* One product's job over the activation buffer buf (act_bytes(m, w->cols) bytes); the task
- * sizes follow the pool's thread count. */
+/* One product's job (m >= 1) over the activation buffer buf (act_bytes(m, w->cols) bytes);
+ * the task sizes follow the pool's thread count. */
 static void call_setup(struct call *c, struct dsv4_pool *p, const struct dsv4_qweight *w,
                        enum dsv4_act act, const float *x, int64_t m, float *y, uint8_t *buf)
 {
     const struct dsv4_cpu_kern *k = get_kern();
-    DSV4_ASSERT(dsv4_linear_check(w, act) == 0 && m >= 0);
+    DSV4_ASSERT(dsv4_linear_check(w, act) == 0 && m >= 1);
     *c = (struct call){.k = k, .pool = p, .act = act, .x = x, .buf = buf};
     struct lin_job *j = &c->j;
     j->w = w;
@@ -322,8 +322,8 @@ static void call_setup(struct call *c, struct dsv4_pool *p, const struct dsv4_qw
     } else {
         j->x = (const float *)buf;
     }
-    int64_t nprep = task_count(p, (double)(m * w->cols) * 16, DSV4_MAX(m, (int64_t)1));
-    c->acts_per_task = DSV4_MAX((m + nprep - 1) / nprep, (int64_t)1);
+    int64_t nprep = task_count(p, (double)(m * w->cols) * 16, m);
+    c->acts_per_task = (m + nprep - 1) / nprep;
     /* contiguous ranges of whole tiles */
     int64_t tiles = (w->rows + LIN_NR - 1) / LIN_NR;
     int64_t ntasks = task_count(p, (double)w->rows * (double)w->cols * (double)m, tiles);
@@ -333,9 +333,11 @@ static void call_setup(struct call *c, struct dsv4_pool *p, const struct dsv4_qw
 void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv4_act act,
                      const float *x, int64_t m, float *y)
 {
-    DSV4_ASSERT(dsv4_linear_check(w, act) == 0 && m >= 0);
-    if (m == 0)
+    DSV4_ASSERT(m >= 0);
+    if (m == 0) {
+        DSV4_ASSERT(dsv4_linear_check(w, act) == 0);
         return;
+    }
     uint8_t *buf = dsv4_pool_shared(p, 0, act_bytes(m, w->cols));
     DSV4_ASSERT(buf);
     struct call c;
