@@ -266,14 +266,22 @@ static void cpu_round_bf16(struct dsv4_backend *be, const struct dsv4_tensor *x)
 
 /* ------------------------------------------------------------ GEMMs */
 
-static void cpu_linear(struct dsv4_backend *be, const struct dsv4_lin *l,
-                       const struct dsv4_tensor *x, const struct dsv4_tensor *y, unsigned flags)
+/* the shapes of y = lin(l, x) (asserted); returns m */
+static int64_t lin_shapes(const struct dsv4_lin *l, const struct dsv4_tensor *x,
+                          const struct dsv4_tensor *y)
 {
     int64_t m = dsv4_be_rows(x);
     dsv4_be_check(x, DSV4_DTYPE_F32, -1);
     dsv4_be_check(y, DSV4_DTYPE_F32, -1);
     DSV4_ASSERT(dsv4_be_cols(x) == l->w.cols && dsv4_be_cols(y) == l->w.rows &&
                 dsv4_be_rows(y) == m && dsv4_tensor_contig(x) && dsv4_tensor_contig(y));
+    return m;
+}
+
+static void cpu_linear(struct dsv4_backend *be, const struct dsv4_lin *l,
+                       const struct dsv4_tensor *x, const struct dsv4_tensor *y, unsigned flags)
+{
+    int64_t m = lin_shapes(l, x, y);
     dsv4_cpu_linear(P(be), &l->w, l->act, x->data, m, y->data);
     if (flags & DSV4_OP_BF16)
         round_n(be, y->data, m * l->w.rows);
@@ -290,12 +298,8 @@ static void cpu_linear_multi(struct dsv4_backend *be, int n, const struct dsv4_l
         return;
     }
     struct dsv4_cpu_lin it[DSV4_CPU_LIN_MULTI_MAX];
-    dsv4_be_check(x, DSV4_DTYPE_F32, -1);
-    DSV4_ASSERT(dsv4_tensor_contig(x));
     for (int i = 0; i < n; i++) {
-        dsv4_be_check(y[i], DSV4_DTYPE_F32, -1);
-        DSV4_ASSERT(dsv4_be_cols(x) == l[i]->w.cols && dsv4_be_cols(y[i]) == l[i]->w.rows &&
-                    dsv4_be_rows(y[i]) == m && dsv4_tensor_contig(y[i]));
+        lin_shapes(l[i], x, y[i]);
         it[i] = (struct dsv4_cpu_lin){&l[i]->w, l[i]->act, x->data, m, y[i]->data};
     }
     dsv4_cpu_linear_multi(P(be), it, n);
@@ -348,10 +352,6 @@ static void t_swiglu_rows(void *arg, int64_t j, int th)
     dsv4_cpu_round_bf16(h, I);
 }
 
-/* A few (token, slot) pairs (a decode step): every expert's product of a stage in one pair of
- * pool jobs (dsv4_cpu_linear_multi), so that the threads share the experts instead of taking
- * one small product at a time; the same outputs, bit for bit, as one expert at a time.  The
- * pairs are gathered in elist order: expert e's rows are [ecnt[e - 1], ecnt[e]). */
 /* The products of one stage of moe_few for every expert with pairs: w1 and w3 (xb -> gb, ub)
  * or w2 (hb -> yb); returns their count. */
 static int moe_stage(struct cpu_be *c, const struct dsv4_moe_args *a, bool down,
@@ -376,6 +376,10 @@ static int moe_stage(struct cpu_be *c, const struct dsv4_moe_args *a, bool down,
     return n;
 }
 
+/* A few (token, slot) pairs (a decode step): every expert's product of a stage in one pair of
+ * pool jobs (dsv4_cpu_linear_multi), so that the threads share the experts instead of taking
+ * one small product at a time; the same outputs, bit for bit, as one expert at a time.  The
+ * pairs are gathered in elist order: expert e's rows are [ecnt[e - 1], ecnt[e]). */
 static void moe_few(struct dsv4_backend *be, const struct dsv4_moe_args *a, int total)
 {
     struct cpu_be *c = C(be);

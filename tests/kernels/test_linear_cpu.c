@@ -28,6 +28,9 @@ static const struct {
 
 static const char *isas[3] = {"scalar", "avx2+fma", "avx512"};
 
+/* pools of 1, 2 and 3 threads, shared by the tests (main creates them) */
+static struct dsv4_pool *pool[3];
+
 static int same_bits(const float *a, const float *b, int64_t n, const char *what)
 {
     int bad = 0;
@@ -95,9 +98,6 @@ static void test_linear(void)
             {300, 256, 1}, {7, 48, 17},   {130, 1024, 1},  {257, 640, 1},
             {9, 64, 1},    {2, 7168, 1},  {11, 1100, 100}, /* past LIN_MB activation rows */
     };
-    struct dsv4_pool *pool[3];
-    for (int t = 0; t < 3; t++)
-        CHECK_INT(dsv4_pool_init(t + 1, &pool[t]), 0);
     CHECK_INT(dsv4_cpu_linear_reserve(pool[0], 64, 2048), 0);
     CHECK_INT(dsv4_cpu_linear_reserve(pool[0], 0, 2048), DSV4_EINVAL);
     for (size_t c = 0; c < DSV4_ARRAY_LEN(combos); c++)
@@ -147,8 +147,6 @@ static void test_linear(void)
             free(as);
             lt_weight_free(&t);
         }
-    for (int t = 0; t < 3; t++)
-        dsv4_pool_free(pool[t]);
 }
 
 /*
@@ -167,9 +165,6 @@ static void test_invariance(void)
             {33, 256}, {5, 2111}, {262, 1100}, /* large enough for several pool tasks at m = 1 */
     };
     static const int64_t ms[] = {1, 2, 3, 5, 8, 17, 33, 64, 100};
-    struct dsv4_pool *pool[3];
-    for (int t = 0; t < 3; t++)
-        CHECK_INT(dsv4_pool_init(t + 1, &pool[t]), 0);
     for (int isa = 0; isa < 3; isa++) {
         if (dsv4_cpu_force_isa(isas[isa]) != 0)
             continue;
@@ -220,8 +215,6 @@ static void test_invariance(void)
                 lt_weight_free(&t);
             }
     }
-    for (int t = 0; t < 3; t++)
-        dsv4_pool_free(pool[t]);
 }
 
 /*
@@ -233,9 +226,6 @@ static void test_multi(void)
     enum { N = 2 * DSV4_ARRAY_LEN(combos) };
     static const int64_t shapes[][2] = {{384, 512}, {13, 100}, {130, 300}, {5, 2111}};
     static const int64_t ms[] = {1, 0, 3, 1, 17, 2};
-    struct dsv4_pool *pool[3];
-    for (int t = 0; t < 3; t++)
-        CHECK_INT(dsv4_pool_init(t + 1, &pool[t]), 0);
     for (int isa = 0; isa < 3; isa++) {
         if (dsv4_cpu_force_isa(isas[isa]) != 0)
             continue;
@@ -272,8 +262,6 @@ static void test_multi(void)
             lt_weight_free(&w[i]);
         }
     }
-    for (int t = 0; t < 3; t++)
-        dsv4_pool_free(pool[t]);
 }
 
 /*
@@ -360,11 +348,15 @@ static void test_pool(void)
 
 int main(void)
 {
+    for (int t = 0; t < 3; t++)
+        CHECK_INT(dsv4_pool_init(t + 1, &pool[t]), 0);
     test_pool();
     test_act();
     test_linear();
     test_invariance();
     test_multi();
     test_backend_multi();
+    for (int t = 0; t < 3; t++)
+        dsv4_pool_free(pool[t]);
     TEST_DONE();
 }
