@@ -14,7 +14,6 @@
 #include "tools/cmds.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 static const struct dsv4_cmd subjects[] = {
@@ -36,27 +35,6 @@ static void usage(FILE *f)
                "dsv4 bench plot --out OUT.svg RESULT.json...\n");
 }
 
-/* `dsv4 bench --plot OUT A.json ...` -> `plot --out OUT A.json ...` */
-static int plot_shorthand(int argc, char **argv)
-{
-    if (argc < 3) {
-        fprintf(stderr, "dsv4 bench: --plot needs the SVG file to write\n");
-        return 2;
-    }
-    char **av = calloc((size_t)argc + 2, sizeof *av);
-    if (!av) {
-        fprintf(stderr, "dsv4 bench: out of memory\n");
-        return 1;
-    }
-    av[0] = "plot";
-    av[1] = "--out";
-    for (int i = 2; i < argc; i++)
-        av[i] = argv[i];
-    int rc = dsv4_bench_plot(argc, av);
-    free(av);
-    return rc;
-}
-
 int dsv4_cmd_bench(int argc, char **argv)
 {
     if (argc < 2) {
@@ -70,10 +48,13 @@ int dsv4_cmd_bench(int argc, char **argv)
     for (size_t i = 0; i < DSV4_ARRAY_LEN(subjects); i++)
         if (!strcmp(argv[1], subjects[i].name))
             return subjects[i].run(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "--plot"))
-        return plot_shorthand(argc, argv);
+    /* the shorthands: rewritten in place into the subject's own argv */
+    if (!strcmp(argv[1], "--plot")) {
+        argv[0] = "plot", argv[1] = "--out";
+        return dsv4_bench_plot(argc, argv);
+    }
     if (!strncmp(argv[1], "--", 2)) {
-        argv[0] = "serve"; /* the options start at argv[1], as serve's own argv */
+        argv[0] = "serve"; /* the options start at argv[1] */
         return dsv4_bench_serve(argc, argv);
     }
     fprintf(stderr, "dsv4 bench: unknown subject '%s'\n\n", argv[1]);
