@@ -320,6 +320,18 @@ struct dsv4_backend {
     int (*download)(struct dsv4_backend *be, void *dst, const void *src, size_t bytes);
     /* Waits for every op issued so far. */
     int (*sync)(struct dsv4_backend *be);
+    /*
+     * Optional (NULL where the backend has none): device memory that outlives the process
+     * that made it, for weights a restarted worker maps instead of uploading again.
+     * alloc_shared: zeroed memory of at least `bytes` and a file descriptor naming it (the
+     * caller owns the descriptor and may pass it to another process); import_shared: the
+     * same memory mapped from such a descriptor (NULL with a message when the allocation is
+     * gone or smaller than `bytes`); free_shared: unmaps either (the memory itself lives on
+     * while a descriptor or another mapping refers to it).
+     */
+    void *(*alloc_shared)(struct dsv4_backend *be, size_t bytes, int *fd);
+    void *(*import_shared)(struct dsv4_backend *be, int fd, size_t bytes);
+    void (*free_shared)(struct dsv4_backend *be, void *p, size_t bytes);
 
     /* ---- data movement */
     /* dst rows r < rows: dst + r * dpitch <- src + r * spitch, width bytes each (cudaMemcpy2D). */
@@ -447,7 +459,14 @@ struct dsv4_backend {
 /* The backends.  threads: worker threads of the CPU backend (>= 1; ignored by ref). */
 int dsv4_backend_ref_create(struct dsv4_backend **out);
 int dsv4_backend_cpu_create(int threads, struct dsv4_backend **out);
-/* By name: "ref", "cpu" (or "cuda" where built).  DSV4_EINVAL for an unknown name. */
+/*
+ * "devsim": the CPU backend behind a device backend's contract (its memory counts as GPU 0's,
+ * so the engine uploads the weights, stages collectives through host buffers and shares
+ * weights through alloc_shared, here memfd), for testing those paths without a GPU.
+ */
+int dsv4_backend_devsim_create(int threads, struct dsv4_backend **out);
+/* By name: "ref", "cpu", "devsim" (or "cuda", "cuda:N" where built).  DSV4_EINVAL for an
+ * unknown name. */
 int dsv4_backend_create(const char *name, int threads, struct dsv4_backend **out);
 void dsv4_backend_destroy(struct dsv4_backend *be);
 

@@ -26,7 +26,7 @@ static void usage(FILE *f)
                "         [--max-tokens N] [--mtp K] [--temperature T] [--top-p P] [--top-k K]\n"
                "         [--min-p P] [--repetition-penalty R] [--presence-penalty P]\n"
                "         [--frequency-penalty F] [--seed S] [--threads N] [--ranks N] [--chunk N]\n"
-               "         [--no-stop] [--logprobs] [--backend cpu|ref|cuda[:N]]\n"
+               "         [--no-stop] [--logprobs] [--backend cpu|ref|devsim|cuda[:N]]\n"
                "         [--json] [--dump-logits FILE] [--dump-layers DIR]\n"
                "diagnostics: --force-layers DIR (replace each layer's prompt output by\n"
                "  DIR/layer_%%02d.f32 after dumping it), --dump-mtp-logits FILE (MTP logits of\n"
@@ -190,9 +190,10 @@ int dsv4_cmd_generate(int argc, char **argv)
             bad = opt_int(a, v, 1, DSV4_GEN_MAX_CHUNK, &o.chunk);
         else if (ARG("--backend")) {
             o.backend = v;
-            if (strcmp(v, "cpu") && strcmp(v, "ref") && strcmp(v, "cuda") &&
+            if (strcmp(v, "cpu") && strcmp(v, "ref") && strcmp(v, "devsim") && strcmp(v, "cuda") &&
                 strncmp(v, "cuda:", 5)) {
-                fprintf(stderr, "dsv4 generate: --backend '%s' is not cpu, ref, cuda or cuda:N\n",
+                fprintf(stderr,
+                        "dsv4 generate: --backend '%s' is not cpu, ref, devsim, cuda or cuda:N\n",
                         v);
                 bad = 1;
             }

@@ -54,6 +54,8 @@ struct dsv4_fwd {
     int32_t *ids;
     float *hx, *hz, *lg, *lrecv, *logits, *hidden, *mhid;
     float *hn, *hp, *ep, *eb;
+    uint8_t *stage; /* host staging of collectives (device backend, shm communicator), or NULL */
+    size_t stage_bytes;
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -85,9 +87,20 @@ static void lin_n(struct dsv4_fwd *f, int n, const struct dsv4_lin *const *l, co
         f->be->linear(f->be, l[i], xt, yp[i], flags[i]);
 }
 
+/* Collectives.  A device backend with a communicator that moves host memory (shm: several
+ * ranks sharing one GPU, a test mode) goes through the host buffer `stage`. */
 static int comm_gather(struct dsv4_fwd *f, const void *send, void *recv, size_t bytes)
 {
-    int rc = dsv4_comm_all_gather(f->comm, send, recv, bytes);
+    int rc;
+    if (f->stage) {
+        uint8_t *hs = f->stage, *hr = hs + bytes;
+        DSV4_ASSERT(bytes * (size_t)(f->N + 1) <= f->stage_bytes);
+        if (!(rc = f->be->download(f->be, hs, send, bytes)) &&
+            !(rc = dsv4_comm_all_gather(f->comm, hs, hr, bytes)))
+            rc = f->be->upload(f->be, recv, hr, bytes * (size_t)f->N);
+    } else {
+        rc = dsv4_comm_all_gather(f->comm, send, recv, bytes);
+    }
     if (rc)
         return dsv4_error_ctx(rc, "forward: all-gather of %zu bytes failed", bytes);
     return 0;
@@ -95,7 +108,15 @@ static int comm_gather(struct dsv4_fwd *f, const void *send, void *recv, size_t 
 
 static int comm_sum(struct dsv4_fwd *f, float *buf, size_t n)
 {
-    int rc = dsv4_comm_all_reduce_sum_f32(f->comm, buf, n);
+    int rc;
+    if (f->stage) {
+        DSV4_ASSERT(n * sizeof(float) <= f->stage_bytes);
+        if (!(rc = f->be->download(f->be, f->stage, buf, n * sizeof(float))) &&
+            !(rc = dsv4_comm_all_reduce_sum_f32(f->comm, (float *)(void *)f->stage, n)))
+            rc = f->be->upload(f->be, buf, f->stage, n * sizeof(float));
+    } else {
+        rc = dsv4_comm_all_reduce_sum_f32(f->comm, buf, n);
+    }
     if (rc)
         return dsv4_error_ctx(rc, "forward: all-reduce of %zu floats failed", n);
     return 0;
@@ -120,6 +141,7 @@ void dsv4_fwd_free(struct dsv4_fwd *f)
     void *host[] = {f->h_slot, f->h_row0, f->h_len, f->h_tid, f->h_rows, f->h_pos};
     for (size_t i = 0; i < DSV4_ARRAY_LEN(host); i++)
         free(host[i]);
+    free(f->stage);
     free(f);
 }
 
@@ -153,11 +175,9 @@ int dsv4_fwd_init(const struct dsv4_model *m, struct dsv4_state *st, struct dsv4
                           "forward: the model's weights are not in the %s backend's memory "
                           "(dsv4_model_upload)",
                           be->name);
-    if (N > 1 && be->device != DSV4_DEVICE_HOST && !strcmp(dsv4_comm_backend(comm), "shm"))
-        return dsv4_error(DSV4_EINVAL,
-                          "forward: the shm communicator moves host memory, the %s backend's "
-                          "buffers are device memory",
-                          be->name);
+    /* the shm communicator moves host memory: a device backend's buffers go through `stage` */
+    bool staged =
+            N > 1 && be->device != DSV4_DEVICE_HOST && !strcmp(dsv4_comm_backend(comm), "shm");
     struct dsv4_fwd *f = calloc(1, sizeof *f);
     if (!f)
         return dsv4_error(DSV4_ENOMEM, "forward: out of memory");
@@ -254,6 +274,17 @@ int dsv4_fwd_init(const struct dsv4_model *m, struct dsv4_state *st, struct dsv4
     DEV(f->hp, T * hc * D);
     DEV(f->ep, T * D);
     DEV(f->eb, T * D);
+    if (staged) {
+        /* the largest collective: an all-gather's send + N received, or an all-reduce */
+        size_t fl = sizeof(float), sb = 0;
+        size_t g[] = {(size_t)(T * f->inhmax * (id + 1)) * fl, (size_t)(T * f->ngmax * Ro) * fl,
+                      (size_t)(O * m->vchunk) * fl};
+        for (size_t i = 0; i < DSV4_ARRAY_LEN(g); i++)
+            sb = DSV4_MAX(sb, g[i] * (size_t)(N + 1));
+        sb = DSV4_MAX(sb, (size_t)(T * (k + 1) * D) * fl);
+        f->stage_bytes = sb;
+        HOST(f->stage, sb);
+    }
     /* every scratch an op uses, sized now (forward.h: calls do not allocate) */
     int64_t hpg = c->num_attention_heads / G;
     struct dsv4_be_limits lim = {

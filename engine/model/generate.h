@@ -42,7 +42,7 @@ struct dsv4_gen_opts {
     int ranks;           /* N in [1, DSV4_GEN_MAX_RANKS]; any N (uneven or empty head/expert
                   * slices included) gives the same tokens */
     int chunk;           /* prefill chunk (tokens per forward call), [1, DSV4_GEN_MAX_CHUNK] */
-    const char *backend; /* "cpu" (default), "ref" (the scalar oracle; slow), "cuda" (1 rank) */
+    const char *backend; /* "cpu" (default), "ref" (the scalar oracle; slow), "devsim", "cuda" */
     bool stop_at_eos;    /* stop after emitting eos_token_id */
     struct dsv4_sample_params sample;
     FILE *dump_logits;       /* FP32 rows: every prompt position and every generated token */

@@ -654,8 +654,7 @@ void dsv4_model_close(struct dsv4_model *m)
         return;
     if (m->host) {
         /* a device copy (upload.c): its allocation and layer array; the rest is borrowed */
-        if (m->dev_arena)
-            m->dev_be->free(m->dev_be, m->dev_arena);
+        dsv4_model_free_device(m);
         free(m->layers);
         free(m);
         return;

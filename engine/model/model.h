@@ -69,6 +69,25 @@ int dsv4_model_open_shard(int fd, int rank, int nranks, struct dsv4_model **out)
  */
 struct dsv4_backend;
 int dsv4_model_upload(const struct dsv4_model *m, struct dsv4_backend *be, struct dsv4_model **out);
+/*
+ * As dsv4_model_upload, into memory another process can map (the backend's alloc_shared:
+ * CUDA VMM on a GPU): *fd names it (the caller owns it).  A worker hands the descriptor to
+ * its supervisor, and the next incarnation of the same rank maps the weights with
+ * dsv4_model_import instead of uploading them.  DSV4_ENOTSUP when the backend has no
+ * shareable memory.
+ */
+int dsv4_model_upload_shared(const struct dsv4_model *m, struct dsv4_backend *be, int *fd,
+                             struct dsv4_model **out);
+/*
+ * The device copy of m from the shareable weights behind fd (made by
+ * dsv4_model_upload_shared of the same model and rank, in any process): nothing is uploaded
+ * but the expert pointer arrays.  The arena's header is checked first (size, a fingerprint
+ * of the layout, rank, and that the upload completed): DSV4_EFORMAT or DSV4_EINVAL (the
+ * allocation is gone or smaller) with a message, after which the caller uploads instead.
+ * fd stays the caller's.
+ */
+int dsv4_model_import(const struct dsv4_model *m, struct dsv4_backend *be, int fd,
+                      struct dsv4_model **out);
 /* Where the weights live: DSV4_DEVICE_HOST (0) for a bound model, else the device of the
  * backend they were uploaded to (base/tensor.h). */
 int dsv4_model_device(const struct dsv4_model *m);

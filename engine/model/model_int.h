@@ -73,6 +73,11 @@ struct dsv4_model {
     const struct dsv4_model *host;
     struct dsv4_backend *dev_be;
     void *dev_arena;
+    uint64_t dev_bytes; /* the arena's size */
+    bool dev_shared;    /* from alloc_shared / import_shared (freed with free_shared) */
 };
+
+/* Frees a device copy's arena (upload.c; dsv4_model_close calls it). */
+void dsv4_model_free_device(struct dsv4_model *dm);
 
 #endif

@@ -26,27 +26,56 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct up {
     struct dsv4_backend *be;
     uint8_t *arena; /* NULL while sizing */
     uint64_t off;
+    uint64_t layout; /* FNV-1a of every piece's offset and size: the layout's fingerprint */
+    bool fill;       /* upload the bytes (false: an imported arena already holds them) */
     int rc;
 };
 
-/* One piece: sized in the first pass, uploaded and repointed in the second. */
-static void piece(struct up *u, const void **p, uint64_t bytes)
+/* The arena's first bytes: what a worker importing it checks before trusting it. */
+#define HDR_BYTES 256
+struct arena_hdr {
+    char magic[8]; /* "DSV4WDEV" */
+    uint64_t bytes, layout;
+    int32_t rank, nranks;
+    uint64_t complete; /* 1 once every piece was uploaded (written last) */
+};
+
+static void mix(uint64_t *h, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) {
+        *h ^= (v >> (8 * i)) & 0xff;
+        *h *= 0x100000001b3ull;
+    }
+}
+
+/* One piece: sized in the first pass, uploaded (unless already there) and repointed in the
+ * second; `always` uploads even into an imported arena (arrays of device pointers, whose
+ * values depend on where the arena is mapped). */
+static void piece_at(struct up *u, const void **p, uint64_t bytes, bool always)
 {
     if (!*p || !bytes || u->rc)
         return;
     uint64_t at = u->off;
     u->off += (bytes + 255) & ~(uint64_t)255;
+    mix(&u->layout, at);
+    mix(&u->layout, bytes);
     if (!u->arena)
         return;
     void *d = u->arena + at;
-    if ((u->rc = u->be->upload(u->be, d, *p, bytes)))
+    if ((u->fill || always) && (u->rc = u->be->upload(u->be, d, *p, bytes)))
         return;
     *p = d;
+}
+
+static void piece(struct up *u, const void **p, uint64_t bytes)
+{
+    piece_at(u, p, bytes, false);
 }
 
 static void vec(struct up *u, float **p, int64_t n)
@@ -150,7 +179,7 @@ static void layer(struct up *u, const struct dsv4_model *m, struct dsv4_layer_w 
     for (int e = 0; e < ne; e++)
         ffn(u, &ex[e]);
     const void *arr = ex;
-    piece(u, &arr, sizeof *ex * ne);
+    piece_at(u, &arr, sizeof *ex * ne, true);
     if (u->arena) {
         w->experts = u->rc ? NULL : (struct dsv4_ffn_w *)arr;
         free(ex);
@@ -178,13 +207,32 @@ static void walk(struct up *u, struct dsv4_model *dm)
     }
 }
 
-int dsv4_model_upload(const struct dsv4_model *m, struct dsv4_backend *be, struct dsv4_model **out)
+enum up_mode { UP_PLAIN, UP_SHARED, UP_IMPORT };
+
+static void arena_free(struct dsv4_backend *be, void *arena, uint64_t bytes, bool shared)
+{
+    if (!arena)
+        return;
+    if (shared)
+        be->free_shared(be, arena, bytes);
+    else
+        be->free(be, arena);
+}
+
+/* The device copy of m in one arena: a plain allocation, a shareable one (*fd set), or the
+ * shareable one behind fd_in (its bytes checked against the layout, nothing uploaded but
+ * the expert pointer arrays). */
+static int upload(const struct dsv4_model *m, struct dsv4_backend *be, enum up_mode mode, int fd_in,
+                  int *fd_out, struct dsv4_model **out)
 {
     *out = NULL;
     if (be->device == DSV4_DEVICE_HOST)
         return dsv4_error(DSV4_EINVAL, "model upload: backend %s computes on the host", be->name);
     if (m->host)
         return dsv4_error(DSV4_EINVAL, "model upload: the model is already a device copy");
+    if (mode != UP_PLAIN && (!be->alloc_shared || !be->import_shared || !be->free_shared))
+        return dsv4_error(DSV4_ENOTSUP, "model upload: backend %s has no shareable memory",
+                          be->name);
     struct dsv4_model *dm = calloc(1, sizeof *dm);
     struct dsv4_layer_w *layers = calloc(m->n_layers ? m->n_layers : 1, sizeof *layers);
     if (!dm || !layers) {
@@ -202,27 +250,95 @@ int dsv4_model_upload(const struct dsv4_model *m, struct dsv4_backend *be, struc
     dm->host = m;
     dm->dev_be = be;
     dm->device = be->device;
-    struct up u = {.be = be};
+    struct up u = {.be = be, .off = HDR_BYTES, .layout = 0xcbf29ce484222325ull};
     walk(&u, dm); /* sizes only: pointers unchanged */
-    dm->dev_arena = be->alloc(be, u.off ? u.off : 1);
-    if (!dm->dev_arena) {
+    uint64_t bytes = u.off, layout = u.layout;
+    struct arena_hdr h = {.magic = "DSV4WDEV",
+                          .bytes = bytes,
+                          .layout = layout,
+                          .rank = m->rank,
+                          .nranks = m->nranks};
+    int fd = -1;
+    void *arena = NULL;
+    if (mode == UP_PLAIN)
+        arena = be->alloc(be, bytes);
+    else if (mode == UP_SHARED)
+        arena = be->alloc_shared(be, bytes, &fd);
+    else
+        arena = be->import_shared(be, fd_in, bytes);
+    if (!arena) {
         free(layers);
         free(dm);
+        if (mode == UP_IMPORT)
+            return dsv4_error_ctx(DSV4_EINVAL, "model import");
         return dsv4_error(DSV4_ENOMEM,
                           "model upload: %llu bytes of weights do not fit the device memory",
-                          (unsigned long long)u.off);
+                          (unsigned long long)bytes);
     }
-    u.arena = dm->dev_arena;
-    u.off = 0;
+    dm->dev_arena = arena;
+    dm->dev_bytes = bytes;
+    dm->dev_shared = mode != UP_PLAIN;
+    if (mode == UP_IMPORT) {
+        struct arena_hdr got;
+        int rc = be->download(be, &got, arena, sizeof got);
+        if (rc || memcmp(got.magic, h.magic, sizeof h.magic) || got.bytes != bytes ||
+            got.layout != layout || got.rank != h.rank || got.nranks != h.nranks ||
+            got.complete != 1) {
+            dsv4_model_close(dm);
+            return dsv4_error(rc ? rc : DSV4_EFORMAT,
+                              "model import: the shared weights are not this rank's (%llu bytes, "
+                              "layout %016llx, rank %d/%d, complete %llu; want %llu, %016llx, "
+                              "%d/%d)",
+                              (unsigned long long)got.bytes, (unsigned long long)got.layout,
+                              got.rank, got.nranks, (unsigned long long)got.complete,
+                              (unsigned long long)bytes, (unsigned long long)layout, h.rank,
+                              h.nranks);
+        }
+    }
+    u.arena = arena;
+    u.off = HDR_BYTES;
+    u.fill = mode != UP_IMPORT;
     walk(&u, dm);
+    if (!u.rc && mode != UP_IMPORT) {
+        h.complete = 1;
+        u.rc = be->upload(be, arena, &h, sizeof h);
+    }
     if (!u.rc)
         u.rc = be->sync(be);
     if (u.rc) {
         dsv4_model_close(dm);
-        return dsv4_error_ctx(u.rc, "model upload");
+        if (fd >= 0)
+            close(fd);
+        return dsv4_error_ctx(u.rc, mode == UP_IMPORT ? "model import" : "model upload");
     }
+    if (fd_out)
+        *fd_out = fd;
     *out = dm;
     return 0;
+}
+
+int dsv4_model_upload(const struct dsv4_model *m, struct dsv4_backend *be, struct dsv4_model **out)
+{
+    return upload(m, be, UP_PLAIN, -1, NULL, out);
+}
+
+int dsv4_model_upload_shared(const struct dsv4_model *m, struct dsv4_backend *be, int *fd,
+                             struct dsv4_model **out)
+{
+    *fd = -1;
+    return upload(m, be, UP_SHARED, -1, fd, out);
+}
+
+int dsv4_model_import(const struct dsv4_model *m, struct dsv4_backend *be, int fd,
+                      struct dsv4_model **out)
+{
+    return upload(m, be, UP_IMPORT, fd, NULL, out);
+}
+
+void dsv4_model_free_device(struct dsv4_model *dm)
+{
+    arena_free(dm->dev_be, dm->dev_arena, dm->dev_bytes, dm->dev_shared);
+    dm->dev_arena = NULL;
 }
 
 int dsv4_model_device(const struct dsv4_model *m)

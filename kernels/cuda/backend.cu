@@ -1,6 +1,6 @@
 /*
  * backend.cu - the "cuda" backend of kernels/backend.h: creation on one
- * device, memory (cudaMalloc; VMM later), the host <-> device copies, the
+ * device, memory (cudaMalloc; shareable VMM memory in vmm.cu), the host <-> device copies, the
  * scratch sized by reserve(), and the data-movement ops; the numeric ops
  * live in elem.cu, linear.cu, moe.cu, hc.cu and attn.cu.
  *
@@ -367,6 +367,7 @@ extern "C" int dsv4_backend_cuda_create(int device, struct dsv4_backend **out)
     cu_ops_moe(b);
     cu_ops_hc(b);
     cu_ops_attn(b);
+    cu_ops_vmm(b);
     struct dsv4_be_limits lim = {.tokens = 1,
                                  .cols = 1,
                                  .hidden = 1,

@@ -91,6 +91,7 @@ void cu_ops_linear(struct dsv4_backend *b);
 void cu_ops_moe(struct dsv4_backend *b);
 void cu_ops_hc(struct dsv4_backend *b);
 void cu_ops_attn(struct dsv4_backend *b);
+void cu_ops_vmm(struct dsv4_backend *b);
 /* Per-kernel limits that depend on the engine's limits (shared memory opt-ins). */
 int cu_attn_reserve(struct cu_be *c, const struct dsv4_be_limits *lim);
 

@@ -158,14 +158,15 @@ def main():
     bad("nan temperature", ["--temperature"], "--model", m, *P, "--temperature", "nan")
     bad("garbage seed", ["--seed"], "--model", m, *P, "--seed", "12a")
     bad("unknown backend", ["--backend", "tpu"], "--model", m, *P, "--backend", "tpu")
-    bad("cuda backend with 2 ranks", ["one rank"], "--model", m, *P, "--backend", "cuda",
-        "--ranks", "2")
     # without a GPU (or without CUDA in the build) a clear error; on a GPU machine it runs
-    rc, out, err = gen("--model", m, *P, "--max-tokens", "2", "--backend", "cuda")
-    ok = (rc == 0 or (rc == 1 and "CUDA" in err)) and not any(x in err for x in CRASH_MARKS)
-    if not ok:
-        print("  rc", rc, "stderr:", err[-1500:])
-    check(ok, "backend cuda: runs, or exit 1 naming CUDA (exit %d)" % rc)
+    # (2 ranks share the GPU, their exchanges staged through host memory)
+    for ranks in ("1", "2"):
+        rc, out, err = gen("--model", m, *P, "--max-tokens", "2", "--backend", "cuda",
+                           "--ranks", ranks)
+        ok = (rc == 0 or (rc == 1 and "CUDA" in err)) and not any(x in err for x in CRASH_MARKS)
+        if not ok:
+            print("  rc", rc, "stderr:", err[-1500:])
+        check(ok, "backend cuda, %s rank(s): runs, or exit 1 naming CUDA (exit %d)" % (ranks, rc))
     bad("unwritable --dump-logits", ["cannot create"], "--model", m, *P, "--dump-logits",
         os.path.join(root, "nope", "x.f32"))
     bad("unwritable --dump-layers", ["cannot create"], "--model", m, *P, "--dump-layers",
@@ -180,6 +181,11 @@ def main():
                    "--ranks", ranks, "--threads", "2", "--json")
         toks = json.loads(out)["tokens"] if out else None
         check(toks == ref, "ranks %s (> heads, > experts for 17): tokens %s == %s" % (ranks, toks, ref))
+    # the device paths on the CPU: weights uploaded, exchanges staged through host memory
+    out = good("devsim, 3 ranks", "--model", m, *P, "--max-tokens", "3", "--mtp", "1",
+               "--ranks", "3", "--threads", "2", "--backend", "devsim", "--json")
+    toks = json.loads(out)["tokens"] if out else None
+    check(toks == ref, "devsim, 3 ranks: tokens %s == %s" % (toks, ref))
     # dsv4 bench forward through the step API: prefill, preemption by swap, decode, JSON
     r = subprocess.run([BIN, "bench", "forward", "--model", m, "--threads", "1", "--prompt",
                         "40,70", "--batch", "1,2", "--steps", "2", "--mtp", "1", "--json"],
