@@ -11,6 +11,7 @@
 #include "daemon/config.h"
 
 #include "base/dsv4.h"
+#include "dsv4-build.h"
 #include "engine/io/fileio.h"
 
 #include <cjson/cJSON.h>
@@ -45,7 +46,8 @@ static const struct key keys[] = {
         {"served_model_name", S(served_model_name), 0, 0, false,
          "model name in the APIs (default: the directory's name)"},
         {"workers", I(workers), 1, 64, false, "worker processes = tensor/expert-parallel ranks"},
-        {"device", S(device), 0, 0, false, "cpu or cuda"},
+        {"device", S(device), 0, 0, false,
+         "cpu, cuda (GPU rank % visible GPUs), or devsim (tests: the CPU behind the GPU paths)"},
         {"threads_per_worker", I(threads_per_worker), 0, 1024, false,
          "CPU threads per worker (0: online CPUs / workers)"},
         {"mtp", I(mtp), -1, 8, false,
@@ -286,12 +288,13 @@ int dsv4d_config_check(const struct dsv4d_config *c, bool need_model)
     enum dsv4_log_level lv;
     struct stat sb;
     char path[DSV4D_PATH_MAX + 32];
-    if (strcmp(c->device, "cpu") && strcmp(c->device, "cuda"))
-        return dsv4_error(DSV4_EINVAL, "device: '%s' is not cpu or cuda", c->device);
+    if (strcmp(c->device, "cpu") && strcmp(c->device, "cuda") && strcmp(c->device, "devsim"))
+        return dsv4_error(DSV4_EINVAL, "device: '%s' is not cpu, cuda or devsim", c->device);
+#ifndef HAVE_CUDA
     if (!strcmp(c->device, "cuda"))
-        return dsv4_error(DSV4_ENOTSUP,
-                          "device: cuda is not available in this build (the CUDA backend is "
-                          "not finished; use cpu)");
+        return dsv4_error(DSV4_ENOTSUP, "device: cuda is not available in this build "
+                                        "(configure --with-cuda); use cpu");
+#endif
     if (dsv4_log_parse_level(c->log_level, &lv))
         return dsv4_error(DSV4_EINVAL, "log_level: '%s' is not debug, info, warn or error",
                           c->log_level);

@@ -13,9 +13,9 @@
  * Worker processes: fork + exec of this binary with --worker; the child
  * gets PR_SET_PDEATHSIG (it dies with the supervisor's loop thread, which
  * lives as long as the supervisor), the communicator's memfd as fd 3, its
- * end of a socketpair for fd passing as fd 4, and its rank's weights image
- * as fd 5 when the supervisor holds one; every other fd is closed before
- * exec.  The control socket's path in the runtime directory is unlinked as
+ * end of a socketpair for fd passing as fd 4, its rank's weights image as
+ * fd 5 and its device weights (a device backend's shareable allocation) as
+ * fd 6 when the supervisor holds them; every other fd is closed before exec.  The control socket's path in the runtime directory is unlinked as
  * soon as every rank has dialed, so a killed supervisor leaves no socket
  * files behind (nor shared memory: memfds vanish with their last user).
  */
@@ -62,6 +62,7 @@ struct wslot {
     bool sock_open;
     int recv_fd, fd_sock;
     int image_fd; /* the rank's weights image (kept across restarts), -1 */
+    int dev_fd;   /* the rank's device weights (device backends; kept likewise), -1 */
     bool hello, ready, answered;
     double last_seen;
     struct dsv4d_ready info;
@@ -425,7 +426,10 @@ static int spawn_one(struct dsv4d_sup *s, int r)
     argv[k++] = "--fd-sock", argv[k++] = "4";
     if (w->image_fd >= 0)
         argv[k++] = "--image-fd", argv[k++] = "5";
+    if (w->dev_fd >= 0)
+        argv[k++] = "--dev-weights-fd", argv[k++] = "6";
     argv[k++] = "--model", argv[k++] = s->cfg.model;
+    argv[k++] = "--device", argv[k++] = s->cfg.device;
     argv[k++] = "--threads-per-worker", argv[k++] = a_thr;
     argv[k++] = "--mtp", argv[k++] = a_mtp;
     argv[k++] = "--max-seqs", argv[k++] = a_seqs;
@@ -434,7 +438,9 @@ static int spawn_one(struct dsv4d_sup *s, int r)
     argv[k++] = "--state-mem", argv[k++] = a_mem;
     argv[k++] = "--log-level", argv[k++] = s->cfg.log_level;
     argv[k] = NULL;
-    int comm_fd = s->group ? dsv4_comm_shm_fd(s->group) : -1, img = w->image_fd;
+    int comm_fd = s->group ? dsv4_comm_shm_fd(s->group) : -1;
+    /* the child's fds 3-6: communicator, fd socket, weights image, device weights */
+    int src[4] = {comm_fd, sv[1], w->image_fd, w->dev_fd};
     pid_t pid = fork();
     if (pid < 0) {
         close(sv[0]);
@@ -442,27 +448,21 @@ static int spawn_one(struct dsv4d_sup *s, int r)
         return dsv4_error(DSV4_EIO, "fork: %s", strerror(errno));
     }
     if (pid == 0) {
-        /* child: only async-signal-safe calls until exec */
+        /* child: only async-signal-safe calls until exec.  Every source is first copied
+         * above the targets, so that no dup2 overwrites a source not yet placed. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int null = open("/dev/null", O_RDONLY);
-        if (comm_fd >= 0 && comm_fd != 3)
-            dup2(comm_fd, 3);
-        else if (comm_fd < 0)
-            dup2(null, 3);
-        if (sv[1] != 4)
-            dup2(sv[1], 4);
-        if (img >= 0 && img != 5)
-            dup2(img, 5);
-        if (comm_fd == 3 || sv[1] == 4 || img == 5) {
-            /* an fd already at its number keeps CLOEXEC: clear it */
-            if (comm_fd == 3)
-                fcntl(3, F_SETFD, 0);
-            if (sv[1] == 4)
-                fcntl(4, F_SETFD, 0);
-            if (img == 5)
-                fcntl(5, F_SETFD, 0);
+        int tmp[4];
+        if (src[0] < 0)
+            src[0] = open("/dev/null", O_RDONLY);
+        for (int i = 0; i < 4; i++)
+            tmp[i] = src[i] >= 0 ? fcntl(src[i], F_DUPFD, 64) : -1;
+        for (int i = 0; i < 4; i++) {
+            if (tmp[i] >= 0)
+                dup2(tmp[i], 3 + i); /* the new fd has no FD_CLOEXEC */
+            else
+                close(3 + i);
         }
-        close_range(img >= 0 ? 6 : 5, ~0u, 0);
+        close_range(7, ~0u, 0);
         execv(s->exe, argv);
         _exit(127);
     }
@@ -665,8 +665,11 @@ static void on_msg(struct dsv4d_sup *s, int r, struct dsv4d_msg *m)
         w->info = m->u.ready;
         w->ready = true;
         pthread_mutex_unlock(&s->mu);
-        dsv4_log(DSV4_LOG_INFO, "rank %d loaded in %.3f s from %s", r, m->u.ready.load_seconds,
-                 m->u.ready.from_image ? "its weights image" : "the checkpoint");
+        dsv4_log(DSV4_LOG_INFO, "rank %d loaded in %.3f s from %s%s", r, m->u.ready.load_seconds,
+                 m->u.ready.from_image ? "its weights image" : "the checkpoint",
+                 m->u.ready.device_weights == DSV4D_DEVW_MAPPED     ? ", device weights mapped"
+                 : m->u.ready.device_weights == DSV4D_DEVW_UPLOADED ? ", device weights uploaded"
+                                                                    : "");
         break;
     case DSV4D_MSG_HEARTBEAT:
         break;
@@ -721,10 +724,14 @@ static void read_image(struct dsv4d_sup *s, int r)
     uint64_t tag;
     if (dsv4d_fd_recv(s->w[r].fd_sock, &fd, &tag))
         return; /* closed: the death is seen by reap() */
-    if (s->w[r].image_fd >= 0)
-        close(s->w[r].image_fd);
-    s->w[r].image_fd = fd;
-    dsv4_log(DSV4_LOG_INFO, "rank %d: weights image kept (restarts skip the checkpoint)", r);
+    bool dev = ((tag >> 16) & 0xff) == DSV4D_FD_DEVICE;
+    int *keep = dev ? &s->w[r].dev_fd : &s->w[r].image_fd;
+    if (*keep >= 0)
+        close(*keep);
+    *keep = fd;
+    dsv4_log(DSV4_LOG_INFO, "rank %d: %s kept (restarts %s)", r,
+             dev ? "device weights" : "weights image",
+             dev ? "map them instead of uploading" : "skip the checkpoint");
 }
 
 /* ------------------------------------------------------------ plans */
@@ -991,7 +998,7 @@ int dsv4d_sup_start(const struct dsv4d_config *c, struct dsv4_metrics *m, struct
     s->wake_fd = -1;
     pthread_mutex_init(&s->mu, NULL);
     for (int r = 0; r < MAX_WORKERS; r++) {
-        s->w[r].image_fd = s->w[r].fd_sock = s->w[r].recv_fd = -1;
+        s->w[r].image_fd = s->w[r].dev_fd = s->w[r].fd_sock = s->w[r].recv_fd = -1;
     }
     s->state = DSV4_SVC_STARTING;
     s->svc.ops = &sup_ops;
@@ -1160,6 +1167,16 @@ int dsv4d_sup_rank_info(struct dsv4d_sup *s, int rank, double *load_seconds, boo
     return 0;
 }
 
+int dsv4d_sup_rank_device_weights(struct dsv4d_sup *s, int rank)
+{
+    if (rank < 0 || rank >= s->N)
+        return dsv4_error(DSV4_EINVAL, "rank %d of %d", rank, s->N);
+    pthread_mutex_lock(&s->mu);
+    int v = s->w[rank].info.device_weights;
+    pthread_mutex_unlock(&s->mu);
+    return v;
+}
+
 void dsv4d_sup_free(struct dsv4d_sup *s)
 {
     if (!s)
@@ -1169,9 +1186,12 @@ void dsv4d_sup_free(struct dsv4d_sup *s)
         wake(s);
     if (s->loop_started)
         pthread_join(s->loop, NULL);
-    for (int r = 0; r < MAX_WORKERS; r++)
+    for (int r = 0; r < MAX_WORKERS; r++) {
         if (s->w[r].image_fd >= 0)
             close(s->w[r].image_fd);
+        if (s->w[r].dev_fd >= 0)
+            close(s->w[r].dev_fd);
+    }
     if (s->have_rank0)
         dsv4d_msg_free(&s->rank0);
     dsv4d_plan_buf_free(&s->pb);

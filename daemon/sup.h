@@ -61,6 +61,8 @@ struct dsv4d_sched_counts;
 void dsv4d_sup_counts(struct dsv4d_sup *s, struct dsv4d_sched_counts *c);
 /* The last load of a rank: seconds, and whether it mapped the supervisor's weights image. */
 int dsv4d_sup_rank_info(struct dsv4d_sup *s, int rank, double *load_seconds, bool *from_image);
+/* Where the last load of a rank put a device backend's weights: DSV4D_DEVW_* (daemon/wire.h). */
+int dsv4d_sup_rank_device_weights(struct dsv4d_sup *s, int rank);
 /* Stops everything (workers killed if still running) and frees. */
 void dsv4d_sup_free(struct dsv4d_sup *s);
 

@@ -73,6 +73,7 @@ int dsv4d_wire_ready(const struct dsv4d_ready *r, void **buf, size_t *len)
     x.vocab_size = r->vocab_size;
     x.max_context = r->max_context;
     x.mtp_depth = r->mtp_depth;
+    x.device_weights = r->device_weights;
     m.m_case = DSV4__WORKER__MSG__M_READY;
     m.ready = &x;
     return pack(&m, buf, len);
@@ -358,7 +359,8 @@ int dsv4d_wire_decode(const void *buf, size_t len, struct dsv4d_msg *out)
                                             .mtp_depth = r->mtp_depth,
                                             .max_context = r->max_context,
                                             .load_seconds = r->load_seconds,
-                                            .from_image = r->from_image};
+                                            .from_image = r->from_image,
+                                            .device_weights = r->device_weights};
         break;
     }
     case DSV4__WORKER__MSG__M_PLAN:

@@ -47,7 +47,11 @@ struct dsv4d_ready {
     int64_t max_context;
     double load_seconds;
     bool from_image;
+    int device_weights; /* DSV4D_DEVW_* */
 };
+
+/* Where a device backend's weights came from (Ready.device_weights). */
+enum { DSV4D_DEVW_HOST = 0, DSV4D_DEVW_UPLOADED = 1, DSV4D_DEVW_MAPPED = 2 };
 
 /* A plan: lifecycle lists, then entries (their arrays point into the message's storage when
  * decoded, into the caller's when encoded). */

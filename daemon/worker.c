@@ -7,8 +7,11 @@
  * weights, from the supervisor's image of them when it passed one (a
  * restart: no checkpoint file is opened), else from the checkpoint, copying
  * them into a sealed memfd image that goes to the supervisor (SCM_RIGHTS) so
- * that the next incarnation skips the checkpoint; create the backend and the
- * step object; say Ready; then run every Plan the supervisor sends (same
+ * that the next incarnation skips the checkpoint; create the backend; on a
+ * device backend (cuda, or devsim in tests) map the device weights the
+ * supervisor kept from an earlier incarnation when it passed them, else
+ * upload the weights into shareable device memory and pass its descriptor
+ * to the supervisor; create the step object; say Ready; then run every Plan the supervisor sends (same
  * plan on every rank; the shared-memory communicator joins the ranks) and
  * answer with a Result (rank 0 with the tokens), until Shutdown.
  *
@@ -21,6 +24,7 @@
 #include "daemon/worker.h"
 
 #include "base/dsv4.h"
+#include "dsv4-build.h"
 #include "daemon/config.h"
 #include "daemon/fdpass.h"
 #include "daemon/wire.h"
@@ -29,6 +33,9 @@
 #include "engine/model/model.h"
 #include "engine/model/step.h"
 #include "kernels/backend.h"
+#ifdef HAVE_CUDA
+#include "kernels/cuda/cuda.h"
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
@@ -46,7 +53,7 @@
 
 struct worker {
     struct dsv4d_config cfg;
-    int rank, nranks, comm_fd, fd_sock, image_fd;
+    int rank, nranks, comm_fd, fd_sock, image_fd, dev_fd;
     pid_t ppid;
     uint64_t generation;
     char control[DSV4D_PATH_MAX + 16];
@@ -56,7 +63,8 @@ struct worker {
     atomic_int quit;
     struct dsv4_comm_shm *group;
     struct dsv4_comm *comm;
-    struct dsv4_model *m;
+    struct dsv4_model *m;    /* host binding (image or checkpoint) */
+    struct dsv4_model *mdev; /* its device copy (device backends), or NULL */
     struct dsv4_backend *be;
     struct dsv4_step *step;
     struct dsv4_step_result *res;
@@ -128,12 +136,69 @@ static int load_checkpoint(struct worker *w, uint64_t *image_bytes)
         rc = dsv4_error(DSV4_EIO, "worker: sealing the weights image: %s", strerror(errno));
         goto out;
     }
-    if ((rc = dsv4d_fd_send(w->fd_sock, fd, ((uint64_t)w->generation << 16) | (uint64_t)w->rank)))
+    if ((rc = dsv4d_fd_send(w->fd_sock, fd, dsv4d_fd_tag(w->generation, DSV4D_FD_IMAGE, w->rank))))
         goto out;
 out:
     if (fd >= 0)
         close(fd);
     free(cfg_json);
+    return rc;
+}
+
+/* The rank's backend: cpu, devsim, or GPU rank % devices (CUDA_VISIBLE_DEVICES chooses
+ * which GPUs; several ranks on one GPU share it, a test mode). */
+static int make_backend(struct worker *w, int threads)
+{
+    char name[32];
+    if (strcmp(w->cfg.device, "cuda"))
+        return dsv4_backend_create(w->cfg.device, threads, &w->be);
+#ifdef HAVE_CUDA
+    int n = dsv4_cuda_device_count();
+    if (n < 0)
+        return n;
+    if (n == 0)
+        return dsv4_error(DSV4_ENOTSUP, "worker: device cuda but no GPU is visible");
+    snprintf(name, sizeof name, "cuda:%d", w->rank % n);
+#else
+    snprintf(name, sizeof name, "cuda");
+#endif
+    return dsv4_backend_create(name, threads, &w->be);
+}
+
+/*
+ * A device backend's weights: mapped from the descriptor the supervisor kept (nothing
+ * uploaded), else uploaded into shareable memory whose descriptor goes to the supervisor
+ * (plain device memory where the backend has none).  A descriptor that no longer maps
+ * (its allocation gone, or not this rank's) costs an upload, never the start.
+ */
+static int device_weights(struct worker *w, struct dsv4d_ready *ready)
+{
+    int rc, fd = -1;
+    if (w->be->device == DSV4_DEVICE_HOST)
+        return 0;
+    double t0 = dsv4_now();
+    if (w->dev_fd >= 0) {
+        rc = dsv4_model_import(w->m, w->be, w->dev_fd, &w->mdev);
+        close(w->dev_fd);
+        w->dev_fd = -1;
+        if (!rc) {
+            ready->device_weights = DSV4D_DEVW_MAPPED;
+            dsv4_log(DSV4_LOG_INFO,
+                     "device weights mapped from the supervisor's descriptor in "
+                     "%.3f s",
+                     dsv4_now() - t0);
+            return 0;
+        }
+        dsv4_log(DSV4_LOG_WARN, "device weights not reusable (%s): uploading", dsv4_errmsg());
+    }
+    ready->device_weights = DSV4D_DEVW_UPLOADED;
+    if (!w->be->alloc_shared)
+        return dsv4_model_upload(w->m, w->be, &w->mdev);
+    if ((rc = dsv4_model_upload_shared(w->m, w->be, &fd, &w->mdev)))
+        return rc;
+    rc = dsv4d_fd_send(w->fd_sock, fd, dsv4d_fd_tag(w->generation, DSV4D_FD_DEVICE, w->rank));
+    close(fd);
+    dsv4_log(DSV4_LOG_DEBUG, "device weights uploaded in %.3f s", dsv4_now() - t0);
     return rc;
 }
 
@@ -162,7 +227,7 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
     int threads = w->cfg.threads_per_worker;
     if (threads <= 0)
         threads = (int)DSV4_MAX(1L, sysconf(_SC_NPROCESSORS_ONLN) / w->nranks);
-    if ((rc = dsv4_backend_create("cpu", threads, &w->be)))
+    if ((rc = make_backend(w, threads)) || (rc = device_weights(w, ready)))
         return rc;
     int mtp = w->cfg.mtp < 0 ? (dsv4_model_has_mtp(w->m) ? 1 : 0) : w->cfg.mtp;
     int64_t ctx = w->cfg.max_model_len > 0 ? w->cfg.max_model_len
@@ -173,7 +238,7 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
                                 .mtp = mtp,
                                 .state_bytes = w->cfg.state_mem,
                                 .threads = 1};
-    if ((rc = dsv4_step_create(w->m, w->be, w->comm, &so, &w->step)))
+    if ((rc = dsv4_step_create(w->mdev ? w->mdev : w->m, w->be, w->comm, &so, &w->step)))
         return rc;
     w->max_seqs = w->cfg.max_seqs;
     w->res = calloc((size_t)w->max_seqs, sizeof *w->res);
@@ -234,7 +299,7 @@ static int run_plan(struct worker *w, const struct dsv4d_plan *p)
 static int parse(struct worker *w, int argc, char **argv)
 {
     dsv4d_config_defaults(&w->cfg);
-    w->comm_fd = w->fd_sock = w->image_fd = -1;
+    w->comm_fd = w->fd_sock = w->image_fd = w->dev_fd = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = dsv4d_config_flag(&w->cfg, argc, argv, &i);
@@ -257,6 +322,8 @@ static int parse(struct worker *w, int argc, char **argv)
             w->fd_sock = atoi(v);
         else if (ARG("--image-fd"))
             w->image_fd = atoi(v);
+        else if (ARG("--dev-weights-fd"))
+            w->dev_fd = atoi(v);
         else if (ARG("--ppid"))
             w->ppid = (pid_t)atoi(v);
         else if (ARG("--generation"))
@@ -311,8 +378,11 @@ int dsv4d_worker_main(int argc, char **argv)
         dsv4_log(DSV4_LOG_ERROR, "load failed: %s", dsv4_errmsg());
         goto stop;
     }
-    dsv4_log(DSV4_LOG_INFO, "ready in %.3f s (%s), %llu state blocks", ready.load_seconds,
+    dsv4_log(DSV4_LOG_INFO, "ready in %.3f s (%s%s), %llu state blocks", ready.load_seconds,
              ready.from_image ? "weights image" : "checkpoint",
+             ready.device_weights == DSV4D_DEVW_MAPPED     ? ", device weights mapped"
+             : ready.device_weights == DSV4D_DEVW_UPLOADED ? ", device weights uploaded"
+                                                           : "",
              (unsigned long long)ready.total_blocks);
     if ((rc = dsv4d_wire_ready(&ready, &buf, &len)) || (rc = send_buf(&w, buf, len)))
         goto stop;
@@ -349,6 +419,7 @@ out:
         dsv4_log(DSV4_LOG_ERROR, "%s", dsv4_errmsg());
     nng_close(w.sock);
     dsv4_step_free(w.step);
+    dsv4_model_close(w.mdev);
     dsv4_backend_destroy(w.be);
     dsv4_model_close(w.m);
     dsv4_comm_free(w.comm);

@@ -23,6 +23,7 @@
 #include "daemon/config.h"
 #include "daemon/sched.h"
 #include "daemon/sup.h"
+#include "daemon/wire.h"
 #include "engine/model/generate.h"
 #include "engine/model/state.h"
 #include "tests/test.h"
@@ -502,6 +503,43 @@ static void restart_from_image(const char *dir, int workers, double min_ratio)
     dsv4d_sup_free(s);
 }
 
+/* A device backend (devsim: the CPU behind the GPU paths): every rank uploads its weights into
+ * shareable memory whose descriptor the supervisor keeps; after a rank is killed the group
+ * comes back with every rank mapping its weights from those descriptors (nothing uploaded),
+ * and outputs equal the cpu backend's before and after. */
+static void device_weights_kept(int workers)
+{
+    struct dsv4d_config c;
+    base_config(&c, workers);
+    snprintf(c.device, sizeof c.device, "devsim");
+    struct dsv4d_sup *s = NULL;
+    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "devsim: start: %s", dsv4_errmsg());
+    if (!s)
+        return;
+    CHECK(wait_state(s, DSV4_SVC_READY, 120));
+    for (int r = 0; r < workers; r++)
+        CHECK_INT(dsv4d_sup_rank_device_weights(s, r), DSV4D_DEVW_UPLOADED);
+    struct rec before, after;
+    uint64_t id;
+    CHECK_INT(submit(dsv4d_sup_svc(s), 3, 20, 0, &before, &id), 0);
+    CHECK(wait_done(&before, 1, 60));
+    CHECK(!before.error && before.n == 20 && !memcmp(before.toks, ref_toks[3], 20 * 4));
+    for (int k = 0; k < 2; k++) {
+        pid_t pids[8];
+        dsv4d_sup_worker_pids(s, pids, workers);
+        kill(pids[k % workers], SIGKILL);
+        CHECK(wait_state(s, DSV4_SVC_DEGRADED, 10));
+        CHECK(wait_state(s, DSV4_SVC_READY, 60));
+        for (int r = 0; r < workers; r++)
+            CHECKF(dsv4d_sup_rank_device_weights(s, r) == DSV4D_DEVW_MAPPED,
+                   "restart %d: rank %d did not map its device weights", k, r);
+    }
+    CHECK_INT(submit(dsv4d_sup_svc(s), 3, 20, 0, &after, &id), 0);
+    CHECK(wait_done(&after, 1, 60));
+    CHECK(!after.error && after.n == 20 && !memcmp(after.toks, ref_toks[3], 20 * 4));
+    dsv4d_sup_free(s);
+}
+
 /* Crashes beyond max_restarts: degraded for good, new work refused, the reason given. */
 static void give_up(void)
 {
@@ -612,6 +650,7 @@ int main(void)
     PHASE(deadline_during_recovery());
     PHASE(drain_with_grace());
     PHASE(restart_from_image(model_dir, 2, 1.0));
+    PHASE(device_weights_kept(2));
     /* the proof: on the small preset a restart is >= 10x faster than a cold load */
     char small_dir[4200];
     snprintf(small_dir, sizeof small_dir, "%s/small", test_tmpdir());
