@@ -8,10 +8,15 @@
 #                                        there, else built for the local GPU's
 #                                        architecture; then every CUDA test, the
 #                                        tiny model end to end on the GPU vs the
-#                                        CPU backend, the kernel benchmarks and
-#                                        decode of the `small` preset (tok/s at
-#                                        batch 1, 8, 64, MTP off and on); a short
-#                                        table last, also in $OUT/summary.txt
+#                                        CPU backend, whether shared device weights
+#                                        outlive their worker (test_vmm_survive),
+#                                        dsv4d with 1 GPU worker and with 2 sharing
+#                                        the GPU answering gRPC before and after a
+#                                        worker is killed (dsv4d-gpu.sh), the
+#                                        kernel benchmarks and decode of the
+#                                        `small` preset (tok/s at batch 1, 8, 64,
+#                                        MTP off and on); a short table last, also
+#                                        in $OUT/summary.txt
 #   tests/gpu/device-check.sh --pack     here (no GPU needed): build the bundle
 #                                        build-devcheck/ (sm_90a programs, stripped,
 #                                        and the shared libraries beyond the
@@ -26,7 +31,7 @@
 # the script and the bundle must be in it); without the bundle the script builds on the
 # GPU machine (needs autoconf or a carried ./configure, and the -dev packages
 # configure asks for).  Results ($OUT, default /tmp/device-check-out): summary.txt, tests.log,
-# test-logs.txt, bench.log, bench.json, build.log.  Exit status: 0 when every test passed
+# test-logs.txt, dsv4d-gpu.txt, dsv4d-gpu.log, bench.log, bench.json, build.log.  Exit status: 0 when every test passed
 # (or, in --dry-run, skipped for want of a device), 1 otherwise.
 set -u
 set -o pipefail
@@ -38,7 +43,7 @@ case "${1:-}" in
 --dry-run) MODE=dry ;;
 "") ;;
 -h | --help)
-    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit 0
     ;;
 *)
@@ -50,8 +55,11 @@ OUT=${OUT:-${TMPDIR:-/tmp}/device-check-out}
 mkdir -p "$OUT"
 BUNDLE=$ROOT/build-devcheck # ignored by git (/build-*/): travels when carried
 TESTS="tests/cuda/test_cuda_math tests/cuda/test_cuda_plan tests/cuda/test_cuda_nodev \
-tests/cuda/test_cuda_ops tests/cuda/test_cuda_forward tests/cuda/test_comm_nccl"
-PROGRAMS="$TESTS tests/cuda/bench_cuda"
+tests/cuda/test_cuda_ops tests/cuda/test_cuda_forward tests/cuda/test_comm_nccl \
+tests/cuda/test_vmm_survive"
+PROGRAMS="$TESTS tests/cuda/bench_cuda dsv4 dsv4d dsv4ctl"
+# the tokenizer the tiny checkpoint takes its vocabulary from (travels in the bundle)
+TOKENIZER_SRC=$ROOT/../shared/data/tokenizer/deepseek-v3-tokenizer.json
 JOBS=$(nproc 2>/dev/null || echo 4)
 T0=$(date +%s)
 
@@ -130,6 +138,7 @@ if [ "$MODE" = pack ]; then
             esac
         done
     done
+    cp "$TOKENIZER_SRC" "$BUNDLE/tokenizer.json" || exit 1
     echo "sm_90a $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" >"$BUNDLE/manifest"
     log "bundle in $BUNDLE ($(du -sh "$BUNDLE" | cut -f1)); carry it: carry=[\"build-devcheck\"]"
     exit 0
@@ -200,6 +209,26 @@ else
     fail=1
 fi
 
+# ---------------------------------------------------------------- dsv4d on the GPU
+
+DAEMON_RC=skipped
+TOK=$BUNDLE/tokenizer.json
+[ -f "$TOK" ] || TOK=$TOKENIZER_SRC
+if [ -n "$BIN" ] && [ "$MODE" = run ]; then
+    if [ -f "$TOK" ]; then
+        timeout 300 bash "$ROOT/tests/gpu/dsv4d-gpu.sh" "$BIN" "$TOK" "$OUT" >"$OUT/dsv4d-gpu.txt"
+        case $? in
+        0) DAEMON_RC=ok ;;
+        124) DAEMON_RC="timed out" && fail=1 ;;
+        *) DAEMON_RC=FAILED && fail=1 ;;
+        esac
+    else
+        DAEMON_RC="no tokenizer for the tiny checkpoint"
+        fail=1
+    fi
+fi
+log "dsv4d on the GPU: $DAEMON_RC ($(elapsed)s)"
+
 # ---------------------------------------------------------------- benchmarks
 
 BENCH_RC=skipped
@@ -231,6 +260,10 @@ fi
     for t in $TESTS; do
         printf '%-32s %s\n' "$(basename "$t")" "${RES[$t]:-NOT RUN}"
     done
+    grep -h "^vmm " "$OUT/test-logs.txt" 2>/dev/null
+    echo
+    echo "dsv4d on the GPU: $DAEMON_RC"
+    [ -f "$OUT/dsv4d-gpu.txt" ] && cat "$OUT/dsv4d-gpu.txt"
     echo
     printf '%-36s %12s  %s\n' "benchmark ($BENCH_RC)" "value" "unit"
     if [ -f "$OUT/bench.log" ]; then
