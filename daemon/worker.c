@@ -62,7 +62,8 @@ struct worker {
     atomic_uint_fast64_t step_in_flight;
     atomic_int quit;
     struct dsv4_comm_shm *group;
-    struct dsv4_comm *comm;
+    struct dsv4_comm *comm;  /* the shm group's */
+    struct dsv4_comm *nccl;  /* NCCL over the ranks' GPUs, when each has its own */
     struct dsv4_model *m;    /* host binding (image or checkpoint) */
     struct dsv4_model *mdev; /* its device copy (device backends), or NULL */
     struct dsv4_backend *be;
@@ -166,6 +167,47 @@ static int make_backend(struct worker *w, int threads)
 }
 
 /*
+ * GPU ranks on distinct GPUs exchange through NCCL: rank 0 makes the group id and broadcasts
+ * it over the shm communicator, every rank joins on its GPU and the backend's stream.  Ranks
+ * sharing a GPU, and builds without NCCL, keep the shm communicator (the forward pass stages
+ * device buffers through host memory: correct, slow, said in the log).
+ */
+static int join_nccl(struct worker *w)
+{
+#ifdef HAVE_CUDA
+    if (w->nranks < 2 || strcmp(w->cfg.device, "cuda"))
+        return 0;
+    int n = dsv4_cuda_device_count();
+    struct {
+        int32_t status;
+        uint8_t id[DSV4_COMM_NCCL_ID_BYTES];
+    } g;
+    memset(&g, 0, sizeof g);
+    if (w->rank == 0)
+        g.status = n < w->nranks ? DSV4_ENOTSUP : dsv4_comm_nccl_unique_id(g.id);
+    int rc = dsv4_comm_broadcast(w->comm, &g, sizeof g, 0);
+    if (rc)
+        return dsv4_error_ctx(rc, "worker: NCCL group id");
+    if (g.status) {
+        if (w->rank == 0)
+            dsv4_log(DSV4_LOG_WARN,
+                     "%d ranks on %d GPUs%s: exchanges staged through host memory "
+                     "(slow; a test mode)",
+                     w->nranks, n, n < w->nranks ? "" : " and no NCCL in this build");
+        return 0;
+    }
+    rc = dsv4_comm_nccl_init(g.id, w->rank, w->nranks, w->rank % n, dsv4_cuda_stream(w->be), 0,
+                             &w->nccl);
+    if (rc)
+        return dsv4_error_ctx(rc, "worker: joining the NCCL group");
+    dsv4_log(DSV4_LOG_DEBUG, "NCCL group of %d ranks joined", w->nranks);
+#else
+    (void)w;
+#endif
+    return 0;
+}
+
+/*
  * A device backend's weights: mapped from the descriptor the supervisor kept (nothing
  * uploaded), else uploaded into shareable memory whose descriptor goes to the supervisor
  * (plain device memory where the backend has none).  A descriptor that no longer maps
@@ -227,7 +269,7 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
     int threads = w->cfg.threads_per_worker;
     if (threads <= 0)
         threads = (int)DSV4_MAX(1L, sysconf(_SC_NPROCESSORS_ONLN) / w->nranks);
-    if ((rc = make_backend(w, threads)) || (rc = device_weights(w, ready)))
+    if ((rc = make_backend(w, threads)) || (rc = join_nccl(w)) || (rc = device_weights(w, ready)))
         return rc;
     int mtp = w->cfg.mtp < 0 ? (dsv4_model_has_mtp(w->m) ? 1 : 0) : w->cfg.mtp;
     int64_t ctx = w->cfg.max_model_len > 0 ? w->cfg.max_model_len
@@ -238,7 +280,8 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
                                 .mtp = mtp,
                                 .state_bytes = w->cfg.state_mem,
                                 .threads = 1};
-    if ((rc = dsv4_step_create(w->mdev ? w->mdev : w->m, w->be, w->comm, &so, &w->step)))
+    if ((rc = dsv4_step_create(w->mdev ? w->mdev : w->m, w->be, w->nccl ? w->nccl : w->comm, &so,
+                               &w->step)))
         return rc;
     w->max_seqs = w->cfg.max_seqs;
     w->res = calloc((size_t)w->max_seqs, sizeof *w->res);
@@ -422,6 +465,7 @@ out:
     dsv4_model_close(w.mdev);
     dsv4_backend_destroy(w.be);
     dsv4_model_close(w.m);
+    dsv4_comm_free(w.nccl);
     dsv4_comm_free(w.comm);
     dsv4_comm_shm_destroy(w.group);
     free(w.res);
