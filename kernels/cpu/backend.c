@@ -80,10 +80,11 @@ static int grow(struct fbuf *b, int64_t n)
     return 0;
 }
 
-/* cpu_moe takes the moe_few path up to this many (token, slot) pairs, and cpu_linear_multi
- * runs its products as one job up to this many activation rows in all (larger products fill
- * the threads on their own) */
-#define MOE_FEW_PAIRS  64
+/* cpu_moe takes the moe_few path up to this many (token, slot) pairs (a decode step of up to
+ * 85 tokens at top-6; the shared activation buffer holds 2 rows per pair), and
+ * cpu_linear_multi runs its products as one job up to this many activation rows in all
+ * (larger products fill the threads on their own) */
+#define MOE_FEW_PAIRS  512
 #define LIN_MULTI_ROWS 64
 
 static int cpu_reserve(struct dsv4_backend *be, const struct dsv4_be_limits *lim)
@@ -352,17 +353,20 @@ static void t_swiglu_rows(void *arg, int64_t j, int th)
     dsv4_cpu_round_bf16(h, I);
 }
 
-/* The products of one stage of moe_few for every expert with pairs: w1 and w3 (xb -> gb, ub)
- * or w2 (hb -> yb); returns their count. */
+/* The products of one stage of moe_few for the experts with pairs from *e on, as many as one
+ * dsv4_cpu_linear_multi call takes: w1 and w3 (xb -> gb, ub) or w2 (hb -> yb); returns their
+ * count and leaves *e at the first expert not taken. */
 static int moe_stage(struct cpu_be *c, const struct dsv4_moe_args *a, bool down,
-                     struct dsv4_cpu_lin *it)
+                     struct dsv4_cpu_lin *it, int *e0)
 {
     int64_t D = a->D, I = a->I;
-    int n = 0;
-    for (int e = a->e0; e < a->e1; e++) {
+    int n = 0, e = *e0;
+    for (; e < a->e1; e++) {
         int beg = e > 0 ? c->ecnt[e - 1] : 0, m = c->ecnt[e] - beg;
         if (m <= 0)
             continue;
+        if (n + (down ? 1 : 2) > DSV4_CPU_LIN_MULTI_MAX)
+            break;
         const struct dsv4_ffn_w *w = &a->ex[e - a->e0];
         if (down) {
             it[n++] = (struct dsv4_cpu_lin){&w->w2.w, w->w2.act, c->hb.p + beg * I, m,
@@ -373,13 +377,15 @@ static int moe_stage(struct cpu_be *c, const struct dsv4_moe_args *a, bool down,
             it[n++] = (struct dsv4_cpu_lin){&w->w3.w, w->w3.act, x, m, c->ub.p + beg * I};
         }
     }
+    *e0 = e;
     return n;
 }
 
-/* A few (token, slot) pairs (a decode step): every expert's product of a stage in one pair of
- * pool jobs (dsv4_cpu_linear_multi), so that the threads share the experts instead of taking
- * one small product at a time; the same outputs, bit for bit, as one expert at a time.  The
- * pairs are gathered in elist order: expert e's rows are [ecnt[e - 1], ecnt[e]). */
+/* A few (token, slot) pairs (a decode step): the experts' products of a stage in pairs of pool
+ * jobs (dsv4_cpu_linear_multi, up to DSV4_CPU_LIN_MULTI_MAX products each), so that the
+ * threads share the experts instead of taking one small product at a time; the same outputs,
+ * bit for bit, as one expert at a time.  The pairs are gathered in elist order: expert e's
+ * rows are [ecnt[e - 1], ecnt[e]). */
 static void moe_few(struct dsv4_backend *be, const struct dsv4_moe_args *a, int total)
 {
     struct cpu_be *c = C(be);
@@ -388,12 +394,14 @@ static void moe_few(struct dsv4_backend *be, const struct dsv4_moe_args *a, int 
     struct dsv4_cpu_lin it[DSV4_CPU_LIN_MULTI_MAX];
     for (int j = 0; j < total; j++)
         memcpy(c->xb.p + j * D, a->x + (c->elist[j] / k) * D, sizeof(float) * D);
-    dsv4_cpu_linear_multi(c->pool, it, moe_stage(c, a, false, it));
+    for (int e = a->e0; e < a->e1;)
+        dsv4_cpu_linear_multi(c->pool, it, moe_stage(c, a, false, it, &e));
     round_n(be, c->gb.p, total * I);
     round_n(be, c->ub.p, total * I);
     struct moe_job mj = {a, c, c->elist, total};
     dsv4_pool_run(c->pool, t_swiglu_rows, &mj, total);
-    dsv4_cpu_linear_multi(c->pool, it, moe_stage(c, a, true, it));
+    for (int e = a->e0; e < a->e1;)
+        dsv4_cpu_linear_multi(c->pool, it, moe_stage(c, a, true, it, &e));
     round_n(be, c->yb.p, total * D);
     for (int j = 0; j < total; j++) {
         int64_t t = c->elist[j] / k, i = c->elist[j] % k;
@@ -427,10 +435,8 @@ static void cpu_moe(struct dsv4_backend *be, const struct dsv4_moe_args *a)
                 c->elist[c->ecnt[e]++] = (int)(t * k + i);
         }
     /* ecnt[e] is now the end of e's run; its start is ecnt[e - 1] (0 for e = 0) */
-    int total = E > 0 ? c->ecnt[E - 1] : 0, active = 0;
-    for (int e = a->e0; e < a->e1; e++)
-        active += c->ecnt[e] > (e > 0 ? c->ecnt[e - 1] : 0);
-    if (total <= MOE_FEW_PAIRS && 2 * active <= DSV4_CPU_LIN_MULTI_MAX) {
+    int total = E > 0 ? c->ecnt[E - 1] : 0;
+    if (total <= MOE_FEW_PAIRS) {
         moe_few(be, a, total);
         return;
     }

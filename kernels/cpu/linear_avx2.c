@@ -188,6 +188,23 @@ AVX2 static inline float v_hsum(V v)
     return _mm_cvtss_f32(s);
 }
 
+/* [v_hsum(a), v_hsum(b), v_hsum(c), v_hsum(d)] with the same tree (same bits): the halves
+ * added lane by lane, then lanes 0+2 and 1+3, then those two */
+AVX2 static inline __m128 v_hsum4(V a, V b, V c, V d)
+{
+    __m256 ab =
+            _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    __m256 cd =
+            _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    /* lanes [a0 a1 c0 c1 | b0 b1 d0 d1] + [a2 a3 c2 c3 | b2 b3 d2 d3] */
+    __m256 w = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* [a c a c | b d b d] */
+    __m256 z = _mm256_add_ps(_mm256_shuffle_ps(w, w, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm256_shuffle_ps(w, w, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
+}
+
 AVX2 static inline void dec_f32q(const float *s, V q[4])
 {
     q[0] = _mm256_loadu_ps(s);

@@ -89,6 +89,28 @@ AVX512 static inline float v_hsum(V v)
     return _mm_cvtss_f32(s);
 }
 
+/* [v_hsum(a), v_hsum(b), v_hsum(c), v_hsum(d)] with the same tree (same bits): each folded to
+ * 8 lanes as v_hsum does, then the 8-lane tree of linear_avx2.c's v_hsum4 */
+AVX512 static inline __m256 fold8(V v)
+{
+    return _mm256_add_ps(_mm512_castps512_ps256(v),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+AVX512 static inline __m128 v_hsum4(V a, V b, V c, V d)
+{
+    __m256 a8 = fold8(a), b8 = fold8(b), c8 = fold8(c), d8 = fold8(d);
+    __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a8, b8, 0x20),
+                              _mm256_permute2f128_ps(a8, b8, 0x31));
+    __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c8, d8, 0x20),
+                              _mm256_permute2f128_ps(c8, d8, 0x31));
+    __m256 w = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 z = _mm256_add_ps(_mm256_shuffle_ps(w, w, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm256_shuffle_ps(w, w, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
+}
+
 AVX512 static inline void dec_f32q(const float *s, V q[4])
 {
     q[0] = _mm512_loadu_ps(s);

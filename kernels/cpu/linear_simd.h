@@ -31,7 +31,8 @@
  * Primitives the includer defines (SIMD = its target attribute; V float
  * vector, VI integer vector, VW lanes; MR_F / MR_I activation rows per
  * micro-kernel):
- *   v_zero v_load v_store v_set1 v_fma v_mul v_hsum v_cvti vi_load vi_store
+ *   v_zero v_load v_store v_set1 v_fma v_mul v_hsum v_cvti vi_load vi_store,
+ *   v_hsum4 (four v_hsum results, same bits, in one __m128),
  *   dec_f32q / dec_bf16q / dec_c16q (4 * VW values or E4M3 codes -> 4
  *     vectors in column order; c16 = exact E4M3 value * 2^-8),
  *   dec_fp4q (2 * VW packed E2M1 bytes and one scale per vector -> exact
@@ -390,6 +391,66 @@ SIMD static void gemv_i(const struct lin_job *j, int64_t r0, int64_t r1)
     }
 }
 
+/* W4A4 for a few activation rows (m <= LIN_FEW_I: a routed expert's tokens in a decode
+ * step): each weight chunk decoded once, in registers, and applied to every row, instead of
+ * a tile decoded into scratch for a micro-kernel that would run over only m rows.  The same
+ * terms in the same order as gemv_i and mk_i (the same bits). */
+#define LIN_FEW_I 6
+SIMD static inline ALWAYS void gemv_i_m(const struct lin_job *j, int64_t r0, int64_t r1, int m)
+{
+    const struct dsv4_qweight *w = j->w;
+    const int64_t K = w->cols, rb = (K + 1) / 2, kx = j->kx;
+    for (int64_t o = r0; o < r1; o++) {
+        const uint8_t *row = (const uint8_t *)w->w + o * rb;
+        V acc[LIN_FEW_I];
+        LIN_UNROLL
+        for (int i = 0; i < m; i++)
+            acc[i] = v_zero();
+        for (int64_t e = 0; e < K; e += 8 * VW) {
+            VI wl, wh;
+            V sw;
+            _mm_prefetch((const char *)row + e / 2 + LIN_PF, _MM_HINT_T0);
+            if (e + 8 * VW <= K)
+                chunk_i_full(w, o, e, &wl, &wh, &sw);
+            else
+                chunk_i(w, o, e, &wl, &wh, &sw);
+            LIN_UNROLL
+            for (int i = 0; i < m; i++) {
+                VI ae = vi_load(j->qe + i * (kx / 2) + e / 2);
+                VI ao = vi_load(j->qo + i * (kx / 2) + e / 2);
+                VI ac = vi_load(j->acorr + i * (kx / 8) + e / 8);
+                VI s = i4_dot(wl, wh, ae, ao, ac);
+                acc[i] =
+                        v_fma(v_cvti(s), v_mul(sw, v_load(j->sfa2 + i * (kx / 8) + e / 8)), acc[i]);
+            }
+        }
+        LIN_UNROLL
+        for (int i = 0; i < m; i++)
+            j->y[i * w->rows + o] = v_hsum(acc[i]) * j->alpha;
+    }
+}
+
+SIMD static void gemv_i_few(const struct lin_job *j, int64_t r0, int64_t r1)
+{
+    switch (j->m) {
+    case 2:
+        gemv_i_m(j, r0, r1, 2);
+        break;
+    case 3:
+        gemv_i_m(j, r0, r1, 3);
+        break;
+    case 4:
+        gemv_i_m(j, r0, r1, 4);
+        break;
+    case 5:
+        gemv_i_m(j, r0, r1, 5);
+        break;
+    default:
+        gemv_i_m(j, r0, r1, 6);
+        break;
+    }
+}
+
 /* ---------------------------------------------------------------- batched: tiles */
 
 /* tile row strides: floats of LIN_FAM_F/B; bytes of LIN_FAM_I ([wl | wh] KC/2 bytes each,
@@ -680,17 +741,29 @@ SIMD static void tiles(const struct lin_job *j, int64_t r0, int64_t r1, void *sc
                     }
                 }
             }
-            for (int i = 0; i < mb; i++)
+            for (int i = 0; i < mb; i++) {
+                const float *a = ab + (int64_t)i * LIN_NR * VW;
+                float *y = j->y + (i0 + i) * w->rows + t0;
+#if LIN_NR == 4
+                if (nr == 4) {
+                    __m128 s = v_hsum4(v_load(a), v_load(a + VW), v_load(a + 2 * VW),
+                                       v_load(a + 3 * VW));
+                    _mm_storeu_ps(y, _mm_mul_ps(s, _mm_set1_ps(j->alpha)));
+                    continue;
+                }
+#endif
                 for (int r = 0; r < nr; r++)
-                    j->y[(i0 + i) * w->rows + t0 + r] =
-                            v_hsum(v_load(ab + ((int64_t)i * LIN_NR + r) * VW)) * j->alpha;
+                    y[r] = v_hsum(v_load(a + r * VW)) * j->alpha;
+            }
         }
     }
 }
 
 SIMD static void simd_rows(const struct lin_job *j, int64_t r0, int64_t r1, void *scratch)
 {
-    if (j->m > 1)
+    if (j->m > 1 && j->m <= LIN_FEW_I && j->fam == LIN_FAM_I)
+        gemv_i_few(j, r0, r1);
+    else if (j->m > 1)
         tiles(j, r0, r1, scratch);
     else if (j->fam == LIN_FAM_F)
         gemv_f(j, r0, r1);

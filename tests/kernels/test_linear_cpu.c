@@ -164,7 +164,7 @@ static void test_invariance(void)
             {3, 5},    {7, 48},   {13, 100},   {130, 300}, {9, 1100},
             {33, 256}, {5, 2111}, {262, 1100}, /* large enough for several pool tasks at m = 1 */
     };
-    static const int64_t ms[] = {1, 2, 3, 5, 8, 17, 33, 64, 100};
+    static const int64_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 17, 33, 64, 100};
     for (int isa = 0; isa < 3; isa++) {
         if (dsv4_cpu_force_isa(isas[isa]) != 0)
             continue;
