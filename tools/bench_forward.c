@@ -12,7 +12,12 @@
  * bytes per kind, next to what dropping it costs (the prefill again).
  * Decode: B sequences (16-token prompts, different tokens), then --steps
  * steps with all B in one plan; tok/s = tokens emitted / time (with --mtp,
- * accepted drafts count, as a server would count them).
+ * accepted drafts count, as a server would count them).  Each batch size
+ * is set against its own roofline: a step of B tokens reads the weights
+ * once (the routed experts some token picks: dsv4_model_decode_cost) and
+ * does B tokens' multiply-adds, so it takes at least max(bytes / read
+ * bandwidth, FLOP / FMA peak), both measured in the same run (the peak by
+ * dsv4_cpu_fma_peak on the same threads); "bound" says which term wins.
  */
 #include "base/dsv4.h"
 #include "engine/model/model.h"
@@ -22,6 +27,7 @@
 #include "tools/cmds.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -345,6 +351,13 @@ int dsv4_bench_forward(int argc, char **argv)
     double bw = read_bandwidth(threads);
     uint64_t bytes = dsv4_model_decode_bytes(m);
     double roof = bw > 0 ? bw / (double)bytes : 0;
+    double peak = 0;
+    {
+        struct dsv4_pool *pp = NULL;
+        if (!dsv4_pool_init(threads, &pp))
+            peak = dsv4_cpu_fma_peak(pp);
+        dsv4_pool_free(pp);
+    }
     for (int i = 0; i < np; i++) {
         double t;
         if (prompt[i] + 2 > ctx) {
@@ -358,6 +371,18 @@ int dsv4_bench_forward(int argc, char **argv)
     for (int i = 0; i < nb; i++)
         if ((rc = decode(&b, batch[i], steps, &dec[i])))
             goto fail;
+    /* each batch size's roofline: max(bytes / bw, FLOP / peak) per step of B tokens */
+    double broof[MAX_LIST];
+    const char *bound[MAX_LIST];
+    double macs1 = 0, bytes1 = 0;
+    dsv4_model_decode_cost(m, 1, &bytes1, &macs1);
+    for (int i = 0; i < nb; i++) {
+        double sb, sm;
+        dsv4_model_decode_cost(m, batch[i], &sb, &sm);
+        double tm = bw > 0 ? sb / bw : INFINITY, tc = peak > 0 ? 2 * sm / peak : 0;
+        broof[i] = batch[i] / (tm > tc ? tm : tc);
+        bound[i] = tm >= tc ? "memory" : "compute";
+    }
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
     const char *isa = !strcmp(backend, "cpu") ? dsv4_cpu_isa() : "scalar";
@@ -366,7 +391,9 @@ int dsv4_bench_forward(int argc, char **argv)
                "\"threads\": %d, \"mtp\": %d,\n \"decode\": [",
                dir, cpu, isa, backend, threads, k);
         for (int i = 0; i < nb; i++)
-            printf("%s{\"batch\": %d, \"decode_tok_s\": %.2f}", i ? ", " : "", batch[i], dec[i]);
+            printf("%s{\"batch\": %d, \"decode_tok_s\": %.2f, \"roofline_tok_s\": %.2f, "
+                   "\"bound\": \"%s\"}",
+                   i ? ", " : "", batch[i], dec[i], broof[i], bound[i]);
         printf("],\n \"prefill\": [");
         for (int i = 0; i < np; i++)
             printf("%s{\"prompt\": %d, \"prefill_tok_s\": %.2f}", i ? ", " : "", prompt[i], pre[i]);
@@ -385,8 +412,9 @@ int dsv4_bench_forward(int argc, char **argv)
             printf("}}");
         }
         printf("],\n \"roofline_tok_s\": %.2f, \"read_bandwidth_GBps\": %.3f, "
-               "\"decode_bytes_per_token\": %llu}\n",
-               roof, bw / 1e9, (unsigned long long)bytes);
+               "\"decode_bytes_per_token\": %llu, \"fma_peak_GFLOPs\": %.2f, "
+               "\"decode_flop_per_token\": %.0f}\n",
+               roof, bw / 1e9, (unsigned long long)bytes, peak / 1e9, 2 * macs1);
     } else {
         printf("model %s: %d layers, hidden %d, %d experts (top %d), vocab %d\n", dir,
                c->num_hidden_layers, c->hidden_size, c->n_routed_experts, c->num_experts_per_tok,
@@ -395,6 +423,9 @@ int dsv4_bench_forward(int argc, char **argv)
         printf("roofline: %.1f MB of weights per decode token, read bandwidth %.2f GB/s -> %.1f "
                "tok/s\n",
                bytes / 1e6, bw / 1e9, roof);
+        printf("compute: %.1f MFLOP per decode token (weight products), FMA peak %.1f GFLOP/s "
+               "on %d threads -> %.1f tok/s\n",
+               2 * macs1 / 1e6, peak / 1e9, threads, peak > 0 ? peak / (2 * macs1) : 0);
         printf("%8s  %14s\n", "prompt", "prefill tok/s");
         for (int i = 0; i < np; i++)
             printf("%8d  %14.1f\n", prompt[i], pre[i]);
@@ -412,9 +443,11 @@ int dsv4_bench_forward(int argc, char **argv)
                 printf(" %s %.3f -> %.3f;", dsv4_state_kind_name(q), sw[np - 1].out.raw[q] / 1e6,
                        sw[np - 1].out.packed[q] / 1e6);
         printf("\n");
-        printf("%8s  %14s  %12s\n", "batch", "decode tok/s", "x roofline");
+        printf("%8s  %14s  %14s  %10s  %8s\n", "batch", "decode tok/s", "roofline tok/s",
+               "x roofline", "bound");
         for (int i = 0; i < nb; i++)
-            printf("%8d  %14.1f  %12.2f\n", batch[i], dec[i], roof > 0 ? dec[i] / roof : 0);
+            printf("%8d  %14.1f  %14.1f  %10.2f  %8s\n", batch[i], dec[i], broof[i],
+                   broof[i] > 0 ? dec[i] / broof[i] : 0, bound[i]);
     }
     goto out;
 fail:

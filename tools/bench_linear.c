@@ -18,8 +18,9 @@
  * and at least min(copies, 64) calls (4 from batch 32 on, compute-bound).
  * Because the machine may be shared, every case is also compared with a
  * copy of a quarter of the pool timed just before it (columns copyGB/s and
- * %copy); the whole-pool copy at the start and the end shows how steady
- * the machine was.
+ * %copy), and GFLOP/s next to the FMA peak of the same threads (%peak: what
+ * the batched, compute-bound cases are measured against); the whole-pool
+ * copy at the start and the end shows how steady the machine was.
  *
  * Invariants: every option is parsed strictly (whole string, in range) and
  * every --formats name must be known, so a typo exits 2 instead of timing
@@ -226,6 +227,7 @@ struct bench_bufs {
     uint8_t *buf, *dst; /* pool of weight copies, copy target: mem + 64 bytes each */
     float *x, *y;       /* [maxb, 7168] */
     size_t mem;
+    double peak; /* FMA peak FLOP/s of the pool (dsv4_cpu_fma_peak) */
 };
 
 /* one format x shape x batch case: prints one row */
@@ -258,9 +260,10 @@ static void run_case(struct bench_bufs *b, const struct bench_opts *o, size_t f,
     } while (t < o->min_time || calls < DSV4_MIN(copies, (int64_t)(m >= 32 ? 4 : 64)));
     double per = t / (double)calls;
     double gbs = (double)wbytes / per / 1e9;
-    printf("%-6s %-5s %5lldx%-5lld %5d %9.3f %9.2f %8.1f %9.2f %6.0f%%\n", dsv4_wfmt_name(w.fmt),
-           dsv4_act_name(act), (long long)w.rows, (long long)w.cols, m, per * 1e3, gbs,
-           2.0 * (double)(w.rows * w.cols) * m / per / 1e9, cp, 100.0 * gbs / cp);
+    double fl = 2.0 * (double)(w.rows * w.cols) * m / per;
+    printf("%-6s %-5s %5lldx%-5lld %5d %9.3f %9.2f %8.1f %6.0f%% %9.2f %6.0f%%\n",
+           dsv4_wfmt_name(w.fmt), dsv4_act_name(act), (long long)w.rows, (long long)w.cols, m,
+           per * 1e3, gbs, fl / 1e9, b->peak > 0 ? 100.0 * fl / b->peak : 0, cp, 100.0 * gbs / cp);
     fflush(stdout);
 }
 
@@ -347,14 +350,17 @@ int dsv4_bench_linear(int argc, char **argv)
     fill(&b, maxb);
 
     double copy0 = copy_gbs(b.pool, b.buf, b.dst, b.mem, 3);
+    b.peak = dsv4_cpu_fma_peak(b.pool);
     char cpu[400];
     cpu_model(cpu, sizeof(cpu));
     printf("dsv4 bench linear: %s\n", cpu);
     printf("%d threads, isa %s, pool %d MiB\n", o.threads, dsv4_cpu_isa(), o.mem_mb);
     printf("memcpy: %.2f GB/s (bytes copied per second; each byte is read and written)\n\n", copy0);
-    printf("%%copy compares with a copy run just before the case (the machine may be shared)\n");
-    printf("%-6s %-5s %-11s %5s %9s %9s %8s %9s %7s\n", "format", "act", "shape", "batch",
-           "ms/call", "GB/s", "GFLOP/s", "copyGB/s", "%copy");
+    printf("FMA peak: %.1f GFLOP/s (2 FLOP per multiply-add lane, all threads)\n\n", b.peak / 1e9);
+    printf("%%copy compares with a copy run just before the case (the machine may be shared); "
+           "%%peak with the FMA peak\n");
+    printf("%-6s %-5s %-11s %5s %9s %9s %8s %7s %9s %7s\n", "format", "act", "shape", "batch",
+           "ms/call", "GB/s", "GFLOP/s", "%peak", "copyGB/s", "%copy");
     for (size_t f = 0; f < DSV4_ARRAY_LEN(FMTS); f++)
         for (int sh = 0; sh < 2 && o.fmt_on[f]; sh++)
             for (int bi = 0; bi < o.nb; bi++)

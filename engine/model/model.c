@@ -701,6 +701,55 @@ uint64_t dsv4_model_decode_bytes(const struct dsv4_model *m)
     return b;
 }
 
+static double lin_macs(const struct dsv4_lin *l)
+{
+    return l->w.w ? (double)l->w.rows * (double)l->w.cols : 0;
+}
+
+static double expert_macs(const struct dsv4_ffn_w *e)
+{
+    return lin_macs(&e->w1) + lin_macs(&e->w2) + lin_macs(&e->w3);
+}
+
+void dsv4_model_decode_cost(const struct dsv4_model *m, int batch, double *bytes, double *macs)
+{
+    if (m->host) {
+        dsv4_model_decode_cost(m->host, batch, bytes, macs);
+        return;
+    }
+    const struct dsv4_config *c = &m->cfg;
+    int k = c->num_experts_per_tok, ne = m->e1 - m->e0, E = c->n_routed_experts;
+    double B = batch > 1 ? batch : 1, D = (double)c->hidden_size, hc = c->hc_mult;
+    double per_tok = lin_macs(&m->head), once = (double)lin_bytes(&m->head);
+    once += B * D * 2; /* the embedding rows */
+    /* each routed expert of this rank is read at most once per step: of E experts with k
+     * picks per token, a given one is picked by some token of the batch with probability
+     * 1 - (1 - k/E)^B */
+    double touched = E > 0 ? ne * (1.0 - pow(1.0 - (double)k / E, B)) : 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const struct dsv4_layer_w *w = &m->layers[l];
+        const struct dsv4_lin *ls[] = {&w->wq_a,    &w->wq_b,   &w->wkv,      &w->wo_a,
+                                       &w->wo_b,    &w->c_wkv,  &w->c_wgate,  &w->i_wq_b,
+                                       &w->i_wproj, &w->ic_wkv, &w->ic_wgate, &w->gate};
+        for (size_t i = 0; i < DSV4_ARRAY_LEN(ls); i++) {
+            once += (double)lin_bytes(ls[i]);
+            per_tok += lin_macs(ls[i]);
+        }
+        once += (double)expert_bytes(&w->shared);
+        per_tok += expert_macs(&w->shared);
+        /* the two mHC sites' F32 projections [(2 + hc) * hc, hc * D] */
+        double nmix = (2 + hc) * hc;
+        once += 2 * nmix * hc * D * 4;
+        per_tok += 2 * nmix * hc * D;
+        if (ne > 0) {
+            once += touched * (double)expert_bytes(&w->experts[0]);
+            per_tok += (double)k * expert_macs(&w->experts[0]) / m->nranks;
+        }
+    }
+    *bytes = once;
+    *macs = per_tok * B;
+}
+
 const struct dsv4_config *dsv4_model_config(const struct dsv4_model *m)
 {
     return &m->cfg;

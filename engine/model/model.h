@@ -102,6 +102,14 @@ uint64_t dsv4_model_weight_bytes(const struct dsv4_model *m);
 /* Bytes of weights one decode token of batch 1 reads on this rank (top-k experts
  * counted at their average size, MTP excluded): the roofline numerator. */
 uint64_t dsv4_model_decode_bytes(const struct dsv4_model *m);
+/*
+ * One decode step of `batch` tokens on this rank: the bytes of weights it reads (each of the
+ * rank's routed experts at most once, picked by some token of the batch with probability
+ * 1 - (1 - k/E)^batch) and the multiply-adds of its weight products (2 FLOP each; attention
+ * over the context, norms and element-wise ops not counted).  The two numerators of a
+ * batched roofline: step time >= max(bytes / bandwidth, 2 * macs / peak FLOP/s).
+ */
+void dsv4_model_decode_cost(const struct dsv4_model *m, int batch, double *bytes, double *macs);
 
 /* Routed experts [*e0, *e1) of a layer held by this rank (tests, diagnostics). */
 void dsv4_model_expert_range(const struct dsv4_model *m, int *e0, int *e1);

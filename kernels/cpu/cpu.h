@@ -45,6 +45,13 @@ void *dsv4_pool_shared(struct dsv4_pool *p, int slot, size_t bytes);
 
 /* Which instruction set the dispatcher picked ("avx512", "avx2+fma" or "scalar"). */
 const char *dsv4_cpu_isa(void);
+/*
+ * The machine's multiply-add peak in FLOP/s (2 per FMA lane) on every thread of pool p, with
+ * the vectors of the picked instruction set (SSE multiply + add for "scalar"): twelve
+ * independent chains per thread, the best of three runs of about 20 ms.  The compute
+ * roofline that the batched kernels are measured against (benchmarks).
+ */
+double dsv4_cpu_fma_peak(struct dsv4_pool *p);
 /* Forces "scalar", "avx2+fma" or "avx512" (if the CPU has it) for every
  * later call (diagnostics and tests; the math is the same up to the order
  * of FP32 sums).  Not thread-safe against running kernels.  Also

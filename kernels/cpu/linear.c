@@ -36,6 +36,7 @@
 #include "kernels/formats.h"
 
 #include <cpuid.h>
+#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -417,4 +418,80 @@ int dsv4_cpu_linear_reserve(struct dsv4_pool *p, int64_t max_m, int64_t max_cols
         return dsv4_error(DSV4_ENOMEM, "cpu linear: out of memory reserving %lld x %lld",
                           (long long)max_m, (long long)max_cols);
     return 0;
+}
+
+/* ------------------------------------------------------------ FMA peak */
+
+#define PEAK_ITERS 1000000 /* x 12 vector FMAs per task (about 5 ms); 4 tasks per thread */
+
+__attribute__((target("avx512f"))) static float peak_avx512(void)
+{
+    __m512 a[12], x = _mm512_set1_ps(1.0000001f), y = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm512_set1_ps((float)i);
+    for (int it = 0; it < PEAK_ITERS; it++) {
+        _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], x, y);
+    }
+    float s = 0;
+    for (int i = 0; i < 12; i++)
+        s += _mm512_reduce_add_ps(a[i]);
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) static float peak_avx2(void)
+{
+    __m256 a[12], x = _mm256_set1_ps(1.0000001f), y = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm256_set1_ps((float)i);
+    for (int it = 0; it < PEAK_ITERS; it++) {
+        _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], x, y);
+    }
+    float s = 0;
+    for (int i = 0; i < 12; i++)
+        s += a[i][0] + a[i][7];
+    return s;
+}
+
+static float peak_sse(void)
+{
+    __m128 a[12], x = _mm_set1_ps(1.0000001f), y = _mm_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm_set1_ps((float)i);
+    for (int it = 0; it < PEAK_ITERS; it++) {
+        _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] =
+                _mm_add_ps(_mm_mul_ps(a[i], x), y);
+    }
+    float s = 0;
+    for (int i = 0; i < 12; i++)
+        s += a[i][0];
+    return s;
+}
+
+struct peak_job {
+    int lanes;
+    float sink[1024];
+};
+
+static void peak_task(void *arg, int64_t i, int th)
+{
+    struct peak_job *j = arg;
+    (void)th;
+    j->sink[i & 1023] = j->lanes == 16 ? peak_avx512() : j->lanes == 8 ? peak_avx2() : peak_sse();
+}
+
+double dsv4_cpu_fma_peak(struct dsv4_pool *p)
+{
+    const char *isa = dsv4_cpu_isa();
+    struct peak_job j = {.lanes = !strcmp(isa, "avx512") ? 16 : !strcmp(isa, "avx2+fma") ? 8 : 4};
+    int n = dsv4_pool_threads(p);
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        double t = dsv4_now();
+        dsv4_pool_run(p, peak_task, &j, 4 * n);
+        t = dsv4_now() - t;
+        /* FMA: 2 FLOP per lane; SSE multiply + add: the same 2 per lane */
+        double f = 4.0 * n * PEAK_ITERS * 12 * j.lanes * 2 / t;
+        best = f > best ? f : best;
+    }
+    return best;
 }

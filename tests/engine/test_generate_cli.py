@@ -211,6 +211,15 @@ def main():
         tb = pre[1]["kinds"]["tokens"][0]
         check(tb >= 4 * 70 and tb % 1024 == 0, "bench forward: the token ids' blocks swapped (%d B)" % tb)
         check(bj["roofline_tok_s"] > 0 and bj["mtp"] == 1, "bench forward: roofline, mtp")
+        # each batch size against its own roofline: max(bytes / bandwidth, FLOP / FMA peak);
+        # batch 1 of a model this small reads more than it computes, and the batched
+        # roofline can only rise with the batch (the weights are read once per step)
+        dec = bj["decode"]
+        check(bj["fma_peak_GFLOPs"] > 0 and bj["decode_flop_per_token"] > 0 and
+              all(d["roofline_tok_s"] > 0 and d["bound"] in ("memory", "compute") for d in dec) and
+              dec[0]["roofline_tok_s"] <= dec[1]["roofline_tok_s"] and
+              abs(dec[0]["roofline_tok_s"] - bj["roofline_tok_s"]) < 0.01 * bj["roofline_tok_s"],
+              "bench forward: per-batch rooflines %s" % [(d["roofline_tok_s"], d["bound"]) for d in dec])
     shutil.rmtree(root, ignore_errors=True)
     return 1 if failures else 0
 
