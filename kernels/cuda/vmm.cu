@@ -150,14 +150,25 @@ static void *map_handle(struct cu_be *c, CUmemGenericAllocationHandle h, size_t 
     return NULL;
 }
 
+/* The mapped size of `bytes` on c's device, with the device current and the driver loaded
+ * (0 with a message otherwise). */
+static size_t enter(struct cu_be *c, size_t bytes)
+{
+    cu_enter(c);
+    return drv_ok() ? span(c->dev, bytes) : 0;
+}
+
+static void unmap(void *p, size_t size)
+{
+    D.unmap((CUdeviceptr)(uintptr_t)p, size);
+    D.addr_free((CUdeviceptr)(uintptr_t)p, size);
+}
+
 static void *cu_alloc_shared(struct dsv4_backend *be, size_t bytes, int *fd)
 {
     struct cu_be *c = CB(be);
     *fd = -1;
-    cu_enter(c);
-    if (!drv_ok())
-        return NULL;
-    size_t size = span(c->dev, bytes);
+    size_t size = enter(c, bytes);
     if (!size)
         return NULL;
     CUmemAllocationProp p = prop_for(c->dev);
@@ -178,8 +189,7 @@ static void *cu_alloc_shared(struct dsv4_backend *be, size_t bytes, int *fd)
         cudaStreamSynchronize(c->st) != cudaSuccess) {
         dsv4_error(DSV4_EIO, "cuda VMM: zeroing %zu bytes: %s", size,
                    cudaGetErrorString(cudaGetLastError()));
-        D.unmap((CUdeviceptr)(uintptr_t)ptr, size);
-        D.addr_free((CUdeviceptr)(uintptr_t)ptr, size);
+        unmap(ptr, size);
         close(f);
         return NULL;
     }
@@ -190,10 +200,7 @@ static void *cu_alloc_shared(struct dsv4_backend *be, size_t bytes, int *fd)
 static void *cu_import_shared(struct dsv4_backend *be, int fd, size_t bytes)
 {
     struct cu_be *c = CB(be);
-    cu_enter(c);
-    if (!drv_ok())
-        return NULL;
-    size_t size = span(c->dev, bytes);
+    size_t size = enter(c, bytes);
     if (!size)
         return NULL;
     CUmemGenericAllocationHandle h;
@@ -206,15 +213,11 @@ static void *cu_import_shared(struct dsv4_backend *be, int fd, size_t bytes)
 static void cu_free_shared(struct dsv4_backend *be, void *p, size_t bytes)
 {
     struct cu_be *c = CB(be);
-    if (!p || !drv_ok())
-        return;
-    cu_enter(c);
-    cudaStreamSynchronize(c->st);
-    size_t size = span(c->dev, bytes);
+    size_t size = p ? enter(c, bytes) : 0;
     if (!size)
         return;
-    D.unmap((CUdeviceptr)(uintptr_t)p, size);
-    D.addr_free((CUdeviceptr)(uintptr_t)p, size);
+    cudaStreamSynchronize(c->st);
+    unmap(p, size);
 }
 
 void cu_ops_vmm(struct dsv4_backend *b)
