@@ -48,6 +48,9 @@ static const struct key keys[] = {
         {"workers", I(workers), 1, 64, false, "worker processes = tensor/expert-parallel ranks"},
         {"device", S(device), 0, 0, false,
          "cpu, cuda (GPU rank % visible GPUs), or devsim (tests: the CPU behind the GPU paths)"},
+        {"decode_graphs", B(decode_graphs), 0, 0, false,
+         "decode steps padded to bucket sizes and run as CUDA graphs recorded before the "
+         "workers report ready (cuda; devsim pads without recording; cpu never)"},
         {"threads_per_worker", I(threads_per_worker), 0, 1024, false,
          "CPU threads per worker (0: online CPUs / workers)"},
         {"mtp", I(mtp), -1, 8, false,
@@ -87,6 +90,7 @@ void dsv4d_config_defaults(struct dsv4d_config *c)
     memset(c, 0, sizeof *c);
     c->workers = 1;
     snprintf(c->device, sizeof c->device, "cpu");
+    c->decode_graphs = true;
     c->mtp = -1;
     c->max_batch_tokens = 2048;
     c->max_seqs = 64;

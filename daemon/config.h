@@ -24,6 +24,7 @@ struct dsv4d_config {
     char served_model_name[256];       /* "" = the directory's name */
     int workers;                       /* ranks = worker processes */
     char device[8];                    /* "cpu" or "cuda" */
+    bool decode_graphs;                /* decode steps as recorded graphs (device backends) */
     int threads_per_worker;            /* CPU threads of each worker (0 = online CPUs / workers) */
     int mtp;                           /* MTP draft depth; -1 = 1 when the checkpoint has MTP */
     int max_batch_tokens;              /* tokens of one step (decodes + drafts + prefill chunks) */

@@ -279,10 +279,22 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
                                 .max_ctx = ctx,
                                 .mtp = mtp,
                                 .state_bytes = w->cfg.state_mem,
-                                .threads = 1};
+                                .threads = 1,
+                                .graphs = w->cfg.decode_graphs && strcmp(w->cfg.device, "cpu")};
     if ((rc = dsv4_step_create(w->mdev ? w->mdev : w->m, w->be, w->nccl ? w->nccl : w->comm, &so,
                                &w->step)))
         return rc;
+    /* every decode-shaped graph recorded before READY: no request pays for a recording */
+    double tw = dsv4_now();
+    if ((rc = dsv4_step_warm(w->step)))
+        return rc;
+    if (so.graphs) {
+        struct dsv4_step_stats gs;
+        dsv4_step_get_stats(w->step, &gs);
+        dsv4_log(DSV4_LOG_INFO,
+                 "decode steps padded to %d bucket sizes, %d graphs recorded (%.3f s)",
+                 gs.graphs.buckets, gs.graphs.graphs, dsv4_now() - tw);
+    }
     w->max_seqs = w->cfg.max_seqs;
     w->res = calloc((size_t)w->max_seqs, sizeof *w->res);
     if (!w->res)

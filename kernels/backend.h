@@ -332,6 +332,21 @@ struct dsv4_backend {
     void *(*alloc_shared)(struct dsv4_backend *be, size_t bytes, int *fd);
     void *(*import_shared)(struct dsv4_backend *be, int fd, size_t bytes);
     void (*free_shared)(struct dsv4_backend *be, void *p, size_t bytes);
+    /*
+     * Optional (NULL where the backend runs every op as it is issued): recorded op
+     * sequences, for decode steps whose launches cost more than their work (CUDA graphs).
+     * graph_begin starts recording: the ops issued until graph_end are recorded, not run
+     * (no upload, download or sync in between); graph_end stops recording and, when
+     * `graph` is not NULL, stores a handle to the recorded sequence (with graph NULL, or on
+     * an error, the recording is discarded; recording has always stopped when it returns).
+     * graph_launch runs a recorded sequence, in order with the ops around it, reading
+     * whatever the buffers hold at that time (the same pointers and sizes as recorded);
+     * graph_free releases it.  Errors are returned with a message.
+     */
+    int (*graph_begin)(struct dsv4_backend *be);
+    int (*graph_end)(struct dsv4_backend *be, void **graph);
+    int (*graph_launch)(struct dsv4_backend *be, void *graph);
+    void (*graph_free)(struct dsv4_backend *be, void *graph);
 
     /* ---- data movement */
     /* dst rows r < rows: dst + r * dpitch <- src + r * spitch, width bytes each (cudaMemcpy2D). */

@@ -69,6 +69,12 @@ int dsv4_comm_broadcast(struct dsv4_comm *c, void *buf, size_t bytes, int root)
     return c->ops->broadcast(c, buf, bytes, root);
 }
 
+int dsv4_comm_drain(struct dsv4_comm *c)
+{
+    NEED_HANDLE(c);
+    return c->ops->drain ? c->ops->drain(c) : 0;
+}
+
 void dsv4_comm_free(struct dsv4_comm *c)
 {
     if (c && c->ops)

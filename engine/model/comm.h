@@ -65,6 +65,14 @@ int dsv4_comm_all_to_allv(struct dsv4_comm *c, const void *send, const size_t *s
 /* buf[bytes] of rank `root` is copied into buf on every rank. */
 int dsv4_comm_broadcast(struct dsv4_comm *c, void *buf, size_t bytes, int root);
 
+/*
+ * Waits, within the communicator's timeout, until the collectives this rank queued are
+ * complete.  The device communicator (nccl) waits for each collective itself except while
+ * its stream records a graph; a recorded collective is waited for here after the graph
+ * runs, so that a dead peer fails the step instead of hanging it.  Immediate for shm.
+ */
+int dsv4_comm_drain(struct dsv4_comm *c);
+
 /* Releases this rank's handle (not the group). */
 void dsv4_comm_free(struct dsv4_comm *c);
 

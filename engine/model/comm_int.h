@@ -19,6 +19,9 @@ struct dsv4_comm_ops {
                        const size_t *send_offs, void *recv, const size_t *recv_bytes,
                        const size_t *recv_offs);
     int (*broadcast)(struct dsv4_comm *c, void *buf, size_t bytes, int root);
+    /* optional: waits, bounded, for collectives queued on a device stream (NULL: the
+     * collectives above return complete) */
+    int (*drain)(struct dsv4_comm *c);
     void (*free)(struct dsv4_comm *c);
 };
 

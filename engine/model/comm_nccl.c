@@ -89,10 +89,17 @@ static int settle(struct nccl_comm *n, ncclResult_t r, const char *what)
     return 0;
 }
 
-/* Waits for the stream (the collective and everything before it), bounded. */
+/* Waits for the stream (the collective and everything before it), bounded.  Not while the
+ * stream records a graph (a query would break the recording): then nccl_drain waits after
+ * the graph is launched. */
 static int finish(struct nccl_comm *n, const char *what)
 {
     double t0 = dsv4_now();
+    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(n->st, &cs) != cudaSuccess)
+        return dead(n, what, "cannot query the stream");
+    if (cs != cudaStreamCaptureStatusNone)
+        return 0;
     for (;;) {
         cudaError_t e = cudaStreamQuery(n->st);
         if (e == cudaSuccess)
@@ -202,6 +209,13 @@ static int nccl_barrier(struct dsv4_comm *c)
     return nccl_all_reduce(c, NC(c)->scratch, 1);
 }
 
+static int nccl_drain(struct dsv4_comm *c)
+{
+    struct nccl_comm *n = NC(c);
+    int rc = enter(n, "drain");
+    return rc ? rc : finish(n, "drain");
+}
+
 static void nccl_free(struct dsv4_comm *c)
 {
     struct nccl_comm *n = NC(c);
@@ -220,6 +234,7 @@ static const struct dsv4_comm_ops nccl_ops = {.name = "nccl",
                                               .all_to_all = nccl_all_to_all,
                                               .all_to_allv = nccl_all_to_allv,
                                               .broadcast = nccl_broadcast,
+                                              .drain = nccl_drain,
                                               .free = nccl_free};
 
 int dsv4_comm_nccl_unique_id(uint8_t id[DSV4_COMM_NCCL_ID_BYTES])

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+enum { FWD_MAX_GRAPHS = 96, GRAPH_TRUNK = 0, GRAPH_MTP = 1 };
+
 struct dsv4_fwd {
     const struct dsv4_model *m;
     struct dsv4_state *st;
@@ -56,6 +58,14 @@ struct dsv4_fwd {
     float *hn, *hp, *ep, *eb;
     uint8_t *stage; /* host staging of collectives (device backend, shm communicator), or NULL */
     size_t stage_bytes;
+    /* padded calls (dsv4_fwd_set_graphs): token buckets, ascending; the scratch slot */
+    int nbuck, buck[DSV4_FWD_MAX_BUCKETS], scratch;
+    int ngraph;
+    struct fwd_graph {
+        int kind, bt, br; /* trunk / MTP, tokens, logits rows */
+        void *g;
+    } graph[FWD_MAX_GRAPHS];
+    struct dsv4_fwd_graph_stats gst;
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -129,6 +139,8 @@ void dsv4_fwd_free(struct dsv4_fwd *f)
     if (!f)
         return;
     struct dsv4_backend *be = f->be;
+    for (int i = 0; i < f->ngraph; i++)
+        be->graph_free(be, f->graph[i].g);
     void *dev[] = {f->d_slot, f->d_row0, f->d_len, f->d_tid, f->d_rows, f->d_pos,  f->X,     f->X2,
                    f->Y,      f->xn,     f->post,  f->comb,  f->cq,     f->q,      f->kv,    f->ckv,
                    f->cg,     f->ickv,   f->icg,   f->iq,    f->iw,     f->isend,  f->irecv, f->kvb,
@@ -661,12 +673,11 @@ static int embed(struct dsv4_fwd *f, int T, float *out)
     return f->N > 1 ? comm_sum(f, out, (size_t)T * D) : 0;
 }
 
-/* Checks the batch, reserves its positions, fills and uploads the per-token metadata. */
+/* Checks the batch, reserves its positions, fills the host copy of the per-token metadata. */
 static int setup(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq,
                  const int32_t *out_rows, int n_out, bool mtp, int *Tout)
 {
     const struct dsv4_config *c = &f->m->cfg;
-    struct dsv4_backend *be = f->be;
     int T = 0, rc;
     if (nseq < 1)
         return dsv4_error(DSV4_EINVAL, "forward: empty batch");
@@ -674,6 +685,8 @@ static int setup(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq,
         const struct dsv4_fwd_seq *q = &seqs[s];
         if (!dsv4_state_seq_valid(f->st, q->seq))
             return dsv4_error(DSV4_EINVAL, "forward: sequence %d is not live", q->seq);
+        if (f->nbuck && q->seq == f->scratch)
+            return dsv4_error(DSV4_EINVAL, "forward: slot %d holds the padding", q->seq);
         for (int j = 0; j < s; j++)
             if (seqs[j].seq == q->seq)
                 return dsv4_error(DSV4_EINVAL, "forward: sequence %d twice in one batch", q->seq);
@@ -724,6 +737,61 @@ static int setup(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq,
         for (int s = 0; s < nseq; s++)
             if ((rc = dsv4_state_reserve(f->st, seqs[s].seq, seqs[s].start + seqs[s].n)))
                 return rc;
+    *Tout = T;
+    return 0;
+}
+
+/* The smallest bucket of at least n tokens, 0 when none. */
+static int bucket(const struct dsv4_fwd *f, int n)
+{
+    for (int i = 0; i < f->nbuck; i++)
+        if (f->buck[i] >= n)
+            return f->buck[i];
+    return 0;
+}
+
+/* Tokens T..b-1: one chunk of the scratch slot from position 0 (token 0); rows n_out..r-1
+ * read row 0. */
+static void pad_fill(struct dsv4_fwd *f, int T, int n_out, int b, int r)
+{
+    for (int i = T; i < b; i++) {
+        f->h_slot[i] = f->scratch;
+        f->h_pos[i] = i - T;
+        f->h_tid[i] = 0;
+        f->h_row0[i] = T;
+        f->h_len[i] = b - T;
+    }
+    for (int i = n_out; i < r; i++)
+        f->h_rows[i] = 0;
+}
+
+/*
+ * Pads a call of T tokens and n_out logits rows (host metadata filled by setup) to its
+ * bucket when padded calls are on (pad_fill).  The padding's outputs are computed and
+ * ignored; every op's rows are independent, so the real rows are what they are unpadded.
+ * Returns false (bt = T, br = n_out) when the call runs as it is.
+ */
+static bool pad(struct dsv4_fwd *f, int T, int n_out, int *bt, int *br)
+{
+    *bt = T;
+    *br = n_out;
+    int b = f->nbuck && !f->hook && !f->rhook ? bucket(f, T) : 0;
+    int r = n_out == T ? b : n_out == 0 ? 0 : bucket(f, n_out);
+    if (!b || (n_out && !r) || r > f->max_out)
+        return false;
+    pad_fill(f, T, n_out, b, r);
+    *bt = b;
+    *br = r;
+    f->gst.padded_calls++;
+    f->gst.padded_tokens += (uint64_t)(b - T);
+    return true;
+}
+
+/* Uploads the per-token metadata of T tokens and n_out logits rows. */
+static int upload_meta(struct dsv4_fwd *f, int T, int n_out)
+{
+    struct dsv4_backend *be = f->be;
+    int rc;
     if ((rc = be->upload(be, f->d_slot, f->h_slot, sizeof(int32_t) * T)) ||
         (rc = be->upload(be, f->d_pos, f->h_pos, sizeof(int64_t) * T)) ||
         (rc = be->upload(be, f->d_tid, f->h_tid, sizeof(int32_t) * T)) ||
@@ -732,7 +800,6 @@ static int setup(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq,
         (rc = be->upload(be, f->d_rows, f->h_rows, sizeof(int32_t) * (n_out ? n_out : 1))))
         return dsv4_error_ctx(rc, "forward: token metadata upload");
     f->toks.T = T;
-    *Tout = T;
     return 0;
 }
 
@@ -745,15 +812,13 @@ static void commit(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq
     }
 }
 
-int dsv4_fwd_trunk(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq,
-                   const int32_t *out_rows, int n_out, bool keep_hidden)
+/* Trunk layers and head over the T tokens whose metadata is uploaded. */
+static int trunk_body(struct dsv4_fwd *f, int T, int nr, bool keep_hidden)
 {
     struct dsv4_backend *be = f->be;
     const struct dsv4_config *c = &f->m->cfg;
-    int T, rc, L = c->num_hidden_layers;
+    int rc, L = c->num_hidden_layers;
     int64_t hc = c->hc_mult, D = c->hidden_size;
-    if ((rc = setup(f, seqs, nseq, out_rows, n_out, false, &T)))
-        return rc;
     if ((rc = embed(f, T, f->Y)))
         return rc;
     be->hc_expand(be, NULL, DSV4_F2(f->Y, T, D), DSV4_F3(f->X, T, hc, D), 0);
@@ -763,27 +828,20 @@ int dsv4_fwd_trunk(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq
         if (f->hook)
             f->hook(f->hook_ctx, l, f->X, T, (int)hc, D);
     }
-    commit(f, seqs, nseq, false);
     if (keep_hidden)
         be->copy2d(be, f->hidden, 0, f->X, 0, sizeof(float) * T * hc * D, 1);
-    return head(f, &f->m->hc_head, f->m->norm, T, n_out);
+    return head(f, &f->m->hc_head, f->m->norm, T, nr);
 }
 
-int dsv4_fwd_mtp(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq, const float *hidden,
-                 const int32_t *out_rows, int n_out)
+/* The MTP block and its head over the T tokens whose metadata is uploaded, inputs in hn. */
+static int mtp_body(struct dsv4_fwd *f, int T, int nr)
 {
     struct dsv4_backend *be = f->be;
     const struct dsv4_model *m = f->m;
     const struct dsv4_config *c = &m->cfg;
-    int T, rc, L = c->num_hidden_layers;
+    int rc, L = c->num_hidden_layers;
     int64_t hc = c->hc_mult, D = c->hidden_size;
     float eps = (float)c->rms_norm_eps;
-    if (!m->has_mtp)
-        return dsv4_error(DSV4_ENOTSUP, "forward: the checkpoint has no MTP block");
-    if ((rc = setup(f, seqs, nseq, out_rows, n_out, true, &T)))
-        return rc;
-    /* hidden may be this fwd's MTP output: copy it before anything writes */
-    be->copy2d(be, f->hn, 0, hidden, 0, sizeof(float) * T * hc * D, 1);
     if ((rc = embed(f, T, f->eb)))
         return rc;
     be->rmsnorm(be, DSV4_F2(f->eb, T, D), m->enorm, eps, DSV4_F2(f->eb, T, D), DSV4_OP_BF16);
@@ -795,9 +853,148 @@ int dsv4_fwd_mtp(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq, 
                   DSV4_OP_BF16);
     if ((rc = layer_forward(f, L, T)))
         return rc;
-    commit(f, seqs, nseq, true);
     be->copy2d(be, f->mhid, 0, f->X, 0, sizeof(float) * T * hc * D, 1);
-    return head(f, &m->mtp_hc_head, m->mtp_norm, T, n_out);
+    return head(f, &m->mtp_hc_head, m->mtp_norm, T, nr);
+}
+
+static int body(struct dsv4_fwd *f, int kind, int T, int nr, bool keep_hidden)
+{
+    return kind == GRAPH_TRUNK ? trunk_body(f, T, nr, keep_hidden) : mtp_body(f, T, nr);
+}
+
+/*
+ * Runs a body.  A padded call on a backend that records graphs (and a communicator that
+ * needs no host staging) replays the graph of its (kind, tokens, rows), recorded on first
+ * use: the body's host side (which buffers, which sizes) depends on nothing else, and
+ * every per-token value is read from the metadata uploaded before the launch.  Recording
+ * does not run the ops, so a recorded graph is launched at once.  A graphed trunk always
+ * keeps its hidden streams (one graph serves calls with and without MTP).
+ */
+static int run(struct dsv4_fwd *f, int kind, int T, int nr, bool keep_hidden, bool padded)
+{
+    struct dsv4_backend *be = f->be;
+    if (!padded || !be->graph_begin || f->stage)
+        return body(f, kind, T, nr, keep_hidden);
+    struct fwd_graph *g = NULL;
+    for (int i = 0; i < f->ngraph && !g; i++)
+        if (f->graph[i].kind == kind && f->graph[i].bt == T && f->graph[i].br == nr)
+            g = &f->graph[i];
+    int rc;
+    if (!g) {
+        if (f->ngraph == FWD_MAX_GRAPHS) {
+            f->gst.eager++;
+            return body(f, kind, T, nr, keep_hidden);
+        }
+        float *x = f->X, *x2 = f->X2;
+        void *h = NULL;
+        double t0 = dsv4_now();
+        if ((rc = be->graph_begin(be)))
+            return dsv4_error_ctx(rc, "forward: recording a graph");
+        rc = body(f, kind, T, nr, true);
+        int rc2 = be->graph_end(be, rc ? NULL : &h);
+        f->X = x; /* the host side of the next call starts where this one did */
+        f->X2 = x2;
+        if (rc || rc2)
+            return dsv4_error_ctx(rc ? rc : rc2, "forward: recording the %s graph of %d tokens",
+                                  kind == GRAPH_TRUNK ? "trunk" : "MTP", T);
+        g = &f->graph[f->ngraph++];
+        *g = (struct fwd_graph){.kind = kind, .bt = T, .br = nr, .g = h};
+        f->gst.graphs = f->ngraph;
+        f->gst.record_seconds += dsv4_now() - t0;
+    }
+    if ((rc = be->graph_launch(be, g->g)))
+        return dsv4_error_ctx(rc, "forward: launching a graph");
+    f->gst.launches++;
+    if (f->N > 1 && (rc = dsv4_comm_drain(f->comm)))
+        return dsv4_error_ctx(rc, "forward: collectives of a graph");
+    return 0;
+}
+
+int dsv4_fwd_trunk(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq,
+                   const int32_t *out_rows, int n_out, bool keep_hidden)
+{
+    int T, bt, br, rc;
+    if ((rc = setup(f, seqs, nseq, out_rows, n_out, false, &T)))
+        return rc;
+    bool padded = pad(f, T, n_out, &bt, &br);
+    if ((rc = upload_meta(f, bt, br)) || (rc = run(f, GRAPH_TRUNK, bt, br, keep_hidden, padded)))
+        return rc;
+    commit(f, seqs, nseq, false);
+    return 0;
+}
+
+int dsv4_fwd_mtp(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq, const float *hidden,
+                 const int32_t *out_rows, int n_out)
+{
+    struct dsv4_backend *be = f->be;
+    const struct dsv4_config *c = &f->m->cfg;
+    int T, bt, br, rc;
+    int64_t hc = c->hc_mult, D = c->hidden_size;
+    if (!f->m->has_mtp)
+        return dsv4_error(DSV4_ENOTSUP, "forward: the checkpoint has no MTP block");
+    if ((rc = setup(f, seqs, nseq, out_rows, n_out, true, &T)))
+        return rc;
+    /* hidden may be this fwd's MTP output: copy it before anything writes */
+    be->copy2d(be, f->hn, 0, hidden, 0, sizeof(float) * T * hc * D, 1);
+    bool padded = pad(f, T, n_out, &bt, &br);
+    if ((rc = upload_meta(f, bt, br)) || (rc = run(f, GRAPH_MTP, bt, br, false, padded)))
+        return rc;
+    commit(f, seqs, nseq, true);
+    return 0;
+}
+
+int dsv4_fwd_set_graphs(struct dsv4_fwd *f, const int *buckets, int n, int scratch)
+{
+    if (n < 0 || n > DSV4_FWD_MAX_BUCKETS)
+        return dsv4_error(DSV4_EINVAL, "forward: %d buckets (at most %d)", n, DSV4_FWD_MAX_BUCKETS);
+    for (int i = 0; i < n; i++)
+        if (buckets[i] < 1 || buckets[i] > f->T || buckets[i] > f->max_out ||
+            (i && buckets[i] <= buckets[i - 1]))
+            return dsv4_error(DSV4_EINVAL, "forward: bucket %d of %d tokens (ascending, 1..%d)", i,
+                              buckets[i], DSV4_MIN(f->T, f->max_out));
+    int rc;
+    if (n && !dsv4_state_seq_valid(f->st, scratch))
+        return dsv4_error(DSV4_EINVAL, "forward: scratch slot %d is not live", scratch);
+    /* the padding chunk's positions: 0 .. largest bucket - 1 */
+    if (n && (rc = dsv4_state_reserve(f->st, scratch, buckets[n - 1])))
+        return dsv4_error_ctx(rc, "forward: state for the padding of %d tokens", buckets[n - 1]);
+    for (int i = 0; i < f->ngraph; i++)
+        f->be->graph_free(f->be, f->graph[i].g);
+    f->ngraph = 0;
+    f->gst.graphs = 0;
+    f->nbuck = n;
+    memcpy(f->buck, buckets, sizeof(int) * (size_t)n);
+    f->scratch = scratch;
+    return 0;
+}
+
+int dsv4_fwd_warm(struct dsv4_fwd *f)
+{
+    struct dsv4_backend *be = f->be;
+    int rc;
+    if (f->hook || f->rhook)
+        return dsv4_error(DSV4_EINVAL, "forward: warm-up with a diagnostics hook set");
+    for (int i = 0; i < f->nbuck; i++) {
+        int b = f->buck[i];
+        for (int kind = GRAPH_TRUNK; kind <= (f->m->has_mtp ? GRAPH_MTP : GRAPH_TRUNK); kind++) {
+            /* a call of padding only, every token a logits row: a decode step's shape */
+            pad_fill(f, 0, 0, b, b);
+            for (int r = 0; r < b; r++)
+                f->h_rows[r] = r;
+            /* once as it is (every kernel loaded, first-use setup done outside a
+             * recording), then recorded where the backend records */
+            if ((rc = upload_meta(f, b, b)) || (rc = body(f, kind, b, b, true)) ||
+                (be->graph_begin && (rc = run(f, kind, b, b, true, true))))
+                return dsv4_error_ctx(rc, "forward: warm-up of %d tokens", b);
+        }
+    }
+    return be->sync(be);
+}
+
+void dsv4_fwd_graph_stats(const struct dsv4_fwd *f, struct dsv4_fwd_graph_stats *st)
+{
+    *st = f->gst;
+    st->buckets = f->nbuck;
 }
 
 int dsv4_fwd_rollback(struct dsv4_fwd *f, int seq, int64_t len)

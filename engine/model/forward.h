@@ -88,6 +88,34 @@ int dsv4_fwd_trunk(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq
 int dsv4_fwd_mtp(struct dsv4_fwd *f, const struct dsv4_fwd_seq *seqs, int nseq, const float *hidden,
                  const int32_t *out_rows, int n_out);
 
+/*
+ * Padded calls and graphs.  With buckets set (ascending token counts, each <= max_tokens
+ * and <= max_out), a trunk or MTP call of T tokens with T <= the largest bucket runs padded
+ * to the smallest bucket b >= T: tokens T..b-1 are a chunk of the scratch slot `scratch`
+ * (a live slot the caller made for this and never uses otherwise; its state for positions
+ * 0..largest bucket - 1 is reserved here) and their outputs are ignored; the logits rows
+ * are padded the same way (all b when n_out == T).  Results of the real tokens are
+ * bitwise those of the unpadded call (rows are independent in every op).  On a backend
+ * that records graphs (graph_begin) each (kind, b, rows) runs as one graph, recorded on
+ * first use; not with a diagnostics hook set, nor with a communicator staged through host
+ * memory.  n = 0 turns padding off.  Errors: DSV4_EINVAL (bad buckets or slot),
+ * DSV4_ENOSPC (no blocks for the padding).
+ */
+#define DSV4_FWD_MAX_BUCKETS 32
+int dsv4_fwd_set_graphs(struct dsv4_fwd *f, const int *buckets, int n, int scratch);
+
+/* Runs a padding-only trunk call (and MTP call) of every bucket's size, recording every
+ * decode-shaped graph before the first request; touches no state but the scratch slot. */
+int dsv4_fwd_warm(struct dsv4_fwd *f);
+
+struct dsv4_fwd_graph_stats {
+    uint64_t padded_calls, padded_tokens; /* calls padded to a bucket; tokens added */
+    uint64_t launches, eager;             /* graph launches; padded calls past the graph cap */
+    int buckets, graphs;                  /* bucket sizes; graphs recorded */
+    double record_seconds;
+};
+void dsv4_fwd_graph_stats(const struct dsv4_fwd *f, struct dsv4_fwd_graph_stats *st);
+
 /* Output buffers (backend memory). */
 const float *dsv4_fwd_logits(const struct dsv4_fwd *f);
 const float *dsv4_fwd_hidden(const struct dsv4_fwd *f);

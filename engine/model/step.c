@@ -107,6 +107,33 @@ void dsv4_step_free(struct dsv4_step *s)
     free(s);
 }
 
+/* The padding's slot and the buckets of opts.graphs: b and b * (1 + mtp) tokens for
+ * b = 1, 2, 4, ... below max_seqs and b = max_seqs, within the forward's tokens. */
+static int set_graphs(struct dsv4_step *s)
+{
+    int buck[DSV4_FWD_MAX_BUCKETS], n = 0, scratch, rc;
+    if ((rc = dsv4_state_seq_new(s->st, &scratch)))
+        return rc;
+    for (int p2 = 1;; p2 *= 2) {
+        int b = DSV4_MIN(p2, s->o.max_seqs), c[2] = {b, b * (1 + s->o.mtp)};
+        for (int j = 0; j < 2; j++) {
+            int i = n;
+            if (c[j] > s->T || n == DSV4_FWD_MAX_BUCKETS)
+                continue;
+            while (i > 0 && buck[i - 1] > c[j])
+                i--;
+            if (i > 0 && buck[i - 1] == c[j])
+                continue;
+            memmove(buck + i + 1, buck + i, sizeof(int) * (size_t)(n - i));
+            buck[i] = c[j];
+            n++;
+        }
+        if (b == s->o.max_seqs)
+            break;
+    }
+    return dsv4_fwd_set_graphs(s->f, buck, n, scratch);
+}
+
 int dsv4_step_create(const struct dsv4_model *m, struct dsv4_backend *be, struct dsv4_comm *comm,
                      const struct dsv4_step_opts *o, struct dsv4_step **out)
 {
@@ -137,7 +164,7 @@ int dsv4_step_create(const struct dsv4_model *m, struct dsv4_backend *be, struct
     s->V = c->vocab_size;
     s->hc = c->hc_mult;
     s->D = c->hidden_size;
-    struct dsv4_state_opts so = {.max_seqs = o->max_seqs,
+    struct dsv4_state_opts so = {.max_seqs = o->max_seqs + (o->graphs ? 1 : 0),
                                  .max_ctx = o->max_ctx,
                                  .max_rollback = o->mtp + 1,
                                  .block_tokens = o->block_tokens,
@@ -148,6 +175,8 @@ int dsv4_step_create(const struct dsv4_model *m, struct dsv4_backend *be, struct
     /* the MTP pass may take one pending row per entry beyond the trunk's tokens */
     s->T = o->max_tokens + o->max_seqs;
     if ((rc = dsv4_fwd_init(m, s->st, be, comm, s->T, s->T, &s->f)))
+        goto fail;
+    if (o->graphs && (rc = set_graphs(s)))
         goto fail;
     if ((rc = dsv4_sampler_init(s->V, &s->smp)))
         goto fail;
@@ -178,6 +207,11 @@ int dsv4_step_create(const struct dsv4_model *m, struct dsv4_backend *be, struct
 fail:
     dsv4_step_free(s);
     return rc;
+}
+
+int dsv4_step_warm(struct dsv4_step *s)
+{
+    return s->o.graphs ? dsv4_fwd_warm(s->f) : 0;
 }
 
 static struct seq_rec *find(const struct dsv4_step *s, uint64_t id)
@@ -286,10 +320,11 @@ void dsv4_step_get_stats(const struct dsv4_step *s, struct dsv4_step_stats *st)
     st->total_blocks = dsv4_state_total_blocks(s->st);
     st->free_blocks = dsv4_state_free_blocks(s->st);
     st->block_tokens = z->block_tokens;
-    st->max_seqs = dsv4_state_max_seqs(s->st);
+    st->max_seqs = s->o.max_seqs;
     st->free_seqs = dsv4_state_free_slots(s->st);
     st->state_bytes = dsv4_state_bytes(s->st);
     st->bytes_per_token = z->bytes_per_token;
+    dsv4_fwd_graph_stats(s->f, &st->graphs);
 }
 
 int64_t dsv4_step_blocks_for(const struct dsv4_step *s, int64_t len)

@@ -51,6 +51,7 @@
 #define DSV4_STEP_H
 
 #include "engine/model/comm.h"
+#include "engine/model/forward.h"
 #include "engine/model/model.h"
 #include "engine/model/state.h"
 #include "engine/sample/sample.h"
@@ -107,6 +108,11 @@ struct dsv4_step_opts {
     int64_t state_blocks; /* pool blocks (0: from state_bytes, or every slot full) */
     uint64_t state_bytes;
     int threads; /* CPU threads for sampling (1..) */
+    /* decode graphs: calls up to max_seqs * (1 + mtp) tokens run padded to a bucket (the
+     * token counts b and b * (1 + mtp), b = 1, 2, 4, ... and max_seqs), each bucket one
+     * recorded graph where the backend records them (dsv4_fwd_set_graphs); takes one
+     * extra state slot for the padding */
+    bool graphs;
 };
 
 struct dsv4_step_stats {
@@ -117,6 +123,7 @@ struct dsv4_step_stats {
     double bytes_per_token;
     uint64_t steps, tokens_in, tokens_out, drafted, accepted;
     uint64_t drafted_at[DSV4_STEP_MAX_DRAFTS], accepted_at[DSV4_STEP_MAX_DRAFTS];
+    struct dsv4_fwd_graph_stats graphs; /* padded calls and graphs (opts.graphs) */
 };
 
 struct dsv4_step;
@@ -145,6 +152,9 @@ int dsv4_step_run(struct dsv4_step *s, const struct dsv4_step_entry *e, int n,
                   struct dsv4_step_result *out);
 
 void dsv4_step_get_stats(const struct dsv4_step *s, struct dsv4_step_stats *st);
+/* With opts.graphs: runs the padding-only calls that record every decode-shaped graph
+ * (dsv4_fwd_warm), so that no request pays for a recording; a no-op without. */
+int dsv4_step_warm(struct dsv4_step *s);
 /* State blocks a sequence of len positions holds (admission arithmetic). */
 int64_t dsv4_step_blocks_for(const struct dsv4_step *s, int64_t len);
 

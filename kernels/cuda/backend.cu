@@ -298,6 +298,53 @@ static void cu_fill_zero(struct dsv4_backend *be, const struct dsv4_tensor *x)
 
 /* ------------------------------------------------------------ creation */
 
+/* ------------------------------------------------------------ graphs
+ * The ops between graph_begin and graph_end are captured from the backend's stream
+ * (thread-local mode: another thread's CUDA calls neither join nor break the capture) and
+ * instantiated once; a launch replays them on the same stream, so uploads queued before it
+ * and downloads after it stay ordered with it. */
+
+static int cu_graph_begin(struct dsv4_backend *be)
+{
+    struct cu_be *c = CB(be);
+    cu_enter(c);
+    return cu_status(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal),
+                     "graph capture begin");
+}
+
+static int cu_graph_end(struct dsv4_backend *be, void **graph)
+{
+    struct cu_be *c = CB(be);
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t x = NULL;
+    cu_enter(c);
+    int rc = cu_status(cudaStreamEndCapture(c->st, &g), "graph capture end");
+    if (!rc && graph)
+        rc = cu_status(cudaGraphInstantiate(&x, g, 0), "graph instantiate");
+    if (g)
+        cudaGraphDestroy(g);
+    if (rc)
+        cudaGetLastError(); /* a failed capture's error is not the next call's */
+    if (graph)
+        *graph = rc ? NULL : (void *)x;
+    return rc;
+}
+
+static int cu_graph_launch(struct dsv4_backend *be, void *graph)
+{
+    struct cu_be *c = CB(be);
+    cu_enter(c);
+    return cu_status(cudaGraphLaunch((cudaGraphExec_t)graph, c->st), "graph launch");
+}
+
+static void cu_graph_free(struct dsv4_backend *be, void *graph)
+{
+    if (!graph)
+        return;
+    cu_enter(CB(be));
+    cudaGraphExecDestroy((cudaGraphExec_t)graph);
+}
+
 /* A kernel of this build, to ask whether the device can run the build's code. */
 __global__ void k_probe(int *p)
 {
@@ -362,6 +409,10 @@ extern "C" int dsv4_backend_cuda_create(int device, struct dsv4_backend **out)
     b->copy2d = cu_copy2d;
     b->gather_rows = cu_gather_rows;
     b->fill_zero = cu_fill_zero;
+    b->graph_begin = cu_graph_begin;
+    b->graph_end = cu_graph_end;
+    b->graph_launch = cu_graph_launch;
+    b->graph_free = cu_graph_free;
     cu_ops_elem(b);
     cu_ops_linear(b);
     cu_ops_moe(b);

@@ -9,8 +9,10 @@
  *      MoE decode, hc_pre, the indexer in microseconds (and GB/s where the
  *      bytes are clear);
  *   3. decode throughput of the `small` preset through the step API
- *      (dsv4_step_run, greedy) at batch 1, 8 and 64, with MTP off and on
- *      (tok/s counts emitted tokens, accepted drafts included).
+ *      (dsv4_step_run, greedy) at batch 1, 8 and 64, with MTP off and on,
+ *      eager and with decode graphs (opts.graphs, recorded in a warm-up
+ *      before the timing) (tok/s counts emitted tokens, accepted drafts
+ *      included).
  * Each kernel timing: 3 warm-up calls, then the median over 5 runs of a
  * batch of calls ended by one sync (so launch gaps count, as in a server
  * without graphs).  Lines "RESULT name value unit" are for scripts; a table
@@ -378,7 +380,7 @@ static void bench_moe(int T)
 
 /* ------------------------------------------------------------ decode through the step API */
 
-static int bench_decode(const char *dir, int B, int mtp, int steps)
+static int bench_decode(const char *dir, int B, int mtp, int steps, bool graphs)
 {
     struct dsv4_model *m = NULL;
     struct dsv4_step *s = NULL;
@@ -387,9 +389,12 @@ static int bench_decode(const char *dir, int B, int mtp, int steps)
                                 .max_tokens = B * (1 + mtp) + 16 * B,
                                 .max_ctx = 16 + steps * (1 + mtp) + 8,
                                 .mtp = mtp,
-                                .threads = 1};
+                                .threads = 1,
+                                .graphs = graphs};
     if (!rc)
         rc = dsv4_step_create(m, BE, NULL, &so, &s);
+    if (!rc)
+        rc = dsv4_step_warm(s);
     if (rc) {
         fprintf(stderr, "bench: decode B %d mtp %d: %s\n", B, mtp, dsv4_errmsg());
         dsv4_model_close(m);
@@ -447,12 +452,12 @@ static int bench_decode(const char *dir, int B, int mtp, int steps)
     }
     double t = dsv4_now() - t0;
     char n[64];
-    snprintf(n, sizeof n, "decode_small_B%d_mtp%d", B, mtp);
+    snprintf(n, sizeof n, "decode_small_B%d_mtp%d%s", B, mtp, graphs ? "_graphs" : "");
     result(n, (double)emitted / t, "tok/s");
     struct dsv4_step_stats sts;
     dsv4_step_get_stats(s, &sts);
     if (mtp) {
-        snprintf(n, sizeof n, "decode_small_B%d_mtp%d_accept", B, mtp);
+        snprintf(n, sizeof n, "decode_small_B%d_mtp%d%s_accept", B, mtp, graphs ? "_graphs" : "");
         result(n, sts.drafted ? 100.0 * sts.accepted / sts.drafted : 0, "%");
     }
 out:
@@ -545,7 +550,8 @@ int main(int argc, char **argv)
     static const int Bs[3] = {1, 8, 64};
     for (int bi = 0; bi < 3; bi++)
         for (int mtp = 0; mtp <= 1; mtp++)
-            bench_decode(model, Bs[bi], mtp, quick ? 8 : 48);
+            for (int g = 0; g <= 1; g++)
+                bench_decode(model, Bs[bi], mtp, quick ? 8 : 48, g);
     printf("\n%-32s %12s\n", "benchmark", "value");
     for (int i = 0; i < nres; i++)
         printf("%-32s %12.4g %s\n", res[i].name, res[i].value, res[i].unit);

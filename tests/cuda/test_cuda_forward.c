@@ -14,7 +14,10 @@
  *     tokens of MTP 0 (dsv4_generate on the cuda backend: verification,
  *     rollback and batch invariance across 1- and (1+k)-token calls), and
  *     two sequences decoded in one batch give bitwise the logits each gives
- *     alone.
+ *     alone; decode graphs (step opts.graphs: padded calls replayed from
+ *     CUDA graphs recorded in the warm-up) emit exactly the tokens of eager
+ *     steps over 3 sequences with MTP, and graphs were recorded and
+ *     launched.
  * Both expert formats of the presets' conversions run: NVFP4 (W4A4) and
  * MXFP4 (FP8 activations).  Tolerance: normalised error 2e-2 per layer and
  * for logits, as test_backend allows between ref and cpu (BF16 roundings of
@@ -26,6 +29,8 @@
 #include "engine/model/generate.h"
 #include "engine/model/model.h"
 #include "engine/model/state.h"
+#include "engine/model/step.h"
+#include "engine/sample/sample.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda.h"
 #include "tests/test.h"
@@ -419,6 +424,92 @@ static void test_batch_invariance(const char *dir, const int32_t *prompt)
     close_run(&r);
 }
 
+/* 3 greedy sequences through the step API on the GPU (MTP 1): prefill, then decode steps
+ * until each has NOUT tokens. */
+#define NOUT 40
+static int step_tokens(const char *dir, const int32_t *prompt, bool graphs,
+                       int32_t out[3][NOUT + 2], struct dsv4_step_stats *st)
+{
+    struct dsv4_model *m = NULL;
+    struct dsv4_backend *be = NULL;
+    struct dsv4_step *s = NULL;
+    struct dsv4_step_opts so = {.max_seqs = 4,
+                                .max_tokens = 128,
+                                .max_ctx = 256,
+                                .mtp = 1,
+                                .threads = 1,
+                                .graphs = graphs};
+    int rc = dsv4_model_open(dir, 0, 1, &m);
+    if (!rc)
+        rc = dsv4_backend_create("cuda", 1, &be);
+    if (!rc)
+        rc = dsv4_step_create(m, be, NULL, &so, &s);
+    if (!rc)
+        rc = dsv4_step_warm(s);
+    const int P[3] = {20, 33, 7};
+    int n[3] = {0}, nd[3] = {0};
+    int32_t drafts[3][DSV4_STEP_MAX_DRAFTS], last[3];
+    struct dsv4_step_entry e[3];
+    struct dsv4_step_result r[3];
+    for (int i = 0; i < 3 && !rc; i++)
+        rc = dsv4_step_seq_add(s, (uint64_t)i + 1);
+    for (int step = 0; step < 200 && !rc; step++) {
+        int ne = 0, map[3];
+        for (int i = 0; i < 3; i++) {
+            if (n[i] >= NOUT)
+                continue;
+            struct dsv4_step_entry *x = &e[ne];
+            *x = (struct dsv4_step_entry){.id = (uint64_t)i + 1,
+                                          .sample = true,
+                                          .max_emit = NOUT - n[i],
+                                          .n_prompt = P[i],
+                                          .params = dsv4_sample_params_default()};
+            x->params.temperature = 0.0f;
+            if (step == 0) {
+                x->start = 0, x->n = P[i], x->tokens = prompt + 5 * i;
+            } else {
+                x->start = P[i] + n[i] - 1, x->n = 1, x->tokens = &last[i];
+                x->n_drafts = nd[i], x->drafts = drafts[i];
+            }
+            map[ne++] = i;
+        }
+        if (!ne)
+            break;
+        if ((rc = dsv4_step_run(s, e, ne, r)))
+            break;
+        for (int j = 0; j < ne; j++) {
+            int i = map[j];
+            for (int k = 0; k < r[j].n_tokens && n[i] < NOUT; k++)
+                out[i][n[i]++] = r[j].tokens[k];
+            last[i] = out[i][n[i] - 1];
+            nd[i] = r[j].n_drafts;
+            memcpy(drafts[i], r[j].drafts, sizeof(int32_t) * (size_t)nd[i]);
+        }
+    }
+    if (rc)
+        fprintf(stderr, "step (graphs %d): %s\n", graphs, dsv4_errmsg());
+    else
+        dsv4_step_get_stats(s, st);
+    dsv4_step_free(s);
+    dsv4_backend_destroy(be);
+    dsv4_model_close(m);
+    return rc;
+}
+
+static void test_graphs(const char *dir, const int32_t *prompt)
+{
+    int32_t a[3][NOUT + 2], b[3][NOUT + 2];
+    struct dsv4_step_stats sa, sb;
+    CHECK_INT(step_tokens(dir, prompt, false, a, &sa), 0);
+    CHECK_INT(step_tokens(dir, prompt, true, b, &sb), 0);
+    CHECKF(!memcmp(a, b, sizeof a), "cuda: decode graphs emit other tokens than eager steps");
+    fprintf(stderr, "cuda graphs: %d buckets, %d recorded in %.3f s, %llu launches, %llu padded\n",
+            sb.graphs.buckets, sb.graphs.graphs, sb.graphs.record_seconds,
+            (unsigned long long)sb.graphs.launches, (unsigned long long)sb.graphs.padded_calls);
+    CHECK(sb.graphs.graphs > 0 && sb.graphs.launches > 20);
+    CHECK(sa.graphs.launches == 0);
+}
+
 int main(void)
 {
     int n = dsv4_cuda_device_count();
@@ -451,8 +542,10 @@ int main(void)
         test_layers(dir, toks, cfg.num_hidden_layers);
         test_greedy(dir, toks);
         test_batch_invariance(dir, toks);
-        if (fi == 0)
+        if (fi == 0) {
             test_mtp_equal(dir, toks);
+            test_graphs(dir, toks);
+        }
     }
     TEST_DONE();
 }

@@ -15,7 +15,11 @@
  *     MTP block's state after accepted drafts equals a from-scratch
  *     recomputation (its next drafts' logits are bitwise those of a fresh
  *     sequence prefilled with the same history);
- *   - a full pool is a status (DSV4_ENOSPC), and freeing makes room again.
+ *   - a full pool is a status (DSV4_ENOSPC), and freeing makes room again;
+ *   - decode graphs on (opts.graphs: calls padded to buckets with a scratch
+ *     slot's chunk, graphs on backends that record them), with a warm-up
+ *     between steps: tokens and logits bitwise those of graphs off, on 1
+ *     and 2 ranks, preemptions included.
  */
 #include "base/dsv4.h"
 #include "engine/model/comm.h"
@@ -52,7 +56,7 @@ struct req {
 };
 
 /* What the driver does to a request at a given step (preemption tests). */
-enum action { ACT_NONE = 0, ACT_DROP, ACT_SWAP_OUT, ACT_SWAP_IN };
+enum action { ACT_NONE = 0, ACT_DROP, ACT_SWAP_OUT, ACT_SWAP_IN, ACT_WARM };
 
 struct drv {
     struct dsv4_step *st;
@@ -105,6 +109,10 @@ static int act_on(struct drv *d, int t)
         if (d->when[i] != t || d->who[i] >= d->n)
             continue;
         struct req *q = &d->r[d->who[i]];
+        if (d->act[i] == ACT_WARM) {
+            rc = dsv4_step_warm(d->st);
+            continue;
+        }
         if (q->done || !q->added)
             continue;
         if (d->act[i] == ACT_DROP) {
@@ -193,7 +201,7 @@ static int drive(struct drv *d)
     return dsv4_error(DSV4_EINTERNAL, "driver: no progress");
 }
 
-static int open_step(const char *dir, struct dsv4_comm *comm, int rank, int N, int mtp,
+static int open_step(const char *dir, struct dsv4_comm *comm, int rank, int N, int mtp, bool graphs,
                      int64_t blocks, int64_t ctx, struct dsv4_model **m, struct dsv4_backend **be,
                      struct dsv4_step **st)
 {
@@ -204,7 +212,8 @@ static int open_step(const char *dir, struct dsv4_comm *comm, int rank, int N, i
                                 .max_tokens = NREQ * 24,
                                 .max_ctx = ctx,
                                 .mtp = mtp,
-                                .state_blocks = blocks};
+                                .state_blocks = blocks,
+                                .graphs = graphs};
     if (!rc)
         rc = dsv4_step_create(*m, *be, comm, &so, st);
     return rc;
@@ -222,7 +231,9 @@ struct run {
     const char *dir;
     struct req *r;
     int n, chunk, mtp;
-    struct drv d; /* actions preset by the caller */
+    bool graphs;
+    struct drv d;                    /* actions preset by the caller */
+    struct dsv4_fwd_graph_stats gst; /* rank 0's, after the run */
     int rc;
 };
 
@@ -233,7 +244,7 @@ static int run_rank(struct dsv4_comm *comm, void *arg)
     struct dsv4_backend *be = NULL;
     struct dsv4_step *st = NULL;
     int rank = comm ? dsv4_comm_rank(comm) : 0, N = comm ? dsv4_comm_size(comm) : 1;
-    int rc = open_step(x->dir, comm, rank, N, x->mtp, 0, HISTMAX + 8, &m, &be, &st);
+    int rc = open_step(x->dir, comm, rank, N, x->mtp, x->graphs, 0, HISTMAX + 8, &m, &be, &st);
     struct drv d = x->d;
     if (!rc) {
         d.st = st;
@@ -253,6 +264,11 @@ static int run_rank(struct dsv4_comm *comm, void *arg)
         }
         dsv4_step_set_logits_hook(st, hook, &d);
         rc = drive(&d);
+        if (rank == 0) {
+            struct dsv4_step_stats ss;
+            dsv4_step_get_stats(st, &ss);
+            x->gst = ss.graphs;
+        }
         free(own);
     }
     if (rc)
@@ -314,7 +330,7 @@ static void oracle_drafts(const char *dir, const struct req *ref)
     struct dsv4_model *m = NULL;
     struct dsv4_backend *be = NULL;
     struct dsv4_step *st = NULL;
-    int rc = open_step(dir, NULL, 0, 1, K, 0, HISTMAX + 8, &m, &be, &st);
+    int rc = open_step(dir, NULL, 0, 1, K, false, 0, HISTMAX + 8, &m, &be, &st);
     CHECKF(rc == 0, "oracle: open: %s", dsv4_errmsg());
     if (rc)
         return;
@@ -394,7 +410,7 @@ static void capacity(const char *dir)
     struct dsv4_model *m = NULL;
     struct dsv4_backend *be = NULL;
     struct dsv4_step *st = NULL;
-    int rc = open_step(dir, NULL, 0, 1, 0, 3, 1024, &m, &be, &st);
+    int rc = open_step(dir, NULL, 0, 1, 0, false, 3, 1024, &m, &be, &st);
     CHECKF(rc == 0, "capacity: open: %s", dsv4_errmsg());
     if (rc)
         return;
@@ -459,7 +475,7 @@ static void suite(const char *dir, const char *isa, int n, bool full)
         struct dsv4_model *m = NULL;
         struct dsv4_backend *be = NULL;
         struct dsv4_step *st = NULL;
-        rc = open_step(dir, NULL, 0, 1, 0, 0, HISTMAX + 8, &m, &be, &st);
+        rc = open_step(dir, NULL, 0, 1, 0, false, 0, HISTMAX + 8, &m, &be, &st);
         struct drv d = {.st = st, .r = &one, .n = 1, .chunk = 16};
         if (!rc) {
             dsv4_step_set_logits_hook(st, hook, &d);
@@ -501,6 +517,29 @@ static void suite(const char *dir, const char *isa, int n, bool full)
         if (r2)
             CHECKF(compare("2 ranks vs 1", mtp, r2, n, true) == 0, "2 ranks differ from 1");
         free_reqs(r2);
+    }
+    /* decode graphs (padded calls) == plain, with a warm-up between steps, 1 and 2 ranks */
+    if (full) {
+        for (int ranks = 1; ranks <= 2; ranks++) {
+            struct req *rg = alloc_reqs();
+            struct run y = x;
+            y.r = rg;
+            y.graphs = true;
+            y.d.when[y.d.nact] = 9, y.d.who[y.d.nact] = 0, y.d.act[y.d.nact++] = ACT_WARM;
+            CHECKF(rg && run_schedule(&y, ranks) == 0, "graphs, %d ranks: %s", ranks,
+                   dsv4_errmsg());
+            if (rg)
+                CHECKF(compare("graphs vs plain", mtp, rg, n, true) == 0,
+                       "padded calls differ from plain ones (%d ranks)", ranks);
+            fprintf(stderr, "graphs, %d ranks: %llu padded calls, %llu padding tokens\n", ranks,
+                    (unsigned long long)y.gst.padded_calls,
+                    (unsigned long long)y.gst.padded_tokens);
+            CHECK(y.gst.padded_calls > 20 && y.gst.padded_tokens > 0);
+            /* b and b * (1 + K) for b = 1, 2, 4, 8, 16: 1 2 3 4 6 8 12 16 24 48 */
+            CHECK_INT(y.gst.buckets, 10);
+            CHECK(y.gst.graphs == 0 && y.gst.launches == 0); /* cpu records none */
+            free_reqs(rg);
+        }
     }
     if (full) {
         oracle_drafts(dir, alone);
