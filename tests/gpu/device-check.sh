@@ -237,7 +237,7 @@ if [ -n "$BIN" ]; then
     [ "$MODE" = dry ] && quick=--quick
     DSV4_TMP=$(mktemp -d "${TMPDIR:-/tmp}/devcheck.XXXXXX")
     export DSV4_TMP
-    timeout 120 "$BIN/tests/cuda/bench_cuda" --json "$OUT/bench.json" ${quick:+"$quick"} \
+    timeout 150 "$BIN/tests/cuda/bench_cuda" --json "$OUT/bench.json" ${quick:+"$quick"} \
         >"$OUT/bench.log" 2>&1
     rc=$?
     rm -rf "$DSV4_TMP"
@@ -260,7 +260,7 @@ fi
     for t in $TESTS; do
         printf '%-32s %s\n' "$(basename "$t")" "${RES[$t]:-NOT RUN}"
     done
-    grep -h "^vmm " "$OUT/test-logs.txt" 2>/dev/null
+    grep -h "^vmm \|^cuda graphs: " "$OUT/test-logs.txt" 2>/dev/null
     echo
     echo "dsv4d on the GPU: $DAEMON_RC"
     [ -f "$OUT/dsv4d-gpu.txt" ] && cat "$OUT/dsv4d-gpu.txt"
