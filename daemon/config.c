@@ -62,6 +62,11 @@ static const struct key keys[] = {
          "context per sequence (0: the model's, at most 32768 on CPU)"},
         {"state_mem", Z(state_mem), 0, 1e15, false,
          "bytes of each rank's state pool (0: room for max_seqs full contexts)"},
+        {"swap_min_tokens", I(swap_min_tokens), 1, 1 << 24, false,
+         "a preempted sequence with at least this many positions has its state swapped to host "
+         "memory (compressed) instead of dropped and re-prefilled"},
+        {"swap_max_tokens", L(swap_max_tokens), 0, (double)(1ll << 40), false,
+         "positions held swapped out at once, over all sequences (0: never swap)"},
         {"max_queue", I(max_queue), 0, 1 << 20, true, "requests waiting beyond max_seqs"},
         {"drain_timeout", N(drain_timeout), 0, 86400, true,
          "seconds running requests may finish after SIGTERM"},
@@ -95,6 +100,8 @@ void dsv4d_config_defaults(struct dsv4d_config *c)
     c->max_batch_tokens = 2048;
     c->max_seqs = 64;
     c->max_queue = 1024;
+    c->swap_min_tokens = 128;
+    c->swap_max_tokens = 1 << 22;
     c->drain_timeout = 30;
     snprintf(c->grpc_listen, sizeof c->grpc_listen, "127.0.0.1:50051");
     snprintf(c->http_listen, sizeof c->http_listen, "127.0.0.1:8080");

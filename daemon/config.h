@@ -31,6 +31,8 @@ struct dsv4d_config {
     int max_seqs;                      /* running sequences */
     int64_t max_model_len;             /* context per sequence (0 = the model's, capped) */
     uint64_t state_mem;                /* bytes of each rank's state pool (0 = max_seqs full) */
+    int swap_min_tokens;               /* preempted sequences this long are swapped, not dropped */
+    int64_t swap_max_tokens;           /* positions held swapped out at most (0 = never swap) */
     int max_queue;                     /* waiting requests beyond max_seqs */
     double drain_timeout;              /* seconds running requests get after SIGTERM */
     double drain_grace;                /* seconds a draining daemon still admits requests */

@@ -51,6 +51,7 @@ struct req {
     /* scheduling */
     enum rq_state st;
     bool in_worker; /* the workers know the sequence */
+    bool swapped;   /* its state (fed positions) is swapped out in the workers */
     bool cancel;
     int64_t fed, target;
     uint64_t admit_seq; /* admission order (preemption picks the largest) */
@@ -76,6 +77,7 @@ struct dsv4d_sched {
     int n, cap;
     uint64_t admit_seq;
     int64_t free_blocks;
+    int64_t swapped_tokens; /* positions held swapped out */
     bool plan_in_flight;
     int n_plan_entries;
     uint64_t *to_free; /* sequences to free in the next plan */
@@ -236,8 +238,26 @@ static void compact(struct dsv4d_sched *s)
     s->n = k;
 }
 
+/* r's state is no longer swapped out (swapped in, lost, or the request ended). */
+static void unswap(struct dsv4d_sched *s, struct req *r)
+{
+    if (!r->swapped)
+        return;
+    r->swapped = false;
+    s->swapped_tokens -= r->fed;
+}
+
+/* r's state is gone from the workers: re-prefill its whole history. */
+static void refeed(struct req *r)
+{
+    r->fed = 0;
+    r->target = r->n_prompt + r->n_out;
+    r->nd = 0;
+}
+
 static void drop_req(struct dsv4d_sched *s, int i)
 {
+    unswap(s, s->reqs[i]);
     req_free(s->reqs[i]);
     s->reqs[i] = NULL;
 }
@@ -455,8 +475,12 @@ static void publish_counts(struct dsv4d_sched *s)
             running += s->reqs[i]->st == RQ_ACTIVE;
             queued += s->reqs[i]->st == RQ_QUEUED;
         }
+    int swapped = 0;
+    for (int i = 0; i < s->n; i++)
+        swapped += s->reqs[i] && s->reqs[i]->swapped;
     pthread_mutex_lock(&s->mu);
     s->counts.running = running;
+    s->counts.swapped = swapped;
     s->counts.queued = queued + s->n_inbox;
     s->counts.free_blocks = s->free_blocks;
     pthread_mutex_unlock(&s->mu);
@@ -541,16 +565,18 @@ static int order_cmp(const void *a, const void *b)
 
 static int grow_plan(struct dsv4d_plan_buf *pb, int n)
 {
-    void *a = realloc(pb->add, sizeof(uint64_t) * n), *f = NULL, *d = NULL, *e = NULL;
-    if (a)
-        pb->add = a;
-    if (a && (f = realloc(pb->free, sizeof(uint64_t) * n)))
-        pb->free = f;
-    if (f && (d = realloc(pb->drop, sizeof(uint64_t) * n)))
-        pb->drop = d;
-    if (d && (e = realloc(pb->entries, sizeof(struct dsv4_step_entry) * n)))
-        pb->entries = e;
-    return e ? 0 : -1;
+    uint64_t **lists[] = {&pb->add, &pb->free, &pb->drop, &pb->swap_out, &pb->swap_in};
+    for (size_t i = 0; i < DSV4_ARRAY_LEN(lists); i++) {
+        uint64_t *a = realloc(*lists[i], sizeof(uint64_t) * n);
+        if (!a)
+            return -1;
+        *lists[i] = a;
+    }
+    void *e = realloc(pb->entries, sizeof(struct dsv4_step_entry) * n);
+    if (!e)
+        return -1;
+    pb->entries = e;
+    return 0;
 }
 
 void dsv4d_plan_buf_free(struct dsv4d_plan_buf *pb)
@@ -558,6 +584,8 @@ void dsv4d_plan_buf_free(struct dsv4d_plan_buf *pb)
     free(pb->add);
     free(pb->free);
     free(pb->drop);
+    free(pb->swap_out);
+    free(pb->swap_in);
     free(pb->entries);
     memset(pb, 0, sizeof *pb);
 }
@@ -587,7 +615,8 @@ static void fill_entry(struct req *r, struct dsv4_step_entry *e, int64_t n_chunk
     }
 }
 
-/* Preempts the youngest active request not yet in the plan (drop its state). */
+/* Preempts the youngest active request not yet in the plan: swaps its state out when it is
+ * long enough and the swap budget has room, else drops it. */
 static bool preempt_youngest(struct dsv4d_sched *s, struct dsv4d_plan_buf *pb, int64_t *freed)
 {
     struct req *y = NULL;
@@ -601,16 +630,24 @@ static bool preempt_youngest(struct dsv4d_sched *s, struct dsv4d_plan_buf *pb, i
     *freed = blocks_for(s, y->fed);
     y->st = RQ_QUEUED;
     y->plan_idx = -2; /* not re-admitted by the plan that preempts it */
-    y->fed = 0;
-    y->target = y->n_prompt + y->n_out;
-    y->nd = 0;
-    pb->drop[pb->plan.n_drop++] = y->id;
+    bool swap = s->o.swap_max_tokens > 0 && y->fed >= DSV4_MAX(s->o.swap_min_tokens, 1) &&
+                s->swapped_tokens + y->fed <= s->o.swap_max_tokens;
+    if (swap) {
+        y->swapped = true;
+        s->swapped_tokens += y->fed;
+        pb->swap_out[pb->plan.n_swap_out++] = y->id;
+    } else {
+        refeed(y);
+        pb->drop[pb->plan.n_drop++] = y->id;
+    }
     pthread_mutex_lock(&s->mu);
     s->counts.preempted_total++;
+    s->counts.swapped_total += swap;
     pthread_mutex_unlock(&s->mu);
     dsv4_metrics_preemption(s->o.metrics);
-    dsv4_log(DSV4_LOG_INFO, "preempted request %llu (state pool full): re-prefill later",
-             (unsigned long long)y->id);
+    dsv4_log(DSV4_LOG_INFO, "preempted request %llu (state pool full): %s",
+             (unsigned long long)y->id,
+             swap ? "state swapped out, swapped in later" : "re-prefill later");
     return true;
 }
 
@@ -625,6 +662,8 @@ bool dsv4d_sched_build(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf 
     p->add = pb->add;
     p->free = pb->free;
     p->drop = pb->drop;
+    p->swap_out = pb->swap_out;
+    p->swap_in = pb->swap_in;
     p->entries = pb->entries;
     for (int i = 0; i < s->n_to_free; i++)
         pb->free[p->n_free++] = s->to_free[i];
@@ -672,15 +711,24 @@ bool dsv4d_sched_build(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf 
         struct req *r = s->reqs[i];
         if (r->st != RQ_QUEUED || r->plan_idx == -2 || active >= s->o.max_seqs)
             continue;
-        int64_t n = DSV4_MIN((int64_t)budget, r->target - r->fed);
+        /* its first chunk, or for a swapped-out decode its 1 + drafts tokens */
+        bool decode = r->fed >= r->target;
+        int64_t n = decode ? 1 + r->nd : DSV4_MIN((int64_t)budget, r->target - r->fed);
+        if (n > budget)
+            break;
+        int64_t end = decode ? r->n_prompt + r->n_out + r->nd : r->fed + n;
         /* admit when the first chunk fits and a watermark of blocks (1%, at least one)
          * stays free for running decodes; when decodes outgrow the pool anyway, the youngest
-         * is preempted (above) */
-        int64_t need = blocks_for(s, r->fed + n) - blocks_for(s, r->fed);
+         * is preempted (above).  A swapped-out state needs all its blocks back. */
+        int64_t need = blocks_for(s, end) - (r->swapped ? 0 : blocks_for(s, r->fed));
         int64_t watermark = DSV4_MAX((int64_t)1, s->o.total_blocks / 100);
         if (need + watermark > free_b)
             break;
         free_b -= need;
+        if (r->swapped) {
+            unswap(s, r);
+            pb->swap_in[p->n_swap_in++] = r->id;
+        }
         r->st = RQ_ACTIVE;
         r->admit_seq = ++s->admit_seq;
         if (!r->in_worker) {
@@ -695,7 +743,8 @@ bool dsv4d_sched_build(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf 
     }
     pb->plan.step = ++pb->next_step;
     s->n_plan_entries = p->n_entries;
-    s->plan_in_flight = p->n_entries > 0 || p->n_free > 0 || p->n_drop > 0 || p->n_add > 0;
+    s->plan_in_flight = p->n_entries > 0 || p->n_free > 0 || p->n_drop > 0 || p->n_add > 0 ||
+                        p->n_swap_out > 0 || p->n_swap_in > 0;
     publish_counts(s);
     return s->plan_in_flight;
 }
@@ -762,6 +811,22 @@ void dsv4d_sched_apply(struct dsv4d_sched *s, const struct dsv4d_result *res, do
     (void)now;
     s->plan_in_flight = false;
     s->free_blocks = (int64_t)res->free_blocks;
+    /* swaps the workers could not do: the state is gone, the history is fed again */
+    for (int j = 0; j < res->n_lost; j++)
+        for (int i = 0; i < s->n; i++) {
+            struct req *r = s->reqs[i];
+            if (!r || r->id != res->lost[j])
+                continue;
+            unswap(s, r);
+            refeed(r);
+            r->st = RQ_QUEUED;
+            r->plan_idx = -1; /* its entry, if any, was not run */
+            pthread_mutex_lock(&s->mu);
+            s->counts.swap_lost_total++;
+            pthread_mutex_unlock(&s->mu);
+            dsv4_log(DSV4_LOG_WARN, "request %llu: swapped state lost: re-prefill",
+                     (unsigned long long)r->id);
+        }
     for (int i = 0; i < s->n; i++) {
         struct req *r = s->reqs[i];
         if (!r || r->plan_idx < 0)
@@ -825,12 +890,11 @@ void dsv4d_sched_workers_lost(struct dsv4d_sched *s)
         struct req *r = s->reqs[i];
         if (!r)
             continue;
+        unswap(s, r);
         r->plan_idx = -1;
         r->in_worker = false;
         r->st = RQ_QUEUED;
-        r->fed = 0;
-        r->target = r->n_prompt + r->n_out;
-        r->nd = 0;
+        refeed(r);
     }
     publish_counts(s);
 }

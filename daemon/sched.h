@@ -16,8 +16,11 @@
  * block_tokens positions, ceil(len / block_tokens) per sequence; the free
  * count is what the last result reported).  A plan only includes what
  * fits; when running decodes need more blocks than are free, the youngest
- * running sequence is preempted (its state dropped, its history re-prefilled
- * later, ahead of new requests).  Requests beyond max_seqs wait in a queue
+ * running sequence is preempted, by size: a long one's state is swapped to
+ * the workers' host memory (zstd; swapped back in when its blocks fit again,
+ * far cheaper than re-prefilling it), a short one's is dropped and its
+ * history re-prefilled later; either way ahead of new requests.  A swap the
+ * workers could not do (Result.lost) falls back to the re-prefill.  Requests beyond max_seqs wait in a queue
  * of max_queue; beyond that submit fails (retryable).
  *
  * Survival: a request's prompt and output stay here, so when the workers
@@ -49,18 +52,26 @@ struct dsv4d_sched_opts {
     const struct dsv4_tokenizer *tok; /* for the text of the output (may be NULL) */
     double default_timeout;           /* seconds, 0: none */
     struct dsv4_metrics *metrics;     /* preemptions, MTP acceptance (may be NULL) */
+    /* preemption by size: a sequence with at least swap_min_tokens positions in the state is
+     * swapped to the workers' host memory (compressed) while the positions swapped stay
+     * within swap_max_tokens; others are dropped and re-prefilled (swap_max_tokens 0:
+     * always dropped) */
+    int swap_min_tokens;
+    int64_t swap_max_tokens;
 };
 
 /* What a step plan holds: lifecycle lists and entries (pointing into the requests). */
 struct dsv4d_plan_buf {
     struct dsv4d_plan plan;
-    uint64_t *add, *free, *drop;
+    uint64_t *add, *free, *drop, *swap_out, *swap_in;
     struct dsv4_step_entry *entries;
     uint64_t next_step;
 };
 
 struct dsv4d_sched_counts {
     int running, queued, preempted_total;
+    int swapped;                             /* requests whose state is swapped out now */
+    uint64_t swapped_total, swap_lost_total; /* swap-outs; swaps whose state was lost */
     uint64_t finished, failed, aborted;
     int64_t free_blocks, total_blocks;
 };

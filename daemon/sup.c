@@ -1044,7 +1044,9 @@ int dsv4d_sup_start(const struct dsv4d_config *c, struct dsv4_metrics *m, struct
                                   .eos_id = s->mcfg.eos_token_id,
                                   .tok = s->tok,
                                   .default_timeout = c->request_timeout,
-                                  .metrics = m};
+                                  .metrics = m,
+                                  .swap_min_tokens = c->swap_min_tokens,
+                                  .swap_max_tokens = c->swap_max_tokens};
     if ((rc = dsv4d_sched_create(&so, &s->sched)))
         goto fail;
     dsv4d_sched_set_accepting(s->sched, false, "loading");

@@ -128,6 +128,10 @@ int dsv4d_wire_plan(const struct dsv4d_plan *p, void **buf, size_t *len)
     x.free = (uint64_t *)p->free;
     x.n_drop = (size_t)p->n_drop;
     x.drop = (uint64_t *)p->drop;
+    x.n_swap_out = (size_t)p->n_swap_out;
+    x.swap_out = (uint64_t *)p->swap_out;
+    x.n_swap_in = (size_t)p->n_swap_in;
+    x.swap_in = (uint64_t *)p->swap_in;
     x.n_entries = (size_t)n;
     x.entries = ep;
     m.m_case = DSV4__WORKER__MSG__M_PLAN;
@@ -191,6 +195,8 @@ int dsv4d_wire_result(const struct dsv4d_result *r, void **buf, size_t *len)
     x.results = ep;
     x.free_blocks = r->free_blocks;
     x.rank = r->rank;
+    x.n_lost = (size_t)r->n_lost;
+    x.lost = (uint64_t *)r->lost;
     m.m_case = DSV4__WORKER__MSG__M_RESULT;
     m.result = &x;
     rc = pack(&m, buf, len);
@@ -230,7 +236,7 @@ static int decode_plan(struct dsv4d_msg *out, const Dsv4__Worker__Plan *p)
     struct dsv4d_plan *q = &out->u.plan;
     int n = (int)p->n_entries;
     if (p->n_entries > (1u << 20) || p->n_add > (1u << 20) || p->n_free > (1u << 20) ||
-        p->n_drop > (1u << 20))
+        p->n_drop > (1u << 20) || p->n_swap_out > (1u << 20) || p->n_swap_in > (1u << 20))
         return dsv4_error(DSV4_EFORMAT, "wire: plan with too many entries");
     out->ents = calloc(n ? n : 1, sizeof *out->ents);
     if (!out->ents)
@@ -242,6 +248,10 @@ static int decode_plan(struct dsv4d_msg *out, const Dsv4__Worker__Plan *p)
     q->n_free = (int)p->n_free;
     q->drop = p->drop;
     q->n_drop = (int)p->n_drop;
+    q->swap_out = p->swap_out;
+    q->n_swap_out = (int)p->n_swap_out;
+    q->swap_in = p->swap_in;
+    q->n_swap_in = (int)p->n_swap_in;
     for (int i = 0; i < n; i++) {
         const Dsv4__Worker__Entry *e = p->entries[i];
         struct dsv4_step_entry *d = &out->ents[i];
@@ -282,7 +292,7 @@ static int decode_result(struct dsv4d_msg *out, const Dsv4__Worker__Result *r)
 {
     struct dsv4d_result *q = &out->u.result;
     int n = (int)r->n_results;
-    if (r->n_results > (1u << 20))
+    if (r->n_results > (1u << 20) || r->n_lost > (1u << 20))
         return dsv4_error(DSV4_EFORMAT, "wire: result with too many entries");
     out->res = calloc(n ? n : 1, sizeof *out->res);
     if (!out->res)
@@ -292,6 +302,8 @@ static int decode_result(struct dsv4d_msg *out, const Dsv4__Worker__Result *r)
     snprintf(q->message, sizeof q->message, "%s", r->message ? r->message : "");
     q->rank = r->rank;
     q->free_blocks = r->free_blocks;
+    q->lost = r->lost;
+    q->n_lost = (int)r->n_lost;
     for (int i = 0; i < n; i++) {
         const Dsv4__Worker__EntryResult *e = r->results[i];
         struct dsv4_step_result *d = &out->res[i];

@@ -57,8 +57,8 @@ enum { DSV4D_DEVW_HOST = 0, DSV4D_DEVW_UPLOADED = 1, DSV4D_DEVW_MAPPED = 2 };
  * decoded, into the caller's when encoded). */
 struct dsv4d_plan {
     uint64_t step;
-    const uint64_t *add, *free, *drop;
-    int n_add, n_free, n_drop;
+    const uint64_t *add, *free, *drop, *swap_out, *swap_in;
+    int n_add, n_free, n_drop, n_swap_out, n_swap_in;
     const struct dsv4_step_entry *entries;
     int n_entries;
 };
@@ -71,6 +71,8 @@ struct dsv4d_result {
     uint64_t free_blocks;
     const struct dsv4_step_result *results; /* rank 0 */
     int n_results;
+    const uint64_t *lost; /* swapped sequences whose state was dropped (proto Result.lost) */
+    int n_lost;
 };
 
 struct dsv4d_heartbeat {

@@ -70,6 +70,10 @@ struct worker {
     struct dsv4_step *step;
     struct dsv4_step_result *res;
     int max_seqs;
+    /* a plan's entries without those of lost sequences, their results, the lost ids */
+    struct dsv4_step_entry *ents;
+    struct dsv4_step_result *res2;
+    uint64_t *lost;
 };
 
 static int send_buf(struct worker *w, void *buf, size_t len)
@@ -297,7 +301,9 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
     }
     w->max_seqs = w->cfg.max_seqs;
     w->res = calloc((size_t)w->max_seqs, sizeof *w->res);
-    if (!w->res)
+    w->res2 = calloc((size_t)w->max_seqs, sizeof *w->res2);
+    w->ents = calloc((size_t)w->max_seqs, sizeof *w->ents);
+    if (!w->res || !w->res2 || !w->ents)
         return dsv4_error(DSV4_ENOMEM, "worker: out of memory");
     struct dsv4_step_stats st;
     dsv4_step_get_stats(w->step, &st);
@@ -315,24 +321,80 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
     return 0;
 }
 
+static bool has_id(const uint64_t *ids, int n, uint64_t id)
+{
+    for (int i = 0; i < n; i++)
+        if (ids[i] == id)
+            return true;
+    return false;
+}
+
+/*
+ * Swaps (plan.swap_out, then plan.swap_in).  A swap that fails (host memory for the
+ * compressed state, blocks for it coming back) costs the sequence its state, not the plan:
+ * it is dropped (known, length 0) and reported lost, so the scheduler re-prefills it.
+ */
+static int run_swaps(struct worker *w, const struct dsv4d_plan *p, int *n_lost)
+{
+    int nl = 0, n = p->n_swap_out + p->n_swap_in;
+    free(w->lost);
+    if (!(w->lost = calloc(n ? (size_t)n : 1, sizeof *w->lost)))
+        return dsv4_error(DSV4_ENOMEM, "worker: out of memory");
+    for (int i = 0; i < n; i++) {
+        bool out = i < p->n_swap_out;
+        uint64_t id = out ? p->swap_out[i] : p->swap_in[i - p->n_swap_out];
+        struct dsv4_swap_stats ss = {0};
+        int rc = out ? dsv4_step_seq_swap_out(w->step, id, &ss)
+                     : dsv4_step_seq_swap_in(w->step, id, &ss);
+        if (!rc) {
+            dsv4_log(DSV4_LOG_DEBUG, "sequence %llu swapped %s", (unsigned long long)id,
+                     out ? "out" : "in");
+            continue;
+        }
+        dsv4_log(DSV4_LOG_WARN, "sequence %llu: swap %s failed (%s): state dropped, re-prefilled",
+                 (unsigned long long)id, out ? "out" : "in", dsv4_errmsg());
+        if ((rc = dsv4_step_seq_drop(w->step, id)))
+            return rc;
+        w->lost[nl++] = id;
+    }
+    *n_lost = nl;
+    return 0;
+}
+
 /* One plan: lifecycle, then the step; the result goes back (rank 0 with the tokens). */
 static int run_plan(struct worker *w, const struct dsv4d_plan *p)
 {
     struct dsv4d_result r = {.step = p->step, .rank = w->rank};
-    int rc = 0;
+    int rc = 0, n_lost = 0;
     atomic_store(&w->step_in_flight, p->step);
     for (int i = 0; i < p->n_free; i++)
         dsv4_step_seq_free(w->step, p->free[i]);
     for (int i = 0; i < p->n_drop && !rc; i++)
         rc = dsv4_step_seq_drop(w->step, p->drop[i]);
+    if (!rc)
+        rc = run_swaps(w, p, &n_lost);
     for (int i = 0; i < p->n_add && !rc; i++)
         rc = dsv4_step_seq_add(w->step, p->add[i]);
     if (!rc && p->n_entries > 0) {
-        if (p->n_entries > w->max_seqs)
+        if (p->n_entries > w->max_seqs) {
             rc = dsv4_error(DSV4_EINVAL, "worker: plan of %d entries, at most %d", p->n_entries,
                             w->max_seqs);
-        else
+        } else if (!n_lost) {
             rc = dsv4_step_run(w->step, p->entries, p->n_entries, w->res);
+        } else {
+            /* the entries of lost sequences are not run: empty results in their places */
+            int n = 0;
+            for (int i = 0; i < p->n_entries; i++)
+                if (!has_id(w->lost, n_lost, p->entries[i].id))
+                    w->ents[n++] = p->entries[i];
+            rc = n ? dsv4_step_run(w->step, w->ents, n, w->res2) : 0;
+            for (int i = 0, j = 0; i < p->n_entries && !rc; i++) {
+                if (has_id(w->lost, n_lost, p->entries[i].id))
+                    w->res[i] = (struct dsv4_step_result){.id = p->entries[i].id};
+                else
+                    w->res[i] = w->res2[j++];
+            }
+        }
     }
     r.status = rc;
     if (rc)
@@ -340,6 +402,8 @@ static int run_plan(struct worker *w, const struct dsv4d_plan *p)
     else if (w->rank == 0) {
         r.results = w->res;
         r.n_results = p->n_entries;
+        r.lost = w->lost;
+        r.n_lost = n_lost;
     }
     struct dsv4_step_stats st;
     dsv4_step_get_stats(w->step, &st);
@@ -481,5 +545,8 @@ out:
     dsv4_comm_free(w.comm);
     dsv4_comm_shm_destroy(w.group);
     free(w.res);
+    free(w.res2);
+    free(w.ents);
+    free(w.lost);
     return rc ? 1 : 0;
 }

@@ -249,11 +249,15 @@ static void equal_outputs(int workers, int nreq, int max_tokens)
     dsv4d_sup_free(s);
 }
 
-/* 64 concurrent requests, small pool: preemptions happen, outputs stay exact. */
-static void load_with_preemption(const struct dsv4_config *mc)
+/* 64 concurrent requests, small pool: preemptions happen, outputs stay exact; with swap on,
+ * the long sequences' state is swapped out and back in (the short ones' dropped), with swap
+ * off every preempted sequence is re-prefilled. */
+static void load_with_preemption(const struct dsv4_config *mc, bool swap)
 {
     struct dsv4d_config c;
     base_config(&c, 2);
+    c.swap_min_tokens = 128;
+    c.swap_max_tokens = swap ? 1 << 20 : 0;
     c.max_seqs = 16;
     c.max_batch_tokens = 160;
     c.max_queue = 64;
@@ -292,8 +296,17 @@ static void load_with_preemption(const struct dsv4_config *mc)
     CHECKF(bad == 0, "load: %d of %d outputs differ from the request alone", bad, NREQ);
     CHECKF(cnt.preempted_total > 0, "load: no preemption happened (pool of %lld blocks)",
            (long long)cnt.total_blocks);
-    fprintf(stderr, "load: %d requests (%d long) on a pool of %lld blocks, %d preemptions\n", NREQ,
-            NLONG, (long long)cnt.total_blocks, cnt.preempted_total);
+    fprintf(stderr,
+            "load (swap %s): %d requests (%d long) on a pool of %lld blocks, %d preemptions, "
+            "%llu by swapping, %llu swaps lost\n",
+            swap ? "on" : "off", NREQ, NLONG, (long long)cnt.total_blocks, cnt.preempted_total,
+            (unsigned long long)cnt.swapped_total, (unsigned long long)cnt.swap_lost_total);
+    if (swap)
+        CHECKF(cnt.swapped_total > 0, "load: no preempted sequence was swapped");
+    else
+        CHECK_INT(cnt.swapped_total, 0);
+    CHECK_INT(cnt.swap_lost_total, 0);
+    CHECK_INT(cnt.swapped, 0);
     dsv4d_sup_free(s);
 }
 
@@ -644,7 +657,8 @@ int main(void)
     } while (0)
     PHASE(equal_outputs(2, 6, 32));
     PHASE(equal_outputs(4, 6, 32));
-    PHASE(load_with_preemption(&cfg));
+    PHASE(load_with_preemption(&cfg, true));
+    PHASE(load_with_preemption(&cfg, false));
     PHASE(faults(2, 16, 12345));
     PHASE(faults(4, 8, 777));
     PHASE(deadline_during_recovery());
