@@ -1,0 +1,317 @@
+/*
+ * test_sched.c - dsv4d's scheduler (daemon/sched.h) against a model of the
+ * workers that checks every plan: the state pool's blocks (block_tokens
+ * positions each, ceil(len / block_tokens) per sequence held in the pool),
+ * each sequence's length, and the tokens every entry feeds.  The model
+ * "generates" token f(id, pos) at each sampled position, so a request's
+ * whole history is known and every re-fed token is checked.
+ *   - preemption under a pool too small for the running sequences, with
+ *     swap off (every preempted sequence dropped and re-fed) and on (long
+ *     ones swapped out and back in): no plan overcommits the pool, feeds a
+ *     wrong token or starts an entry anywhere but at its state's length,
+ *     and every request ends with exactly its max_tokens tokens f(id, pos);
+ *   - swaps the workers cannot do (Result.lost, injected on every third
+ *     swap-in and the second swap-out): the entry is not run, the request
+ *     is re-fed from its history and still ends right;
+ *   - the workers lost mid-run (a restart): swapped and resident states
+ *     alike are gone, every request is re-fed and ends right.
+ */
+#include "base/dsv4.h"
+#include "daemon/sched.h"
+#include "tests/test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NREQ   6
+#define PROMPT 40
+#define MAXTOK 30
+#define BLOCK  16
+#define BLOCKS 10
+
+/* The prompt's token at pos, and the token the model "generates" for position pos. */
+static int32_t prompt_at(uint64_t id, int64_t pos)
+{
+    return (int32_t)((id * 3 + (uint64_t)pos) % 1000 + 5);
+}
+
+static int32_t tok_at(uint64_t id, int64_t pos)
+{
+    return (int32_t)((id * 7919 + (uint64_t)pos * 31) % 1000 + 10);
+}
+
+/* ------------------------------------------------------------ the workers' model */
+
+struct wseq {
+    uint64_t id;
+    int64_t len;
+    bool used, swapped;
+};
+
+struct workers {
+    struct wseq seq[64];
+    int64_t used_blocks;
+    int swap_ins, swap_outs;
+    bool inject;    /* report some swaps as lost */
+    int violations; /* plans the real workers would refuse or run wrong */
+    uint64_t lost[64];
+    int n_lost;
+    struct dsv4_step_result res[64];
+};
+
+static int64_t nblocks(int64_t len)
+{
+    return (len + BLOCK - 1) / BLOCK;
+}
+
+static struct wseq *wfind(struct workers *w, uint64_t id)
+{
+    for (int i = 0; i < 64; i++)
+        if (w->seq[i].used && w->seq[i].id == id)
+            return &w->seq[i];
+    return NULL;
+}
+
+static void violation(struct workers *w, const char *what, uint64_t id)
+{
+    fprintf(stderr, "plan violation: %s (sequence %llu)\n", what, (unsigned long long)id);
+    w->violations++;
+}
+
+/* The state of q is dropped (kept known, length 0). */
+static void wdrop(struct workers *w, struct wseq *q)
+{
+    if (!q->swapped)
+        w->used_blocks -= nblocks(q->len);
+    q->len = 0;
+    q->swapped = false;
+}
+
+/* Runs a plan as the workers would (worker.c: free, drop, swaps, add, entries). */
+static int wrun(struct workers *w, const struct dsv4d_plan *p, struct dsv4d_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->step = p->step;
+    w->n_lost = 0;
+    for (int i = 0; i < p->n_free; i++) {
+        struct wseq *q = wfind(w, p->free[i]);
+        if (q) {
+            wdrop(w, q);
+            q->used = false;
+        }
+    }
+    for (int i = 0; i < p->n_drop; i++) {
+        struct wseq *q = wfind(w, p->drop[i]);
+        if (!q)
+            violation(w, "drop of an unknown sequence", p->drop[i]);
+        else
+            wdrop(w, q);
+    }
+    for (int i = 0; i < p->n_swap_out; i++) {
+        struct wseq *q = wfind(w, p->swap_out[i]);
+        if (!q || q->swapped || q->len == 0) {
+            violation(w, "swap-out of a sequence without resident state", p->swap_out[i]);
+            continue;
+        }
+        if (w->inject && ++w->swap_outs == 2) {
+            wdrop(w, q);
+            w->lost[w->n_lost++] = q->id;
+            continue;
+        }
+        w->used_blocks -= nblocks(q->len);
+        q->swapped = true;
+    }
+    for (int i = 0; i < p->n_swap_in; i++) {
+        struct wseq *q = wfind(w, p->swap_in[i]);
+        if (!q || !q->swapped) {
+            violation(w, "swap-in of a sequence that is not swapped out", p->swap_in[i]);
+            continue;
+        }
+        if (w->used_blocks + nblocks(q->len) > BLOCKS) {
+            violation(w, "swap-in beyond the state pool", q->id);
+            continue;
+        }
+        if (w->inject && ++w->swap_ins % 3 == 0) {
+            q->swapped = false; /* the worker drops it: the blob is freed, length 0 */
+            q->len = 0;
+            w->lost[w->n_lost++] = q->id;
+            continue;
+        }
+        w->used_blocks += nblocks(q->len);
+        q->swapped = false;
+    }
+    for (int i = 0; i < p->n_add; i++) {
+        if (wfind(w, p->add[i])) {
+            violation(w, "add of a known sequence", p->add[i]);
+            continue;
+        }
+        for (int j = 0; j < 64; j++)
+            if (!w->seq[j].used) {
+                w->seq[j] = (struct wseq){.id = p->add[i], .used = true};
+                break;
+            }
+    }
+    for (int i = 0; i < p->n_entries; i++) {
+        const struct dsv4_step_entry *e = &p->entries[i];
+        struct dsv4_step_result *x = &w->res[i];
+        memset(x, 0, sizeof *x);
+        x->id = e->id;
+        bool lost = false;
+        for (int j = 0; j < w->n_lost; j++)
+            lost |= w->lost[j] == e->id;
+        if (lost)
+            continue;
+        struct wseq *q = wfind(w, e->id);
+        if (!q || q->swapped) {
+            violation(w, "entry of a sequence without resident state", e->id);
+            continue;
+        }
+        if (e->start != q->len || e->n < 1 || e->n_drafts != 0) {
+            violation(w, "entry not at its state's length", e->id);
+            continue;
+        }
+        for (int k = 0; k < e->n; k++) {
+            int64_t pos = e->start + k;
+            int32_t want = pos < PROMPT ? prompt_at(e->id, pos) : tok_at(e->id, pos);
+            if (e->tokens[k] != want) {
+                violation(w, "a fed token is not the request's history", e->id);
+                break;
+            }
+        }
+        int64_t grow = nblocks(q->len + e->n) - nblocks(q->len);
+        if (w->used_blocks + grow > BLOCKS) {
+            violation(w, "the plan overcommits the state pool", e->id);
+            continue;
+        }
+        w->used_blocks += grow;
+        q->len += e->n;
+        if (e->sample) {
+            x->n_tokens = 1;
+            x->tokens[0] = tok_at(e->id, q->len);
+        }
+    }
+    r->results = w->res;
+    r->n_results = p->n_entries;
+    r->lost = w->lost;
+    r->n_lost = w->n_lost;
+    r->free_blocks = (uint64_t)(BLOCKS - w->used_blocks);
+    return 0;
+}
+
+/* ------------------------------------------------------------ requests */
+
+struct out {
+    uint64_t id;
+    int32_t toks[MAXTOK + 8];
+    int n;
+    bool finished, failed;
+};
+
+static void on_event(void *ctx, uint64_t id, const struct dsv4_svc_event *ev)
+{
+    struct out *o = ctx;
+    (void)id;
+    if (ev->kind == DSV4_SVC_EV_TOKENS) {
+        for (size_t i = 0; i < ev->n_ids && o->n < MAXTOK + 8; i++)
+            o->toks[o->n++] = ev->ids[i];
+    } else if (ev->kind == DSV4_SVC_EV_FINISH) {
+        o->finished = true;
+    } else {
+        fprintf(stderr, "request %llu failed: %s\n", (unsigned long long)o->id, ev->message);
+        o->failed = true;
+    }
+}
+
+/* One run: NREQ requests through a pool of BLOCKS blocks; restart_at > 0 loses the workers
+ * at that step. */
+static void run(const char *what, int64_t swap_max, bool inject, int restart_at)
+{
+    struct dsv4d_sched_opts so = {.max_seqs = 4,
+                                  .max_batch_tokens = 64,
+                                  .max_queue = 64,
+                                  .mtp = 0,
+                                  .eos_id = -1,
+                                  .swap_min_tokens = 30,
+                                  .swap_max_tokens = swap_max};
+    struct dsv4d_sched *s = NULL;
+    CHECK_INT(dsv4d_sched_create(&so, &s), 0);
+    if (!s)
+        return;
+    dsv4d_sched_set_pool(s, BLOCKS, BLOCK, 1024, 0);
+    static struct workers w;
+    memset(&w, 0, sizeof w);
+    w.inject = inject;
+    struct out o[NREQ];
+    memset(o, 0, sizeof o);
+    for (int i = 0; i < NREQ; i++) {
+        int32_t p[PROMPT];
+        uint64_t id = 0;
+        struct dsv4_svc_request q = {
+                .max_tokens = MAXTOK, .sample = dsv4_sample_params_default(), .ignore_eos = true};
+        q.sample.temperature = 0;
+        /* ids are assigned in order from 1: the prompt is a function of the id */
+        for (int k = 0; k < PROMPT; k++)
+            p[k] = prompt_at((uint64_t)i + 1, k);
+        q.ids = p;
+        q.n_ids = PROMPT;
+        CHECK_INT(dsv4d_sched_submit(s, &q, p, PROMPT, on_event, &o[i], &id), 0);
+        o[i].id = id;
+        CHECK_INT(id, i + 1);
+    }
+    struct dsv4d_plan_buf pb;
+    memset(&pb, 0, sizeof pb);
+    int steps = 0;
+    for (; steps < 2000; steps++) {
+        dsv4d_sched_intake(s, (double)steps);
+        if (restart_at > 0 && steps == restart_at) {
+            memset(&w.seq, 0, sizeof w.seq);
+            w.used_blocks = 0;
+            dsv4d_sched_workers_lost(s);
+        }
+        if (!dsv4d_sched_build(s, (double)steps, &pb)) {
+            if (!dsv4d_sched_live(s))
+                break;
+            continue;
+        }
+        struct dsv4d_result r;
+        wrun(&w, &pb.plan, &r);
+        dsv4d_sched_apply(s, &r, (double)steps);
+    }
+    struct dsv4d_sched_counts c;
+    dsv4d_sched_counts(s, &c);
+    fprintf(stderr,
+            "%s: %d steps, %d preemptions, %llu by swapping, %llu swaps lost, %d violations\n",
+            what, steps, c.preempted_total, (unsigned long long)c.swapped_total,
+            (unsigned long long)c.swap_lost_total, w.violations);
+    CHECKF(w.violations == 0, "%s: the scheduler sent plans the workers would refuse", what);
+    CHECKF(dsv4d_sched_live(s) == 0, "%s: requests left after %d steps", what, steps);
+    for (int i = 0; i < NREQ; i++) {
+        int bad = !o[i].finished || o[i].failed || o[i].n != MAXTOK;
+        for (int k = 0; k < o[i].n && !bad; k++)
+            bad = o[i].toks[k] != tok_at(o[i].id, PROMPT + k);
+        CHECKF(!bad, "%s: request %d: %d tokens, finished %d: not its continuation", what, i,
+               o[i].n, o[i].finished);
+    }
+    CHECKF(c.preempted_total > 0, "%s: no preemption (the pool should be too small)", what);
+    if (swap_max == 0)
+        CHECK_INT(c.swapped_total, 0);
+    else
+        CHECKF(c.swapped_total > 0, "%s: nothing was swapped", what);
+    if (inject)
+        CHECKF(c.swap_lost_total > 0, "%s: no injected loss reached the scheduler", what);
+    else
+        CHECK_INT(c.swap_lost_total, 0);
+    CHECK_INT(c.swapped, 0);
+    dsv4d_plan_buf_free(&pb);
+    dsv4d_sched_free(s);
+}
+
+int main(void)
+{
+    run("swap off", 0, false, 0);
+    run("swap on", 1 << 20, false, 0);
+    run("swap on, losses", 1 << 20, true, 0);
+    run("swap on, workers lost", 1 << 20, false, 40);
+    TEST_DONE();
+}
