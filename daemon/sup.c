@@ -254,6 +254,7 @@ static void op_loads(struct dsv4_svc *v, struct dsv4_svc_loads *o)
     memset(o, 0, sizeof *o);
     o->running = c.running;
     o->queued = c.queued;
+    o->swapped = c.swapped;
     o->max_seqs = s->cfg.max_seqs;
     o->free_blocks = c.free_blocks;
     o->total_blocks = c.total_blocks;

@@ -215,6 +215,10 @@ static const struct std_family std_families[] = {
          NULL, 0, NULL, 0},
         {DSV4_MET_WAITING, G, "dsv4_num_requests_waiting", "Requests waiting in the queue.", NULL,
          NULL, 0, NULL, 0},
+        {DSV4_MET_SWAPPED, G, "dsv4_num_requests_swapped",
+         "Requests waiting with their state swapped out to host memory (also counted as "
+         "waiting).",
+         NULL, NULL, 0, NULL, 0},
         {DSV4_MET_TTFT, H, "dsv4_time_to_first_token_seconds",
          "Time from the request's arrival to its first output token.", NULL, NULL, 0,
          N(ttft_bounds)},
@@ -447,6 +451,7 @@ void dsv4_metrics_set_loads(struct dsv4_metrics *m, const struct dsv4_svc_loads 
         return;
     dsv4_metric_set(m->std[DSV4_MET_RUNNING], 0, l->running);
     dsv4_metric_set(m->std[DSV4_MET_WAITING], 0, l->queued);
+    dsv4_metric_set(m->std[DSV4_MET_SWAPPED], 0, l->swapped);
     dsv4_metric_set(m->std[DSV4_MET_KV_FREE_BLOCKS], 0, (double)l->free_blocks);
     dsv4_metric_set(m->std[DSV4_MET_KV_TOTAL_BLOCKS], 0, (double)l->total_blocks);
     double usage = 0.0;

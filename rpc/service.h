@@ -114,6 +114,7 @@ struct dsv4_svc_model_info {
 
 struct dsv4_svc_loads {
     int running, queued, max_seqs;
+    int swapped; /* queued with their state swapped out (counted in queued too) */
     int64_t free_blocks, total_blocks;
     int workers, workers_ready;
     double tokens_per_s; /* recent generation rate */

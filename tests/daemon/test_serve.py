@@ -485,6 +485,7 @@ def t_metrics(port, n_load):
     ttft = metric_sum(text, "dsv4_time_to_first_token_seconds_count")
     check(ttft is not None and ttft >= n_load, f"TTFT histogram count {ttft}")
     for name in ("dsv4_num_requests_running", "dsv4_num_requests_waiting",
+                 "dsv4_num_requests_swapped",
                  "dsv4_worker_restarts_total", "dsv4_server_state",
                  "dsv4_kv_cache_usage_perc", "dsv4_num_preemptions_total"):
         check(metric_sum(text, name) is not None, f"/metrics has {name}")

@@ -50,6 +50,7 @@ static void test_standard(void)
             "dsv4_request_success_total counter",
             "dsv4_num_requests_running gauge",
             "dsv4_num_requests_waiting gauge",
+            "dsv4_num_requests_swapped gauge",
             "dsv4_time_to_first_token_seconds histogram",
             "dsv4_inter_token_latency_seconds histogram",
             "dsv4_e2e_request_latency_seconds histogram",
@@ -95,6 +96,7 @@ static void test_standard(void)
     dsv4_metrics_spec_decode(m, 2, 3);   /* accepted > drafted: ignored */
     struct dsv4_svc_loads l = {.running = 3,
                                .queued = 9,
+                               .swapped = 2,
                                .free_blocks = 250,
                                .total_blocks = 1000,
                                .workers = 8,
@@ -135,6 +137,7 @@ static void test_standard(void)
     CHECK_LINE("dsv4_spec_decode_num_draft_tokens_per_pos_total{position=\"7\"} 3");
     CHECK_LINE("dsv4_num_requests_running 3");
     CHECK_LINE("dsv4_num_requests_waiting 9");
+    CHECK_LINE("dsv4_num_requests_swapped 2");
     CHECK_LINE("dsv4_kv_cache_usage_perc 0.75");
     CHECK_LINE("dsv4_kv_cache_free_blocks 250");
     CHECK_LINE("dsv4_kv_cache_total_blocks 1000");
