@@ -67,6 +67,9 @@ static const struct key keys[] = {
          "memory (compressed) instead of dropped and re-prefilled"},
         {"swap_max_tokens", L(swap_max_tokens), 0, (double)(1ll << 40), false,
          "positions held swapped out at once, over all sequences (0: never swap)"},
+        {"pipeline", B(pipeline), 0, 0, false,
+         "send the next decode step's plan while the previous one runs (the workers continue "
+         "each sequence from their own results), so that no step waits for the supervisor"},
         {"max_queue", I(max_queue), 0, 1 << 20, true, "requests waiting beyond max_seqs"},
         {"drain_timeout", N(drain_timeout), 0, 86400, true,
          "seconds running requests may finish after SIGTERM"},
@@ -101,6 +104,7 @@ void dsv4d_config_defaults(struct dsv4d_config *c)
     c->max_seqs = 64;
     c->max_queue = 1024;
     c->swap_min_tokens = 128;
+    c->pipeline = true;
     c->swap_max_tokens = 1 << 22;
     c->drain_timeout = 30;
     snprintf(c->grpc_listen, sizeof c->grpc_listen, "127.0.0.1:50051");

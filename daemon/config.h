@@ -34,6 +34,7 @@ struct dsv4d_config {
     int swap_min_tokens;               /* preempted sequences this long are swapped, not dropped */
     int64_t swap_max_tokens;           /* positions held swapped out at most (0 = never swap) */
     int max_queue;                     /* waiting requests beyond max_seqs */
+    bool pipeline;                     /* send the next decode plan while one runs */
     double drain_timeout;              /* seconds running requests get after SIGTERM */
     double drain_grace;                /* seconds a draining daemon still admits requests */
     char runtime_dir[DSV4D_PATH_MAX];  /* sockets ("" = $RUNTIME_DIRECTORY or /run/dsv4d) */

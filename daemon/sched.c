@@ -57,8 +57,11 @@ struct req {
     uint64_t admit_seq; /* admission order (preemption picks the largest) */
     int nd;
     int32_t drafts[DSV4_STEP_MAX_DRAFTS];
-    int plan_idx;   /* its entry in the plan in flight, -1 */
-    int64_t plan_n; /* tokens it feeds in that plan (its prefill chunk) */
+    int plan_idx;      /* its entry in the plan in flight, -1 */
+    int64_t plan_n;    /* tokens it feeds in that plan (its prefill chunk) */
+    int64_t plan_end;  /* positions its state may hold after that plan (drafts accepted) */
+    int fplan_idx;     /* its entry in the follow plan in flight behind it, -1 */
+    int64_t fplan_end; /* the same after the follow plan */
     /* text */
     struct dsv4_detok dt;
     char *text;
@@ -80,6 +83,11 @@ struct dsv4d_sched {
     int64_t swapped_tokens; /* positions held swapped out */
     bool plan_in_flight;
     int n_plan_entries;
+    /* the plan in flight (A) and a follow plan behind it (B): whether A is a follow plan,
+     * whether every entry of A samples, whether a plan's results are to be ignored (it
+     * follows a failed one), the blocks each may take beyond the last reported count */
+    bool follow_in_flight, a_follow, a_sampling, a_void, b_void;
+    int64_t need_a, need_b;
     uint64_t *to_free; /* sequences to free in the next plan */
     int n_to_free, cap_to_free;
     /* inbox and shared counters */
@@ -358,6 +366,7 @@ int dsv4d_sched_submit(struct dsv4d_sched *s, const struct dsv4_svc_request *q, 
     (void)q->skip_special;
     r->target = r->n_prompt;
     r->plan_idx = -1;
+    r->fplan_idx = -1;
     if (q->client_id)
         snprintf(r->client_id, sizeof r->client_id, "%s", q->client_id);
     for (size_t i = 0; i < q->n_stop_ids; i++)
@@ -704,6 +713,7 @@ bool dsv4d_sched_build(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf 
             fill_entry(r, &pb->entries[p->n_entries], n);
             r->plan_idx = p->n_entries++;
             r->plan_n = n;
+            r->plan_end = end;
             budget -= (int)n;
         }
     /* 2. admissions (preempted requests first: they were admitted before) */
@@ -738,15 +748,104 @@ bool dsv4d_sched_build(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf 
         fill_entry(r, &pb->entries[p->n_entries], n);
         r->plan_idx = p->n_entries++;
         r->plan_n = n;
+        r->plan_end = end;
         budget -= (int)n;
         active++;
     }
     pb->plan.step = ++pb->next_step;
     s->n_plan_entries = p->n_entries;
+    s->need_a = s->free_blocks - free_b;
+    s->a_follow = s->a_void = false;
+    s->a_sampling = p->n_entries > 0;
+    for (int i = 0; i < p->n_entries; i++)
+        s->a_sampling &= p->entries[i].sample;
     s->plan_in_flight = p->n_entries > 0 || p->n_free > 0 || p->n_drop > 0 || p->n_add > 0 ||
                         p->n_swap_out > 0 || p->n_swap_in > 0;
+    pthread_mutex_lock(&s->mu);
+    s->counts.plans += s->plan_in_flight;
+    pthread_mutex_unlock(&s->mu);
     publish_counts(s);
     return s->plan_in_flight;
+}
+
+bool dsv4d_sched_build_follow(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf *pb)
+{
+    /* only behind a plan of decodes, with nothing else to do: no request waiting to be
+     * admitted or fed, nothing to free, no cancellation or deadline due */
+    if (!s->plan_in_flight || s->follow_in_flight || s->a_void || !s->a_sampling ||
+        s->n_to_free > 0)
+        return false;
+    pthread_mutex_lock(&s->mu);
+    int inbox = s->n_inbox;
+    pthread_mutex_unlock(&s->mu);
+    if (inbox)
+        return false;
+    int n = 0, k = s->o.mtp;
+    int64_t need = 0;
+    for (int i = 0; i < s->n; i++) {
+        struct req *r = s->reqs[i];
+        if (!r)
+            continue;
+        if (r->st != RQ_ACTIVE || r->cancel || (r->deadline > 0 && now > r->deadline))
+            return false;
+        if (r->plan_idx < 0)
+            return false; /* running but not in A: the next plan must carry it */
+        n++;
+        need += blocks_for(s, r->plan_end + 1 + k) - blocks_for(s, r->plan_end);
+    }
+    if (n == 0 || n * (1 + k) > s->o.max_batch_tokens || need > s->free_blocks - s->need_a)
+        return false;
+    if (grow_plan(pb, n + 8))
+        return false;
+    struct dsv4d_plan *p = &pb->plan;
+    memset(p, 0, sizeof *p);
+    p->entries = pb->entries;
+    p->follow = true;
+    for (int i = 0; i < s->n; i++) {
+        struct req *r = s->reqs[i];
+        if (!r)
+            continue;
+        struct dsv4_step_entry *e = &pb->entries[p->n_entries];
+        memset(e, 0, sizeof *e);
+        e->id = r->id;
+        e->n_prompt = (int32_t)r->n_prompt;
+        e->params = r->params;
+        e->n_stop = r->n_stop_ids;
+        e->stop_ids = r->stop_ids;
+        e->sample = true; /* start, tokens, drafts, max_emit: the worker's */
+        r->fplan_idx = p->n_entries++;
+        r->fplan_end = r->plan_end + 1 + k;
+    }
+    p->step = ++pb->next_step;
+    pthread_mutex_lock(&s->mu);
+    s->counts.plans++;
+    s->counts.follow_plans++;
+    pthread_mutex_unlock(&s->mu);
+    s->follow_in_flight = true;
+    s->b_void = false;
+    s->need_b = need;
+    return true;
+}
+
+/* A's results are in: the follow plan B, if any, becomes the plan in flight. */
+static void next_in_flight(struct dsv4d_sched *s)
+{
+    s->plan_in_flight = s->follow_in_flight;
+    if (!s->follow_in_flight)
+        return;
+    for (int i = 0; i < s->n; i++) {
+        struct req *r = s->reqs[i];
+        if (!r)
+            continue;
+        r->plan_idx = r->fplan_idx;
+        r->plan_end = r->fplan_end;
+        r->fplan_idx = -1;
+    }
+    s->follow_in_flight = false;
+    s->a_follow = true;
+    s->a_sampling = true;
+    s->a_void = s->b_void;
+    s->need_a = s->need_b;
 }
 
 /* Appends tokens to r's output and streams their text; true when r ended. */
@@ -809,8 +908,16 @@ static bool take_tokens(struct dsv4d_sched *s, struct req *r, const struct dsv4_
 void dsv4d_sched_apply(struct dsv4d_sched *s, const struct dsv4d_result *res, double now)
 {
     (void)now;
-    s->plan_in_flight = false;
     s->free_blocks = (int64_t)res->free_blocks;
+    if (s->a_void) {
+        /* behind a failed plan: the workers had nothing to continue from */
+        for (int i = 0; i < s->n; i++)
+            if (s->reqs[i])
+                s->reqs[i]->plan_idx = -1;
+        next_in_flight(s);
+        publish_counts(s);
+        return;
+    }
     /* swaps the workers could not do: the state is gone, the history is fed again */
     for (int j = 0; j < res->n_lost; j++)
         for (int i = 0; i < s->n; i++) {
@@ -841,6 +948,8 @@ void dsv4d_sched_apply(struct dsv4d_sched *s, const struct dsv4d_result *res, do
         const struct dsv4_step_result *x = &res->results[k];
         if (x->drafted > 0)
             dsv4_metrics_spec_decode(s->o.metrics, x->drafted, x->accepted);
+        if (x->n_tokens == 0 && s->a_follow)
+            continue; /* it finished in the plan before (ended there) */
         if (x->n_tokens == 0) {
             /* a prefill chunk that did not sample: its positions are in the state now */
             r->fed += r->plan_n;
@@ -854,13 +963,23 @@ void dsv4d_sched_apply(struct dsv4d_sched *s, const struct dsv4d_result *res, do
             drop_req(s, i);
     }
     compact(s);
+    next_in_flight(s);
     publish_counts(s);
 }
 
 void dsv4d_sched_failed(struct dsv4d_sched *s, int status, const char *msg, double now)
 {
     (void)now;
-    s->plan_in_flight = false;
+    /* a follow plan behind this one has nothing to continue from */
+    s->b_void = true;
+    if (s->a_void) {
+        for (int i = 0; i < s->n; i++)
+            if (s->reqs[i])
+                s->reqs[i]->plan_idx = -1;
+        next_in_flight(s);
+        publish_counts(s);
+        return;
+    }
     for (int i = 0; i < s->n; i++) {
         struct req *r = s->reqs[i];
         if (!r || r->plan_idx < 0)
@@ -878,12 +997,14 @@ void dsv4d_sched_failed(struct dsv4d_sched *s, int status, const char *msg, doub
         s->free_blocks = 0;
     }
     compact(s);
+    next_in_flight(s);
     publish_counts(s);
 }
 
 void dsv4d_sched_workers_lost(struct dsv4d_sched *s)
 {
     s->plan_in_flight = false;
+    s->follow_in_flight = false;
     s->n_to_free = 0;
     s->free_blocks = s->o.total_blocks;
     for (int i = 0; i < s->n; i++) {
@@ -892,6 +1013,7 @@ void dsv4d_sched_workers_lost(struct dsv4d_sched *s)
             continue;
         unswap(s, r);
         r->plan_idx = -1;
+        r->fplan_idx = -1;
         r->in_worker = false;
         r->st = RQ_QUEUED;
         refeed(r);

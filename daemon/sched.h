@@ -72,6 +72,7 @@ struct dsv4d_sched_counts {
     int running, queued, preempted_total;
     int swapped;                             /* requests whose state is swapped out now */
     uint64_t swapped_total, swap_lost_total; /* swap-outs; swaps whose state was lost */
+    uint64_t plans, follow_plans;            /* plans sent; of them follow plans */
     uint64_t finished, failed, aborted;
     int64_t free_blocks, total_blocks;
 };
@@ -103,10 +104,21 @@ void dsv4d_sched_set_accepting(struct dsv4d_sched *s, bool on, const char *why);
 void dsv4d_sched_intake(struct dsv4d_sched *s, double now);
 /* Builds the next plan; false when there is nothing to do. */
 bool dsv4d_sched_build(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf *pb);
-/* The plan in flight ended with rank 0's result (status 0). */
+/*
+ * Pipelining: while the plan in flight runs, the plan after it when that one is only the
+ * same decodes again (every entry of the plan in flight samples, every running request is
+ * in it, nothing waits to be admitted, freed or cancelled, and the blocks of one more step
+ * at most 1 + mtp positions each fit): a follow plan (Plan.follow), whose entries each
+ * worker continues from its own results, so that it arrives while the plan before runs.
+ * false when the next plan must wait for the results.  At most one follow plan is in
+ * flight; results are applied in plan order (apply / failed for each), and a follow plan
+ * behind a failed one is ignored.
+ */
+bool dsv4d_sched_build_follow(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf *pb);
+/* The oldest plan in flight ended with rank 0's result (status 0). */
 void dsv4d_sched_apply(struct dsv4d_sched *s, const struct dsv4d_result *r, double now);
-/* The plan in flight failed on the workers (status != 0): DSV4_ENOSPC preempts and retries;
- * anything else fails the plan's requests with the message. */
+/* The oldest plan in flight failed on the workers (status != 0): DSV4_ENOSPC preempts and
+ * retries; anything else fails the plan's requests with the message. */
 void dsv4d_sched_failed(struct dsv4d_sched *s, int status, const char *msg, double now);
 /* Every worker's state is gone (a restart): running requests will be re-prefilled. */
 void dsv4d_sched_workers_lost(struct dsv4d_sched *s);

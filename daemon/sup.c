@@ -8,7 +8,10 @@
  * recovers from failures, advances the load / warm-up / serve / drain state
  * machine, and when no plan is in flight takes requests in and sends the
  * next plan to every rank.  A plan is done when every rank answered; rank
- * 0's result carries the tokens.
+ * 0's result carries the tokens.  Pipelining (`pipeline`): while a plan of
+ * decodes runs, the next one (a follow plan, dsv4d_sched_build_follow) is
+ * sent at once, so each worker finds it waiting when its step ends; at most
+ * two plans are in flight, answered and applied in order.
  *
  * Worker processes: fork + exec of this binary with --worker; the child
  * gets PR_SET_PDEATHSIG (it dies with the supervisor's loop thread, which
@@ -63,11 +66,14 @@ struct wslot {
     int recv_fd, fd_sock;
     int image_fd; /* the rank's weights image (kept across restarts), -1 */
     int dev_fd;   /* the rank's device weights (device backends; kept likewise), -1 */
-    bool hello, ready, answered;
+    bool hello, ready;
+    bool answered[2]; /* the plans in flight, oldest first */
+    int st[2];
+    char msg[2][512];
     double last_seen;
     struct dsv4d_ready info;
     struct dsv4d_progress progress;
-    int status; /* of the plan in flight */
+    int status; /* of the plan done (plan_done) */
     char message[512];
 };
 
@@ -108,9 +114,12 @@ struct dsv4d_sup {
     double crashes[1024];
     int n_crashes, consecutive;
     bool given_up;
-    /* the plan in flight */
+    /* the plans in flight (oldest first; the second a follow plan) and the one done */
     struct dsv4d_plan_buf pb;
-    bool in_flight;
+    int n_flight;
+    uint64_t flight_step[2];
+    struct dsv4d_msg fl_rank0[2];
+    bool fl_have0[2];
     struct dsv4d_msg rank0;
     bool have_rank0;
     int32_t warm_tokens[2], warm_last, warm_drafts[DSV4_STEP_MAX_DRAFTS];
@@ -359,7 +368,8 @@ static void close_worker(struct wslot *w)
     w->fd_sock = -1;
     w->recv_fd = -1;
     w->pid = 0;
-    w->hello = w->ready = w->answered = false;
+    w->hello = w->ready = false;
+    w->answered[0] = w->answered[1] = false;
 }
 
 static void unlink_sockets(struct dsv4d_sup *s);
@@ -480,7 +490,12 @@ static int spawn_all(struct dsv4d_sup *s)
     int rc, rv;
     s->generation++;
     s->have_rank0 = false;
-    s->in_flight = false;
+    for (int j = 0; j < 2; j++)
+        if (s->fl_have0[j]) {
+            dsv4d_msg_free(&s->fl_rank0[j]);
+            s->fl_have0[j] = false;
+        }
+    s->n_flight = 0;
     if (s->N > 1 && (rc = dsv4_comm_shm_create(s->N, 0, &s->group)))
         return rc;
     snprintf(s->sock_path, sizeof s->sock_path, "%.900s/dsv4d-%d-%llu.sock", s->runtime,
@@ -547,13 +562,15 @@ static int send_plan(struct dsv4d_sup *s, const struct dsv4d_plan *p)
     int rc = dsv4d_wire_plan(p, &buf, &len);
     if (rc)
         return rc;
+    DSV4_ASSERT(s->n_flight < 2);
+    int j = s->n_flight++;
     for (int r = 0; r < s->N; r++)
-        s->w[r].answered = false;
-    if (s->have_rank0) {
-        dsv4d_msg_free(&s->rank0);
-        s->have_rank0 = false;
+        s->w[r].answered[j] = false;
+    if (s->fl_have0[j]) {
+        dsv4d_msg_free(&s->fl_rank0[j]);
+        s->fl_have0[j] = false;
     }
-    s->in_flight = true;
+    s->flight_step[j] = p->step;
     return send_all(s, buf, len);
 }
 
@@ -634,6 +651,7 @@ static void check_heartbeats(struct dsv4d_sup *s, double now)
 
 /* ------------------------------------------------------------ messages */
 
+static void pop_flight(struct dsv4d_sup *s);
 static void plan_done(struct dsv4d_sup *s);
 
 static void on_msg(struct dsv4d_sup *s, int r, struct dsv4d_msg *m)
@@ -675,21 +693,30 @@ static void on_msg(struct dsv4d_sup *s, int r, struct dsv4d_msg *m)
     case DSV4D_MSG_HEARTBEAT:
         break;
     case DSV4D_MSG_RESULT: {
-        if (!s->in_flight || m->u.result.step != s->pb.plan.step || w->answered)
+        int j = -1;
+        for (int k = 0; k < s->n_flight; k++)
+            if (s->flight_step[k] == m->u.result.step)
+                j = k;
+        if (j < 0 || w->answered[j])
             break;
-        w->answered = true;
-        w->status = m->u.result.status;
-        snprintf(w->message, sizeof w->message, "%s", m->u.result.message);
+        w->answered[j] = true;
+        w->st[j] = m->u.result.status;
+        snprintf(w->msg[j], sizeof w->msg[j], "%s", m->u.result.message);
         if (r == 0) {
-            s->rank0 = *m;
-            s->have_rank0 = true;
+            s->fl_rank0[j] = *m;
+            s->fl_have0[j] = true;
             memset(m, 0, sizeof *m); /* kept: freed when the plan is done */
         }
-        bool all = true;
-        for (int i = 0; i < s->N; i++)
-            all &= s->w[i].answered;
-        if (all)
+        /* plans end in order: the oldest once every rank answered it */
+        for (;;) {
+            bool all = s->n_flight > 0;
+            for (int i = 0; i < s->N && all; i++)
+                all &= s->w[i].answered[0];
+            if (!all)
+                break;
+            pop_flight(s);
             plan_done(s);
+        }
         break;
     }
     default:
@@ -776,10 +803,36 @@ static int send_warm(struct dsv4d_sup *s, int stage)
     return send_plan(s, &p);
 }
 
+/* The oldest plan in flight, answered by every rank, becomes the plan done: its statuses and
+ * rank 0's result move to status / message / rank0; the follow plan moves up. */
+static void pop_flight(struct dsv4d_sup *s)
+{
+    if (s->have_rank0) {
+        dsv4d_msg_free(&s->rank0);
+        s->have_rank0 = false;
+    }
+    for (int r = 0; r < s->N; r++) {
+        struct wslot *w = &s->w[r];
+        w->status = w->st[0];
+        snprintf(w->message, sizeof w->message, "%s", w->msg[0]);
+        w->answered[0] = w->answered[1];
+        w->st[0] = w->st[1];
+        memcpy(w->msg[0], w->msg[1], sizeof w->msg[0]);
+        w->answered[1] = false;
+    }
+    s->rank0 = s->fl_rank0[0];
+    s->have_rank0 = s->fl_have0[0];
+    s->fl_rank0[0] = s->fl_rank0[1];
+    s->fl_have0[0] = s->fl_have0[1];
+    memset(&s->fl_rank0[1], 0, sizeof s->fl_rank0[1]);
+    s->fl_have0[1] = false;
+    s->flight_step[0] = s->flight_step[1];
+    s->n_flight--;
+}
+
 static void plan_done(struct dsv4d_sup *s)
 {
     double now = dsv4_now();
-    s->in_flight = false;
     int status = 0;
     const char *msg = "";
     for (int r = 0; r < s->N; r++)
@@ -864,7 +917,11 @@ static void advance(struct dsv4d_sup *s, double now)
             recover(s, "warm-up: cannot send the plan");
         return;
     }
-    if (s->phase != PH_SERVING || s->in_flight)
+    if (s->phase == PH_SERVING && s->n_flight == 1 && s->cfg.pipeline &&
+        !atomic_load(&s->drain_requested) && dsv4d_sched_build_follow(s->sched, now, &s->pb) &&
+        send_plan(s, &s->pb.plan))
+        recover(s, "cannot send a plan to the workers");
+    if (s->phase != PH_SERVING || s->n_flight > 0)
         return;
     if (atomic_load(&s->drain_requested) && s->drain_deadline == 0) {
         pthread_mutex_lock(&s->mu);
@@ -1197,6 +1254,9 @@ void dsv4d_sup_free(struct dsv4d_sup *s)
     }
     if (s->have_rank0)
         dsv4d_msg_free(&s->rank0);
+    for (int j = 0; j < 2; j++)
+        if (s->fl_have0[j])
+            dsv4d_msg_free(&s->fl_rank0[j]);
     dsv4d_plan_buf_free(&s->pb);
     dsv4d_sched_free(s->sched);
     dsv4_tokenizer_free(s->tok);

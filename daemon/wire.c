@@ -134,6 +134,7 @@ int dsv4d_wire_plan(const struct dsv4d_plan *p, void **buf, size_t *len)
     x.swap_in = (uint64_t *)p->swap_in;
     x.n_entries = (size_t)n;
     x.entries = ep;
+    x.follow = p->follow;
     m.m_case = DSV4__WORKER__MSG__M_PLAN;
     m.plan = &x;
     rc = pack(&m, buf, len);
@@ -252,6 +253,7 @@ static int decode_plan(struct dsv4d_msg *out, const Dsv4__Worker__Plan *p)
     q->n_swap_out = (int)p->n_swap_out;
     q->swap_in = p->swap_in;
     q->n_swap_in = (int)p->n_swap_in;
+    q->follow = p->follow;
     for (int i = 0; i < n; i++) {
         const Dsv4__Worker__Entry *e = p->entries[i];
         struct dsv4_step_entry *d = &out->ents[i];

@@ -61,6 +61,7 @@ struct dsv4d_plan {
     int n_add, n_free, n_drop, n_swap_out, n_swap_in;
     const struct dsv4_step_entry *entries;
     int n_entries;
+    bool follow; /* continue each entry from the previous plan's result (proto Plan.follow) */
 };
 
 struct dsv4d_result {

@@ -70,10 +70,21 @@ struct worker {
     struct dsv4_step *step;
     struct dsv4_step_result *res;
     int max_seqs;
-    /* a plan's entries without those of lost sequences, their results, the lost ids */
+    /* the entries a plan runs (without lost sequences', follow entries resolved), their
+     * indexes in the plan and results, the lost ids */
     struct dsv4_step_entry *ents;
+    int *eidx;
     struct dsv4_step_result *res2;
     uint64_t *lost;
+    /* how the last plan's entries continue (follow plans), and the next record */
+    struct cont {
+        uint64_t id;
+        int64_t start;
+        int32_t tok, max_left, nd;
+        int32_t drafts[DSV4_STEP_MAX_DRAFTS];
+        bool alive;
+    } * cont, *cont2;
+    int n_cont;
 };
 
 static int send_buf(struct worker *w, void *buf, size_t len)
@@ -303,7 +314,10 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
     w->res = calloc((size_t)w->max_seqs, sizeof *w->res);
     w->res2 = calloc((size_t)w->max_seqs, sizeof *w->res2);
     w->ents = calloc((size_t)w->max_seqs, sizeof *w->ents);
-    if (!w->res || !w->res2 || !w->ents)
+    w->eidx = calloc((size_t)w->max_seqs, sizeof *w->eidx);
+    w->cont = calloc((size_t)w->max_seqs, sizeof *w->cont);
+    w->cont2 = calloc((size_t)w->max_seqs, sizeof *w->cont2);
+    if (!w->res || !w->res2 || !w->ents || !w->eidx || !w->cont || !w->cont2)
         return dsv4_error(DSV4_ENOMEM, "worker: out of memory");
     struct dsv4_step_stats st;
     dsv4_step_get_stats(w->step, &st);
@@ -361,13 +375,75 @@ static int run_swaps(struct worker *w, const struct dsv4d_plan *p, int *n_lost)
     return 0;
 }
 
+static const struct cont *cont_of(const struct worker *w, uint64_t id)
+{
+    for (int i = 0; i < w->n_cont; i++)
+        if (w->cont[i].id == id)
+            return &w->cont[i];
+    return NULL;
+}
+
+/* The entries of p this worker runs (w->ents, their plan indexes in w->eidx): all but those
+ * of lost sequences; a follow plan's continue from the last plan's results (those that
+ * finished there are left out). */
+static int plan_entries(struct worker *w, const struct dsv4d_plan *p, int n_lost)
+{
+    int n = 0;
+    for (int i = 0; i < p->n_entries; i++) {
+        struct dsv4_step_entry e = p->entries[i];
+        if (has_id(w->lost, n_lost, e.id))
+            continue;
+        if (p->follow) {
+            const struct cont *c = cont_of(w, e.id);
+            if (!c || !c->alive)
+                continue;
+            e.start = c->start;
+            e.n = 1;
+            e.tokens = &c->tok;
+            e.n_drafts = c->nd;
+            e.drafts = c->drafts;
+            e.sample = true;
+            e.max_emit = c->max_left;
+        }
+        w->eidx[n] = i;
+        w->ents[n++] = e;
+    }
+    return n;
+}
+
+/* Records how each entry run continues: its last emitted token is the next input. */
+static void record_cont(struct worker *w, int n)
+{
+    for (int j = 0; j < n; j++) {
+        const struct dsv4_step_entry *e = &w->ents[j];
+        const struct dsv4_step_result *x = &w->res2[j];
+        struct cont *c = &w->cont2[j];
+        c->id = e->id;
+        c->alive = e->sample && x->n_tokens > 0 && x->finish == DSV4_FINISH_NONE &&
+                   e->max_emit - x->n_tokens > 0;
+        if (!c->alive)
+            continue;
+        c->start = e->start + e->n - 1 + x->n_tokens;
+        c->tok = x->tokens[x->n_tokens - 1];
+        c->max_left = e->max_emit - x->n_tokens;
+        c->nd = x->n_drafts;
+        memcpy(c->drafts, x->drafts, sizeof c->drafts);
+    }
+    struct cont *t = w->cont;
+    w->cont = w->cont2;
+    w->cont2 = t;
+    w->n_cont = n;
+}
+
 /* One plan: lifecycle, then the step; the result goes back (rank 0 with the tokens). */
 static int run_plan(struct worker *w, const struct dsv4d_plan *p)
 {
     struct dsv4d_result r = {.step = p->step, .rank = w->rank};
     int rc = 0, n_lost = 0;
     atomic_store(&w->step_in_flight, p->step);
-    for (int i = 0; i < p->n_free; i++)
+    if (p->follow && (p->n_free || p->n_drop || p->n_add || p->n_swap_out || p->n_swap_in))
+        rc = dsv4_error(DSV4_EINVAL, "worker: a follow plan with lifecycle lists");
+    for (int i = 0; i < p->n_free && !rc; i++)
         dsv4_step_seq_free(w->step, p->free[i]);
     for (int i = 0; i < p->n_drop && !rc; i++)
         rc = dsv4_step_seq_drop(w->step, p->drop[i]);
@@ -375,26 +451,21 @@ static int run_plan(struct worker *w, const struct dsv4d_plan *p)
         rc = run_swaps(w, p, &n_lost);
     for (int i = 0; i < p->n_add && !rc; i++)
         rc = dsv4_step_seq_add(w->step, p->add[i]);
-    if (!rc && p->n_entries > 0) {
-        if (p->n_entries > w->max_seqs) {
-            rc = dsv4_error(DSV4_EINVAL, "worker: plan of %d entries, at most %d", p->n_entries,
-                            w->max_seqs);
-        } else if (!n_lost) {
-            rc = dsv4_step_run(w->step, p->entries, p->n_entries, w->res);
-        } else {
-            /* the entries of lost sequences are not run: empty results in their places */
-            int n = 0;
-            for (int i = 0; i < p->n_entries; i++)
-                if (!has_id(w->lost, n_lost, p->entries[i].id))
-                    w->ents[n++] = p->entries[i];
-            rc = n ? dsv4_step_run(w->step, w->ents, n, w->res2) : 0;
-            for (int i = 0, j = 0; i < p->n_entries && !rc; i++) {
-                if (has_id(w->lost, n_lost, p->entries[i].id))
-                    w->res[i] = (struct dsv4_step_result){.id = p->entries[i].id};
-                else
-                    w->res[i] = w->res2[j++];
-            }
-        }
+    if (!rc && p->n_entries > w->max_seqs)
+        rc = dsv4_error(DSV4_EINVAL, "worker: plan of %d entries, at most %d", p->n_entries,
+                        w->max_seqs);
+    int n = rc ? 0 : plan_entries(w, p, n_lost);
+    if (!rc && n > 0)
+        rc = dsv4_step_run(w->step, w->ents, n, w->res2);
+    if (!rc) {
+        /* results in plan order; entries not run (lost, finished) get empty ones */
+        for (int i = 0; i < p->n_entries; i++)
+            w->res[i] = (struct dsv4_step_result){.id = p->entries[i].id};
+        for (int j = 0; j < n; j++)
+            w->res[w->eidx[j]] = w->res2[j];
+        record_cont(w, n);
+    } else {
+        w->n_cont = 0; /* nothing to follow from a failed step */
     }
     r.status = rc;
     if (rc)
@@ -547,6 +618,9 @@ out:
     free(w.res);
     free(w.res2);
     free(w.ents);
+    free(w.eidx);
+    free(w.cont);
+    free(w.cont2);
     free(w.lost);
     return rc ? 1 : 0;
 }

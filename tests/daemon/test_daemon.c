@@ -246,6 +246,12 @@ static void equal_outputs(int workers, int nreq, int max_tokens)
         bad += r[i].error || r[i].n != max_tokens ||
                memcmp(r[i].toks, ref_toks[i], sizeof(int32_t) * max_tokens);
     CHECKF(bad == 0, "%d workers: %d of %d outputs differ from dsv4_generate", workers, bad, nreq);
+    /* pipelining (on by default): steady decoding sends follow plans */
+    struct dsv4d_sched_counts cnt;
+    dsv4d_sup_counts(s, &cnt);
+    fprintf(stderr, "%d workers: %llu plans, %llu follow plans\n", workers,
+            (unsigned long long)cnt.plans, (unsigned long long)cnt.follow_plans);
+    CHECK(cnt.follow_plans > 0 && cnt.follow_plans < cnt.plans);
     dsv4d_sup_free(s);
 }
 

@@ -14,7 +14,12 @@
  *     swap-in and the second swap-out): the entry is not run, the request
  *     is re-fed from its history and still ends right;
  *   - the workers lost mid-run (a restart): swapped and resident states
- *     alike are gone, every request is re-fed and ends right.
+ *     alike are gone, every request is re-fed and ends right;
+ *   - pipelining: a follow plan built while the plan before it is in flight
+ *     (its results not yet applied), run by the model as a worker runs it
+ *     (each entry continued from the model's own last results): the same
+ *     checks hold, follow plans were sent, and a plan failing with
+ *     DSV4_ENOSPC voids the follow plan behind it without losing anything.
  */
 #include "base/dsv4.h"
 #include "daemon/sched.h"
@@ -58,6 +63,16 @@ struct workers {
     uint64_t lost[64];
     int n_lost;
     struct dsv4_step_result res[64];
+    /* follow plans: how each entry of the last plan continues (worker.c's record) */
+    struct {
+        uint64_t id;
+        int64_t start;
+        int32_t tok, max_left;
+        bool alive;
+    } cont[64];
+    int n_cont;
+    int plans, fail_at; /* plans run; the one that fails with DSV4_ENOSPC (0: none) */
+    bool failed;        /* the last plan failed */
 };
 
 static int64_t nblocks(int64_t len)
@@ -79,6 +94,8 @@ static void violation(struct workers *w, const char *what, uint64_t id)
     w->violations++;
 }
 
+static int follow_after_fail; /* follow plans run behind a failed one (all runs) */
+
 /* The state of q is dropped (kept known, length 0). */
 static void wdrop(struct workers *w, struct wseq *q)
 {
@@ -94,6 +111,12 @@ static int wrun(struct workers *w, const struct dsv4d_plan *p, struct dsv4d_resu
     memset(r, 0, sizeof *r);
     r->step = p->step;
     w->n_lost = 0;
+    w->plans++;
+    if (p->follow && w->failed)
+        follow_after_fail++;
+    w->failed = false;
+    if (p->follow && (p->n_free || p->n_drop || p->n_swap_out || p->n_swap_in || p->n_add))
+        violation(w, "a follow plan with lifecycle lists", 0);
     for (int i = 0; i < p->n_free; i++) {
         struct wseq *q = wfind(w, p->free[i]);
         if (q) {
@@ -152,11 +175,34 @@ static int wrun(struct workers *w, const struct dsv4d_plan *p, struct dsv4d_resu
                 break;
             }
     }
+    if (w->fail_at && w->plans == w->fail_at) {
+        /* the step finds no room: nothing of it runs, nothing to follow from */
+        r->status = DSV4_ENOSPC;
+        w->failed = true;
+        snprintf(r->message, sizeof r->message, "injected: state pool full");
+        w->n_cont = 0;
+        r->free_blocks = (uint64_t)(BLOCKS - w->used_blocks);
+        return 0;
+    }
+    int n_cont = 0;
+    static __typeof__(w->cont[0]) cont2[64];
     for (int i = 0; i < p->n_entries; i++) {
-        const struct dsv4_step_entry *e = &p->entries[i];
+        struct dsv4_step_entry fe = p->entries[i], *e = &fe;
         struct dsv4_step_result *x = &w->res[i];
         memset(x, 0, sizeof *x);
         x->id = e->id;
+        if (p->follow) {
+            int c = -1;
+            for (int j = 0; j < w->n_cont; j++)
+                if (w->cont[j].id == e->id)
+                    c = j;
+            if (c < 0 || !w->cont[c].alive)
+                continue; /* finished in the plan before: an empty result */
+            fe.start = w->cont[c].start;
+            fe.n = 1;
+            fe.tokens = &w->cont[c].tok;
+            fe.max_emit = w->cont[c].max_left;
+        }
         bool lost = false;
         for (int j = 0; j < w->n_lost; j++)
             lost |= w->lost[j] == e->id;
@@ -186,11 +232,19 @@ static int wrun(struct workers *w, const struct dsv4d_plan *p, struct dsv4d_resu
         }
         w->used_blocks += grow;
         q->len += e->n;
-        if (e->sample) {
+        if (e->sample && e->max_emit > 0) {
             x->n_tokens = 1;
             x->tokens[0] = tok_at(e->id, q->len);
         }
+        bool alive = x->n_tokens > 0 && e->max_emit - 1 > 0;
+        cont2[n_cont].id = e->id;
+        cont2[n_cont].alive = alive;
+        cont2[n_cont].start = q->len;
+        cont2[n_cont].tok = x->tokens[0];
+        cont2[n_cont++].max_left = e->max_emit - 1;
     }
+    memcpy(w->cont, cont2, sizeof cont2[0] * (size_t)n_cont);
+    w->n_cont = n_cont;
     r->results = w->res;
     r->n_results = p->n_entries;
     r->lost = w->lost;
@@ -225,7 +279,26 @@ static void on_event(void *ctx, uint64_t id, const struct dsv4_svc_event *ev)
 
 /* One run: NREQ requests through a pool of BLOCKS blocks; restart_at > 0 loses the workers
  * at that step. */
-static void run(const char *what, int64_t swap_max, bool inject, int restart_at)
+/* One plan's result kept until it is applied (the model answers at once). */
+struct kept {
+    struct dsv4d_result r;
+    struct dsv4_step_result res[64];
+    uint64_t lost[64];
+};
+
+static void keep(struct kept *k, const struct dsv4d_result *r)
+{
+    k->r = *r;
+    memcpy(k->res, r->results, sizeof k->res[0] * (size_t)r->n_results);
+    memcpy(k->lost, r->lost, sizeof k->lost[0] * (size_t)r->n_lost);
+    k->r.results = k->res;
+    k->r.lost = k->lost;
+}
+
+/* One run: NREQ requests through a pool of BLOCKS blocks; restart_at > 0 loses the workers
+ * at that step; pipeline sends follow plans; fail_at > 0 fails that plan with ENOSPC. */
+static void run(const char *what, int64_t swap_max, bool inject, int restart_at, bool pipeline,
+                int fail_at)
 {
     struct dsv4d_sched_opts so = {.max_seqs = 4,
                                   .max_batch_tokens = 64,
@@ -242,6 +315,7 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at)
     static struct workers w;
     memset(&w, 0, sizeof w);
     w.inject = inject;
+    w.fail_at = fail_at;
     struct out o[NREQ];
     memset(o, 0, sizeof o);
     for (int i = 0; i < NREQ; i++) {
@@ -261,29 +335,52 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at)
     }
     struct dsv4d_plan_buf pb;
     memset(&pb, 0, sizeof pb);
-    int steps = 0;
+    static struct kept fl[2];
+    int steps = 0, n_fl = 0;
     for (; steps < 2000; steps++) {
-        dsv4d_sched_intake(s, (double)steps);
-        if (restart_at > 0 && steps == restart_at) {
-            memset(&w.seq, 0, sizeof w.seq);
-            w.used_blocks = 0;
-            dsv4d_sched_workers_lost(s);
-        }
-        if (!dsv4d_sched_build(s, (double)steps, &pb)) {
-            if (!dsv4d_sched_live(s))
-                break;
-            continue;
-        }
         struct dsv4d_result r;
-        wrun(&w, &pb.plan, &r);
-        dsv4d_sched_apply(s, &r, (double)steps);
+        if (n_fl == 0) {
+            /* as the supervisor: intake and a plan only when none is in flight */
+            dsv4d_sched_intake(s, (double)steps);
+            if (restart_at > 0 && steps == restart_at) {
+                memset(&w.seq, 0, sizeof w.seq);
+                w.used_blocks = 0;
+                w.n_cont = 0;
+                dsv4d_sched_workers_lost(s);
+            }
+            if (!dsv4d_sched_build(s, (double)steps, &pb)) {
+                if (!dsv4d_sched_live(s))
+                    break;
+                continue;
+            }
+            wrun(&w, &pb.plan, &r);
+            keep(&fl[n_fl++], &r);
+        }
+        /* the next plan while this one is in flight */
+        if (pipeline && n_fl == 1 && dsv4d_sched_build_follow(s, (double)steps, &pb)) {
+            wrun(&w, &pb.plan, &r);
+            keep(&fl[n_fl++], &r);
+        }
+        /* the oldest answer is applied */
+        if (fl[0].r.status)
+            dsv4d_sched_failed(s, fl[0].r.status, fl[0].r.message, (double)steps);
+        else
+            dsv4d_sched_apply(s, &fl[0].r, (double)steps);
+        if (--n_fl)
+            keep(&fl[0], &fl[1].r);
     }
     struct dsv4d_sched_counts c;
     dsv4d_sched_counts(s, &c);
     fprintf(stderr,
-            "%s: %d steps, %d preemptions, %llu by swapping, %llu swaps lost, %d violations\n",
+            "%s: %d steps, %d preemptions, %llu by swapping, %llu swaps lost, %llu plans, %llu "
+            "follow plans, %d violations\n",
             what, steps, c.preempted_total, (unsigned long long)c.swapped_total,
-            (unsigned long long)c.swap_lost_total, w.violations);
+            (unsigned long long)c.swap_lost_total, (unsigned long long)c.plans,
+            (unsigned long long)c.follow_plans, w.violations);
+    if (pipeline)
+        CHECKF(c.follow_plans > 5, "%s: no follow plans", what);
+    else
+        CHECK_INT(c.follow_plans, 0);
     CHECKF(w.violations == 0, "%s: the scheduler sent plans the workers would refuse", what);
     CHECKF(dsv4d_sched_live(s) == 0, "%s: requests left after %d steps", what, steps);
     for (int i = 0; i < NREQ; i++) {
@@ -309,9 +406,16 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at)
 
 int main(void)
 {
-    run("swap off", 0, false, 0);
-    run("swap on", 1 << 20, false, 0);
-    run("swap on, losses", 1 << 20, true, 0);
-    run("swap on, workers lost", 1 << 20, false, 40);
+    run("swap off", 0, false, 0, false, 0);
+    run("swap on", 1 << 20, false, 0, false, 0);
+    run("swap on, losses", 1 << 20, true, 0, false, 0);
+    run("swap on, workers lost", 1 << 20, false, 40, false, 0);
+    run("pipelined, swap on", 1 << 20, false, 0, true, 0);
+    run("pipelined, swap on, losses", 1 << 20, true, 0, true, 0);
+    run("pipelined, workers lost", 1 << 20, false, 40, true, 0);
+    for (int f = 60; f <= 90; f += 6)
+        run("pipelined, a plan fails", 1 << 20, false, 0, true, f);
+    fprintf(stderr, "follow plans behind a failed plan: %d\n", follow_after_fail);
+    CHECK(follow_after_fail > 0);
     TEST_DONE();
 }
