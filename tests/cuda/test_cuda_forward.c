@@ -446,7 +446,7 @@ static int step_tokens(const char *dir, const int32_t *prompt, bool graphs,
         rc = dsv4_step_create(m, be, NULL, &so, &s);
     if (!rc)
         rc = dsv4_step_warm(s);
-    const int P[3] = {20, 33, 7};
+    const int plen[3] = {20, 33, 7};
     int n[3] = {0}, nd[3] = {0};
     int32_t drafts[3][DSV4_STEP_MAX_DRAFTS], last[3];
     struct dsv4_step_entry e[3];
@@ -462,13 +462,13 @@ static int step_tokens(const char *dir, const int32_t *prompt, bool graphs,
             *x = (struct dsv4_step_entry){.id = (uint64_t)i + 1,
                                           .sample = true,
                                           .max_emit = NOUT - n[i],
-                                          .n_prompt = P[i],
+                                          .n_prompt = plen[i],
                                           .params = dsv4_sample_params_default()};
             x->params.temperature = 0.0f;
             if (step == 0) {
-                x->start = 0, x->n = P[i], x->tokens = prompt + 5 * i;
+                x->start = 0, x->n = plen[i], x->tokens = prompt + 5 * i;
             } else {
-                x->start = P[i] + n[i] - 1, x->n = 1, x->tokens = &last[i];
+                x->start = plen[i] + n[i] - 1, x->n = 1, x->tokens = &last[i];
                 x->n_drafts = nd[i], x->drafts = drafts[i];
             }
             map[ne++] = i;
