@@ -599,8 +599,8 @@ void dsv4d_plan_buf_free(struct dsv4d_plan_buf *pb)
     memset(pb, 0, sizeof *pb);
 }
 
-/* The entry of an active request this step: its prefill chunk or its decode. */
-static void fill_entry(struct req *r, struct dsv4_step_entry *e, int64_t n_chunk)
+/* What every entry of r carries: the request's id, prompt length, sampling and stop ids. */
+static void entry_head(struct req *r, struct dsv4_step_entry *e)
 {
     memset(e, 0, sizeof *e);
     e->id = r->id;
@@ -608,6 +608,12 @@ static void fill_entry(struct req *r, struct dsv4_step_entry *e, int64_t n_chunk
     e->params = r->params;
     e->n_stop = r->n_stop_ids;
     e->stop_ids = r->stop_ids;
+}
+
+/* The entry of an active request this step: its prefill chunk or its decode. */
+static void fill_entry(struct req *r, struct dsv4_step_entry *e, int64_t n_chunk)
+{
+    entry_head(r, e);
     e->max_emit = (int32_t)(r->max_tokens - r->n_out);
     if (r->fed < r->target) {
         e->start = r->fed;
@@ -806,12 +812,7 @@ bool dsv4d_sched_build_follow(struct dsv4d_sched *s, double now, struct dsv4d_pl
         if (!r)
             continue;
         struct dsv4_step_entry *e = &pb->entries[p->n_entries];
-        memset(e, 0, sizeof *e);
-        e->id = r->id;
-        e->n_prompt = (int32_t)r->n_prompt;
-        e->params = r->params;
-        e->n_stop = r->n_stop_ids;
-        e->stop_ids = r->stop_ids;
+        entry_head(r, e);
         e->sample = true; /* start, tokens, drafts, max_emit: the worker's */
         r->fplan_idx = p->n_entries++;
         r->fplan_end = r->plan_end + 1 + k;
@@ -846,6 +847,17 @@ static void next_in_flight(struct dsv4d_sched *s)
     s->a_sampling = true;
     s->a_void = s->b_void;
     s->need_a = s->need_b;
+}
+
+/* A plan behind a failed one ended (results or failure alike): the workers had nothing to
+ * continue from, so nothing of it counts. */
+static void void_done(struct dsv4d_sched *s)
+{
+    for (int i = 0; i < s->n; i++)
+        if (s->reqs[i])
+            s->reqs[i]->plan_idx = -1;
+    next_in_flight(s);
+    publish_counts(s);
 }
 
 /* Appends tokens to r's output and streams their text; true when r ended. */
@@ -910,12 +922,7 @@ void dsv4d_sched_apply(struct dsv4d_sched *s, const struct dsv4d_result *res, do
     (void)now;
     s->free_blocks = (int64_t)res->free_blocks;
     if (s->a_void) {
-        /* behind a failed plan: the workers had nothing to continue from */
-        for (int i = 0; i < s->n; i++)
-            if (s->reqs[i])
-                s->reqs[i]->plan_idx = -1;
-        next_in_flight(s);
-        publish_counts(s);
+        void_done(s);
         return;
     }
     /* swaps the workers could not do: the state is gone, the history is fed again */
@@ -973,11 +980,7 @@ void dsv4d_sched_failed(struct dsv4d_sched *s, int status, const char *msg, doub
     /* a follow plan behind this one has nothing to continue from */
     s->b_void = true;
     if (s->a_void) {
-        for (int i = 0; i < s->n; i++)
-            if (s->reqs[i])
-                s->reqs[i]->plan_idx = -1;
-        next_in_flight(s);
-        publish_counts(s);
+        void_done(s);
         return;
     }
     for (int i = 0; i < s->n; i++) {
