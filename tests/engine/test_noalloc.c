@@ -12,7 +12,8 @@
  * state block, while sequence B's prompt arrives in prefill chunks in the
  * same steps and B then decodes too (sampled, with top-p, a penalty and
  * logprobs: every sampler path); more than index_topk ratio-4 entries are
- * visible (the indexer's top-k path).  Expected count: 0.
+ * visible (the indexer's top-k path).  Expected count: 0.  Once more with decode
+ * graphs on (steps padded to buckets: 1, 2, 4, 8 tokens here), the padding included.
  * Skipped (77) under AddressSanitizer, whose allocator cannot be interposed.
  */
 #include "base/dsv4.h"
@@ -97,7 +98,7 @@ static int step(struct dsv4_step *st, struct dsv4_step_entry *e, int n, struct d
     return rc;
 }
 
-static void run_format(enum dsv4_expert_fmt fmt, const char *name)
+static void run_format(enum dsv4_expert_fmt fmt, const char *name, bool graphs)
 {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tiny-%s", test_tmpdir(), name);
@@ -118,7 +119,8 @@ static void run_format(enum dsv4_expert_fmt fmt, const char *name)
     rc = dsv4_model_open(dir, 0, 1, &m);
     if (!rc)
         rc = dsv4_backend_create("cpu", 2, &be);
-    struct dsv4_step_opts so = {.max_seqs = 2, .max_tokens = 64, .max_ctx = 600, .mtp = K};
+    struct dsv4_step_opts so = {
+            .max_seqs = 2, .max_tokens = 64, .max_ctx = 600, .mtp = K, .graphs = graphs};
     if (!rc)
         rc = dsv4_step_create(m, be, NULL, &so, &st);
     if (!rc)
@@ -202,6 +204,12 @@ static void run_format(enum dsv4_expert_fmt fmt, const char *name)
     CHECKF(atomic_load(&n_alloc) == 0, "%s: %d allocations in the mixed steps", name,
            atomic_load(&n_alloc));
 #endif
+    if (graphs) {
+        struct dsv4_step_stats ss;
+        dsv4_step_get_stats(st, &ss);
+        CHECKF(ss.graphs.padded_calls > 10, "%s: %llu padded calls", name,
+               (unsigned long long)ss.graphs.padded_calls);
+    }
 out:
     dsv4_step_free(st);
     dsv4_backend_destroy(be);
@@ -220,9 +228,10 @@ int main(void)
     atomic_store(&counting, 0);
     CHECK_INT(atomic_load(&n_alloc), 1);
     free(probe);
-    run_format(DSV4_EXPERT_FP8, "fp8");
-    run_format(DSV4_EXPERT_MXFP4, "mxfp4");
-    run_format(DSV4_EXPERT_NVFP4, "nvfp4");
+    run_format(DSV4_EXPERT_FP8, "fp8", false);
+    run_format(DSV4_EXPERT_MXFP4, "mxfp4", false);
+    run_format(DSV4_EXPERT_NVFP4, "nvfp4", false);
+    run_format(DSV4_EXPERT_NVFP4, "nvfp4-graphs", true);
     TEST_DONE();
 #endif
 }
