@@ -875,6 +875,15 @@ out:
     }
 }
 
+/* Pipelining: with one plan in flight, the follow plan behind it when there is one. */
+static void send_follow(struct dsv4d_sup *s, double now)
+{
+    if (s->phase == PH_SERVING && s->n_flight == 1 && s->cfg.pipeline &&
+        !atomic_load(&s->drain_requested) && dsv4d_sched_build_follow(s->sched, now, &s->pb) &&
+        send_plan(s, &s->pb.plan))
+        recover(s, "cannot send a plan to the workers");
+}
+
 /* Advances loading -> warming -> serving; drains; sends the next plan. */
 static void advance(struct dsv4d_sup *s, double now)
 {
@@ -917,10 +926,7 @@ static void advance(struct dsv4d_sup *s, double now)
             recover(s, "warm-up: cannot send the plan");
         return;
     }
-    if (s->phase == PH_SERVING && s->n_flight == 1 && s->cfg.pipeline &&
-        !atomic_load(&s->drain_requested) && dsv4d_sched_build_follow(s->sched, now, &s->pb) &&
-        send_plan(s, &s->pb.plan))
-        recover(s, "cannot send a plan to the workers");
+    send_follow(s, now);
     if (s->phase != PH_SERVING || s->n_flight > 0)
         return;
     if (atomic_load(&s->drain_requested) && s->drain_deadline == 0) {
@@ -960,8 +966,11 @@ static void advance(struct dsv4d_sup *s, double now)
         atomic_store(&s->quit, 1);
         return;
     }
-    if (dsv4d_sched_build(s->sched, now, &s->pb) && send_plan(s, &s->pb.plan))
+    if (dsv4d_sched_build(s->sched, now, &s->pb) && send_plan(s, &s->pb.plan)) {
         recover(s, "cannot send a plan to the workers");
+        return;
+    }
+    send_follow(s, now); /* at once: the workers find it waiting when this step ends */
 }
 
 static void *loop_main(void *arg)
