@@ -683,7 +683,8 @@ bool dsv4d_sched_build(struct dsv4d_sched *s, double now, struct dsv4d_plan_buf 
     for (int i = 0; i < s->n_to_free; i++)
         pb->free[p->n_free++] = s->to_free[i];
     s->n_to_free = 0;
-    qsort(s->reqs, (size_t)s->n, sizeof *s->reqs, order_cmp);
+    if (s->n > 1)
+        qsort(s->reqs, (size_t)s->n, sizeof *s->reqs, order_cmp);
     int budget = s->o.max_batch_tokens, active = 0;
     int64_t free_b = s->free_blocks;
     for (int i = 0; i < s->n; i++) {

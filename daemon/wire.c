@@ -316,7 +316,8 @@ static int decode_result(struct dsv4d_msg *out, const Dsv4__Worker__Result *r)
             return dsv4_error(DSV4_EFORMAT, "wire: result entry %d: inconsistent sizes", i);
         d->id = e->id;
         d->n_tokens = (int32_t)nt;
-        memcpy(d->tokens, e->tokens, sizeof(int32_t) * nt);
+        if (nt) /* protobuf-c leaves empty arrays NULL */
+            memcpy(d->tokens, e->tokens, sizeof(int32_t) * nt);
         for (size_t t = 0; t < nt; t++)
             d->logprobs[t] = e->n_logprobs ? e->logprobs[t] : 0.0f;
         d->n_top = e->n_top;
@@ -326,7 +327,8 @@ static int decode_result(struct dsv4d_msg *out, const Dsv4__Worker__Result *r)
                 d->top_logprobs[t][j] = e->top_logprobs[t * e->n_top + j];
             }
         d->n_drafts = (int32_t)e->n_drafts;
-        memcpy(d->drafts, e->drafts, sizeof(int32_t) * e->n_drafts);
+        if (e->n_drafts)
+            memcpy(d->drafts, e->drafts, sizeof(int32_t) * e->n_drafts);
         d->drafted = e->drafted;
         d->accepted = e->accepted;
         d->finish = e->finish == DSV4_FINISH_STOP     ? DSV4_FINISH_STOP

@@ -289,8 +289,10 @@ struct kept {
 static void keep(struct kept *k, const struct dsv4d_result *r)
 {
     k->r = *r;
-    memcpy(k->res, r->results, sizeof k->res[0] * (size_t)r->n_results);
-    memcpy(k->lost, r->lost, sizeof k->lost[0] * (size_t)r->n_lost);
+    if (r->n_results)
+        memcpy(k->res, r->results, sizeof k->res[0] * (size_t)r->n_results);
+    if (r->n_lost)
+        memcpy(k->lost, r->lost, sizeof k->lost[0] * (size_t)r->n_lost);
     k->r.results = k->res;
     k->r.lost = k->lost;
 }
