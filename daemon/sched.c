@@ -478,15 +478,13 @@ int dsv4d_sched_live(struct dsv4d_sched *s)
 
 static void publish_counts(struct dsv4d_sched *s)
 {
-    int running = 0, queued = 0;
+    int running = 0, queued = 0, swapped = 0;
     for (int i = 0; i < s->n; i++)
         if (s->reqs[i]) {
             running += s->reqs[i]->st == RQ_ACTIVE;
             queued += s->reqs[i]->st == RQ_QUEUED;
+            swapped += s->reqs[i]->swapped;
         }
-    int swapped = 0;
-    for (int i = 0; i < s->n; i++)
-        swapped += s->reqs[i] && s->reqs[i]->swapped;
     pthread_mutex_lock(&s->mu);
     s->counts.running = running;
     s->counts.swapped = swapped;

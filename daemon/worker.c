@@ -75,7 +75,7 @@ struct worker {
     struct dsv4_step_entry *ents;
     int *eidx;
     struct dsv4_step_result *res2;
-    uint64_t *lost;
+    uint64_t *lost; /* [2 * max_seqs]: a plan swaps each sequence out or in at most once */
     /* how the last plan's entries continue (follow plans), and the next record */
     struct cont {
         uint64_t id;
@@ -84,7 +84,7 @@ struct worker {
         int32_t drafts[DSV4_STEP_MAX_DRAFTS];
         bool alive;
     } * cont, *cont2;
-    int n_cont;
+    int n_cont, cont_at; /* records; where the last lookup matched */
 };
 
 static int send_buf(struct worker *w, void *buf, size_t len)
@@ -315,9 +315,10 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
     w->res2 = calloc((size_t)w->max_seqs, sizeof *w->res2);
     w->ents = calloc((size_t)w->max_seqs, sizeof *w->ents);
     w->eidx = calloc((size_t)w->max_seqs, sizeof *w->eidx);
+    w->lost = calloc(2 * (size_t)w->max_seqs, sizeof *w->lost);
     w->cont = calloc((size_t)w->max_seqs, sizeof *w->cont);
     w->cont2 = calloc((size_t)w->max_seqs, sizeof *w->cont2);
-    if (!w->res || !w->res2 || !w->ents || !w->eidx || !w->cont || !w->cont2)
+    if (!w->res || !w->res2 || !w->ents || !w->eidx || !w->lost || !w->cont || !w->cont2)
         return dsv4_error(DSV4_ENOMEM, "worker: out of memory");
     struct dsv4_step_stats st;
     dsv4_step_get_stats(w->step, &st);
@@ -351,9 +352,8 @@ static bool has_id(const uint64_t *ids, int n, uint64_t id)
 static int run_swaps(struct worker *w, const struct dsv4d_plan *p, int *n_lost)
 {
     int nl = 0, n = p->n_swap_out + p->n_swap_in;
-    free(w->lost);
-    if (!(w->lost = calloc(n ? (size_t)n : 1, sizeof *w->lost)))
-        return dsv4_error(DSV4_ENOMEM, "worker: out of memory");
+    if (n > 2 * w->max_seqs)
+        return dsv4_error(DSV4_EINVAL, "worker: plan of %d swaps, at most %d", n, 2 * w->max_seqs);
     for (int i = 0; i < n; i++) {
         bool out = i < p->n_swap_out;
         uint64_t id = out ? p->swap_out[i] : p->swap_in[i - p->n_swap_out];
@@ -375,11 +375,17 @@ static int run_swaps(struct worker *w, const struct dsv4d_plan *p, int *n_lost)
     return 0;
 }
 
-static const struct cont *cont_of(const struct worker *w, uint64_t id)
+/* The record of id.  A follow plan mostly lists the sequences in the order the last plan ran
+ * them, so the search starts after the last match: one comparison each in that case. */
+static const struct cont *cont_of(struct worker *w, uint64_t id)
 {
-    for (int i = 0; i < w->n_cont; i++)
-        if (w->cont[i].id == id)
+    for (int k = 0; k < w->n_cont; k++) {
+        int i = (w->cont_at + k) % w->n_cont;
+        if (w->cont[i].id == id) {
+            w->cont_at = (i + 1) % w->n_cont;
             return &w->cont[i];
+        }
+    }
     return NULL;
 }
 
@@ -433,6 +439,7 @@ static void record_cont(struct worker *w, int n)
     w->cont = w->cont2;
     w->cont2 = t;
     w->n_cont = n;
+    w->cont_at = 0;
 }
 
 /* One plan: lifecycle, then the step; the result goes back (rank 0 with the tokens). */
