@@ -144,13 +144,30 @@ AVX2 static inline ALWAYS void pv_g(int G, const double *pd, const float *pf, in
         }
 }
 
-/* the oracle's softmax of one head's n scores in place (its expf through the vector
- * one); returns the denominator */
+/* the largest non-NaN of z[0..n) (-inf if none), as a chain of fmaxf: MAXPS returns its
+ * second operand when the first is NaN, and the maximum of numbers does not depend on the
+ * order (a +0 / -0 tie may pick either zero, which the subtraction below maps to the same
+ * exponentials) */
+AVX2 static float max_of(const float *z, int n)
+{
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int s = 0;
+    for (; s + 8 <= n; s += 8)
+        m = _mm256_max_ps(_mm256_loadu_ps(z + s), m);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float mx = _mm_cvtss_f32(h);
+    for (; s < n; s++)
+        mx = fmaxf(mx, z[s]);
+    return mx;
+}
+
+/* the oracle's softmax of one head's n scores in place (its expf and BF16 rounding through
+ * the vector ones); returns the denominator */
 static float softmax(float *z, int n, float sink, bool bf16_p)
 {
-    float mx = -INFINITY;
-    for (int s = 0; s < n; s++)
-        mx = fmaxf(mx, z[s]);
+    float mx = max_of(z, n);
     for (int s = 0; s < n; s++)
         z[s] -= mx;
     dsv4_cpu_exp(z, n, z);
@@ -159,7 +176,7 @@ static float softmax(float *z, int n, float sink, bool bf16_p)
         den += z[s];
     float fden = (float)den + expf(sink - mx);
     if (bf16_p)
-        dsv4_ref_round_bf16(z, n);
+        dsv4_cpu_round_bf16(z, n);
     return fden;
 }
 
