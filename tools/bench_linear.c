@@ -20,7 +20,11 @@
  * copy of a quarter of the pool timed just before it (columns copyGB/s and
  * %copy), and GFLOP/s next to the FMA peak of the same threads (%peak: what
  * the batched, compute-bound cases are measured against); the whole-pool
- * copy at the start and the end shows how steady the machine was.
+ * copy at the start and the end shows how steady the machine was.  At
+ * batch 1 a last column, cacheGB/s, runs the same product over about 2 MiB
+ * of the weight's rows, the same bytes every call (so from the caches): the
+ * rate at which the kernel decodes and multiplies, which bounds its rate
+ * from memory whatever the bandwidth.
  *
  * Invariants: every option is parsed strictly (whole string, in range) and
  * every --formats name must be known, so a typo exits 2 instead of timing
@@ -230,18 +234,49 @@ struct bench_bufs {
     double peak; /* FMA peak FLOP/s of the pool (dsv4_cpu_fma_peak) */
 };
 
+/* bytes of w's data before its scales (a weight is laid out data, then scales) */
+static uint64_t data_bytes(const struct dsv4_qweight *w)
+{
+    if (w->fmt == DSV4_WFMT_FP8)
+        return (uint64_t)(w->rows * w->cols);
+    if (w->fmt == DSV4_WFMT_MXFP4 || w->fmt == DSV4_WFMT_NVFP4)
+        return (uint64_t)(w->rows * ((w->cols + 1) / 2));
+    return dsv4_qweight_bytes(w);
+}
+
+/* Weight bytes per second of the batch-1 product over about CACHED_BYTES of w's first rows
+ * (a multiple of 128 rows: whole FP8 scale groups) in the pool's first copy, the same bytes
+ * every call, so that after the first call they come from the caches: the rate of decoding
+ * and multiplying alone, what the batch-1 kernel could reach with any memory. */
+#define CACHED_BYTES (2 << 20)
+static double cached_gbs(struct bench_bufs *b, const struct bench_opts *o,
+                         const struct dsv4_qweight *w, enum dsv4_act act)
+{
+    struct dsv4_qweight h = *w;
+    int64_t row = (int64_t)(dsv4_qweight_bytes(w) / (uint64_t)w->rows);
+    h.rows = DSV4_MIN(w->rows, DSV4_MAX((int64_t)128, CACHED_BYTES / row / 128 * 128));
+    h.w = b->buf;
+    h.scale = b->buf + data_bytes(&h);
+    double hb = (double)dsv4_qweight_bytes(&h), t0, t;
+    int64_t calls = 0;
+    dsv4_cpu_linear(b->pool, &h, act, b->x, 1, b->y); /* into the caches */
+    t0 = dsv4_now();
+    do {
+        dsv4_cpu_linear(b->pool, &h, act, b->x, 1, b->y);
+        calls++;
+        t = dsv4_now() - t0;
+    } while (t < o->min_time || calls < 64);
+    return hb * (double)calls / t / 1e9;
+}
+
 /* one format x shape x batch case: prints one row */
 static void run_case(struct bench_bufs *b, const struct bench_opts *o, size_t f, int sh, int m)
 {
     struct dsv4_qweight w = {.fmt = FMTS[f], .rows = SHAPES[sh][0], .cols = SHAPES[sh][1]};
     enum dsv4_act act = dsv4_default_act(w.fmt);
-    uint64_t wbytes = dsv4_qweight_bytes(&w), data = wbytes;
+    uint64_t wbytes = dsv4_qweight_bytes(&w), data = data_bytes(&w);
     w.scale2 = 0.0173f;
     w.input_scale = 1.0f;
-    if (w.fmt == DSV4_WFMT_FP8)
-        data = (uint64_t)(w.rows * w.cols);
-    else if (w.fmt == DSV4_WFMT_MXFP4 || w.fmt == DSV4_WFMT_NVFP4)
-        data = (uint64_t)(w.rows * ((w.cols + 1) / 2));
     uint64_t stride = (wbytes + 63) & ~(uint64_t)63;
     int64_t copies = (int64_t)(b->mem / stride), calls = 0, ci = 0; /* >= 1: check_mem */
     double t0, t, cp = copy_gbs(b->pool, b->buf, b->dst, b->mem / 4, 2);
@@ -261,9 +296,13 @@ static void run_case(struct bench_bufs *b, const struct bench_opts *o, size_t f,
     double per = t / (double)calls;
     double gbs = (double)wbytes / per / 1e9;
     double fl = 2.0 * (double)(w.rows * w.cols) * m / per;
-    printf("%-6s %-5s %5lldx%-5lld %5d %9.3f %9.2f %8.1f %6.0f%% %9.2f %6.0f%%\n",
+    char cache[32] = "-";
+    if (m == 1)
+        snprintf(cache, sizeof(cache), "%.2f", cached_gbs(b, o, &w, act));
+    printf("%-6s %-5s %5lldx%-5lld %5d %9.3f %9.2f %8.1f %6.0f%% %9.2f %6.0f%% %9s\n",
            dsv4_wfmt_name(w.fmt), dsv4_act_name(act), (long long)w.rows, (long long)w.cols, m,
-           per * 1e3, gbs, fl / 1e9, b->peak > 0 ? 100.0 * fl / b->peak : 0, cp, 100.0 * gbs / cp);
+           per * 1e3, gbs, fl / 1e9, b->peak > 0 ? 100.0 * fl / b->peak : 0, cp, 100.0 * gbs / cp,
+           cache);
     fflush(stdout);
 }
 
@@ -359,8 +398,11 @@ int dsv4_bench_linear(int argc, char **argv)
     printf("FMA peak: %.1f GFLOP/s (2 FLOP per multiply-add lane, all threads)\n\n", b.peak / 1e9);
     printf("%%copy compares with a copy run just before the case (the machine may be shared); "
            "%%peak with the FMA peak\n");
-    printf("%-6s %-5s %-11s %5s %9s %9s %8s %7s %9s %7s\n", "format", "act", "shape", "batch",
-           "ms/call", "GB/s", "GFLOP/s", "%peak", "copyGB/s", "%copy");
+    printf("cacheGB/s (batch 1): the same product over ~2 MiB of the weight's rows read again "
+           "every call,\nso from the caches: the kernel's decode-and-multiply rate, its ceiling "
+           "with any memory\n");
+    printf("%-6s %-5s %-11s %5s %9s %9s %8s %7s %9s %7s %9s\n", "format", "act", "shape", "batch",
+           "ms/call", "GB/s", "GFLOP/s", "%peak", "copyGB/s", "%copy", "cacheGB/s");
     for (size_t f = 0; f < DSV4_ARRAY_LEN(FMTS); f++)
         for (int sh = 0; sh < 2 && o.fmt_on[f]; sh++)
             for (int bi = 0; bi < o.nb; bi++)
