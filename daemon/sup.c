@@ -716,6 +716,8 @@ static void on_msg(struct dsv4d_sup *s, int r, struct dsv4d_msg *m)
                 break;
             pop_flight(s);
             plan_done(s);
+            if (s->phase == PH_DOWN || s->phase == PH_STOPPED)
+                break; /* plan_done restarted the group: what is in flight is gone */
         }
         break;
     }
@@ -833,13 +835,27 @@ static void pop_flight(struct dsv4d_sup *s)
 static void plan_done(struct dsv4d_sup *s)
 {
     double now = dsv4_now();
-    int status = 0;
+    int status = 0, failed = 0, rf = 0;
     const char *msg = "";
     for (int r = 0; r < s->N; r++)
-        if (s->w[r].status && !status) {
-            status = s->w[r].status;
-            msg = s->w[r].message;
+        if (s->w[r].status) {
+            failed++;
+            if (!status) {
+                status = s->w[r].status;
+                msg = s->w[r].message;
+                rf = r;
+            }
         }
+    if (failed > 0 && failed < s->N) {
+        /* some ranks ran the plan and some did not: their states may differ, and the next
+         * collectives would pair different work; only a fresh group is known to agree (the
+         * scheduler re-feeds every request's history, as after a crash) */
+        char what[700];
+        snprintf(what, sizeof what, "rank %d failed a plan that %d other rank%s ran (%s)", rf,
+                 s->N - failed, s->N - failed == 1 ? "" : "s", msg);
+        recover(s, what);
+        goto out;
+    }
     if (s->phase >= PH_WARM1 && s->phase <= PH_WARM3) {
         if (status) {
             char what[700];

@@ -15,6 +15,16 @@
  * plan on every rank; the shared-memory communicator joins the ranks) and
  * answer with a Result (rank 0 with the tokens), until Shutdown.
  *
+ * Every rank must run the same entries, or the ranks' collectives would
+ * pair different work: a swap that fails on one rank (its host memory)
+ * drops the sequence on every rank (the ranks agree on the union of their
+ * lost sequences over the communicator before the step).
+ *
+ * Failpoints for tests (environment, read at start, logged): DSV4D_FAILPOINT
+ * = "swap@R" makes every swap on rank R fail as if its host memory had run
+ * out; "plan@R:N" makes rank R answer its N-th plan with an error after
+ * running it (the ranks then disagree; the supervisor restarts the group).
+ *
  * A second thread sends a Heartbeat every DSV4D_HEARTBEAT_MS, so the
  * supervisor can tell a stopped or wedged process (no heartbeats) from a
  * slow step.  The worker exits when its parent dies (PR_SET_PDEATHSIG set
@@ -76,6 +86,10 @@ struct worker {
     int *eidx;
     struct dsv4_step_result *res2;
     uint64_t *lost; /* [2 * max_seqs]: a plan swaps each sequence out or in at most once */
+    float *lostf;   /* [2 * max_seqs]: per swap of a plan, 1 where it failed (agreement) */
+    /* failpoints (DSV4D_FAILPOINT; -1: none) */
+    int fail_swap_rank, fail_plan_rank;
+    long fail_plan_at, plans;
     /* how the last plan's entries continue (follow plans), and the next record */
     struct cont {
         uint64_t id;
@@ -316,9 +330,11 @@ static int setup(struct worker *w, struct dsv4d_ready *ready)
     w->ents = calloc((size_t)w->max_seqs, sizeof *w->ents);
     w->eidx = calloc((size_t)w->max_seqs, sizeof *w->eidx);
     w->lost = calloc(2 * (size_t)w->max_seqs, sizeof *w->lost);
+    w->lostf = calloc(2 * (size_t)w->max_seqs, sizeof *w->lostf);
     w->cont = calloc((size_t)w->max_seqs, sizeof *w->cont);
     w->cont2 = calloc((size_t)w->max_seqs, sizeof *w->cont2);
-    if (!w->res || !w->res2 || !w->ents || !w->eidx || !w->lost || !w->cont || !w->cont2)
+    if (!w->res || !w->res2 || !w->ents || !w->eidx || !w->lost || !w->lostf || !w->cont ||
+        !w->cont2)
         return dsv4_error(DSV4_ENOMEM, "worker: out of memory");
     struct dsv4_step_stats st;
     dsv4_step_get_stats(w->step, &st);
@@ -347,18 +363,24 @@ static bool has_id(const uint64_t *ids, int n, uint64_t id)
 /*
  * Swaps (plan.swap_out, then plan.swap_in).  A swap that fails (host memory for the
  * compressed state, blocks for it coming back) costs the sequence its state, not the plan:
- * it is dropped (known, length 0) and reported lost, so the scheduler re-prefills it.
+ * it is dropped (known, length 0) and reported lost, so the scheduler re-prefills it.  With
+ * several ranks a swap may fail on one rank only: the ranks sum their failure flags and each
+ * drops every sequence some rank lost, so all run the same entries.
  */
 static int run_swaps(struct worker *w, const struct dsv4d_plan *p, int *n_lost)
 {
-    int nl = 0, n = p->n_swap_out + p->n_swap_in;
+    int nl = 0, n = p->n_swap_out + p->n_swap_in, rc;
     if (n > 2 * w->max_seqs)
         return dsv4_error(DSV4_EINVAL, "worker: plan of %d swaps, at most %d", n, 2 * w->max_seqs);
     for (int i = 0; i < n; i++) {
         bool out = i < p->n_swap_out;
         uint64_t id = out ? p->swap_out[i] : p->swap_in[i - p->n_swap_out];
         struct dsv4_swap_stats ss = {0};
-        int rc = out ? dsv4_step_seq_swap_out(w->step, id, &ss)
+        w->lostf[i] = 0.0f;
+        if (w->rank == w->fail_swap_rank)
+            rc = dsv4_error(DSV4_ENOMEM, "failpoint swap@%d: no host memory", w->rank);
+        else
+            rc = out ? dsv4_step_seq_swap_out(w->step, id, &ss)
                      : dsv4_step_seq_swap_in(w->step, id, &ss);
         if (!rc) {
             dsv4_log(DSV4_LOG_DEBUG, "sequence %llu swapped %s", (unsigned long long)id,
@@ -369,7 +391,22 @@ static int run_swaps(struct worker *w, const struct dsv4d_plan *p, int *n_lost)
                  (unsigned long long)id, out ? "out" : "in", dsv4_errmsg());
         if ((rc = dsv4_step_seq_drop(w->step, id)))
             return rc;
+        w->lostf[i] = 1.0f;
         w->lost[nl++] = id;
+    }
+    if (w->comm && n > 0) {
+        if ((rc = dsv4_comm_all_reduce_sum_f32(w->comm, w->lostf, (size_t)n)))
+            return dsv4_error_ctx(rc, "worker: agreeing on lost swaps");
+        for (int i = 0; i < n; i++) {
+            uint64_t id = i < p->n_swap_out ? p->swap_out[i] : p->swap_in[i - p->n_swap_out];
+            if (w->lostf[i] == 0.0f || has_id(w->lost, nl, id))
+                continue;
+            dsv4_log(DSV4_LOG_WARN, "sequence %llu: a swap failed on another rank: state dropped",
+                     (unsigned long long)id);
+            if ((rc = dsv4_step_seq_drop(w->step, id)))
+                return rc;
+            w->lost[nl++] = id;
+        }
     }
     *n_lost = nl;
     return 0;
@@ -464,6 +501,8 @@ static int run_plan(struct worker *w, const struct dsv4d_plan *p)
     int n = rc ? 0 : plan_entries(w, p, n_lost);
     if (!rc && n > 0)
         rc = dsv4_step_run(w->step, w->ents, n, w->res2);
+    if (!rc && w->rank == w->fail_plan_rank && ++w->plans == w->fail_plan_at)
+        rc = dsv4_error(DSV4_EIO, "failpoint plan@%d:%ld", w->rank, w->fail_plan_at);
     if (!rc) {
         /* results in plan order; entries not run (lost, finished) get empty ones */
         for (int i = 0; i < p->n_entries; i++)
@@ -491,6 +530,27 @@ static int run_plan(struct worker *w, const struct dsv4d_plan *p)
     size_t len;
     int erc = dsv4d_wire_result(&r, &buf, &len);
     return erc ? erc : send_buf(w, buf, len);
+}
+
+/* DSV4D_FAILPOINT (see the top of this file); anything else is ignored with a warning */
+static void failpoints(struct worker *w, const char *v)
+{
+    int r = -1, k = 0;
+    long at = 0;
+    w->fail_swap_rank = w->fail_plan_rank = -1;
+    if (!v || !*v)
+        return;
+    if (sscanf(v, "swap@%d%n", &r, &k) == 1 && v[k] == 0 && r >= 0)
+        w->fail_swap_rank = r;
+    else if (sscanf(v, "plan@%d:%ld%n", &r, &at, &k) == 2 && v[k] == 0 && r >= 0 && at > 0) {
+        w->fail_plan_rank = r;
+        w->fail_plan_at = at;
+    } else {
+        dsv4_log(DSV4_LOG_WARN, "DSV4D_FAILPOINT '%s' not understood: ignored", v);
+        return;
+    }
+    if (r == w->rank)
+        dsv4_log(DSV4_LOG_WARN, "failpoint %s active on this rank", v);
 }
 
 static int parse(struct worker *w, int argc, char **argv)
@@ -547,6 +607,7 @@ int dsv4d_worker_main(int argc, char **argv)
     char tag[64];
     snprintf(tag, sizeof tag, "dsv4d[rank %d]", w.rank);
     dsv4_log_set_syslog(getenv("DSV4D_SYSLOG") != NULL, tag);
+    failpoints(&w, getenv("DSV4D_FAILPOINT"));
     enum dsv4_log_level lv;
     if (!dsv4_log_parse_level(w.cfg.log_level, &lv))
         dsv4_log_set_level(lv);
@@ -629,5 +690,6 @@ out:
     free(w.cont);
     free(w.cont2);
     free(w.lost);
+    free(w.lostf);
     return rc ? 1 : 0;
 }

@@ -5,7 +5,10 @@
  *   - 1, 2 and 4 workers give the tokens of single-process dsv4_generate
  *     (greedy), with MTP on;
  *   - 64 concurrent requests on 2 workers, each equal to the same request
- *     alone, with a state pool small enough to force preemptions;
+ *     alone, with a state pool small enough to force preemptions (swap on,
+ *     off, and on with every swap failing on rank 1 only);
+ *   - ranks that disagree (one answers a plan with an error, the other with
+ *     results): the group is restarted, outputs stay exact;
  *   - crash and hang injection: 2 and 4 workers, a worker SIGKILLed or
  *     SIGSTOPped at random points (load, warm-up, prefill, decode), 24
  *     rounds: every request completes with the uninterrupted output (or a
@@ -257,8 +260,11 @@ static void equal_outputs(int workers, int nreq, int max_tokens)
 
 /* 64 concurrent requests, small pool: preemptions happen, outputs stay exact; with swap on,
  * the long sequences' state is swapped out and back in (the short ones' dropped), with swap
- * off every preempted sequence is re-prefilled. */
-static void load_with_preemption(const struct dsv4_config *mc, bool swap)
+ * off every preempted sequence is re-prefilled.  lost_rank1: every swap fails on rank 1 only
+ * (DSV4D_FAILPOINT, for the first group): the ranks must agree to drop those sequences (a rank
+ * running entries the other skipped would pair different collectives), the scheduler
+ * re-prefills them, and nothing is restarted. */
+static void load_with_preemption(const struct dsv4_config *mc, bool swap, bool lost_rank1)
 {
     struct dsv4d_config c;
     base_config(&c, 2);
@@ -273,10 +279,15 @@ static void load_with_preemption(const struct dsv4_config *mc, bool swap)
     CHECK_INT(dsv4_state_sizes(mc, true, 2, 0, &z), 0);
     c.state_mem = 16 * z.slot_bytes + 12 * z.block_bytes + z.block_bytes / 2;
     struct dsv4d_sup *s = NULL;
+    if (lost_rank1)
+        setenv("DSV4D_FAILPOINT", "swap@1", 1);
     CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "load: start: %s", dsv4_errmsg());
-    if (!s)
+    if (!s) {
+        unsetenv("DSV4D_FAILPOINT");
         return;
+    }
     CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    unsetenv("DSV4D_FAILPOINT"); /* a restarted group would run without it */
     struct dsv4d_sched_counts cnt;
     dsv4d_sup_counts(s, &cnt);
     CHECK_INT(cnt.total_blocks, 12);
@@ -303,16 +314,54 @@ static void load_with_preemption(const struct dsv4_config *mc, bool swap)
     CHECKF(cnt.preempted_total > 0, "load: no preemption happened (pool of %lld blocks)",
            (long long)cnt.total_blocks);
     fprintf(stderr,
-            "load (swap %s): %d requests (%d long) on a pool of %lld blocks, %d preemptions, "
+            "load (swap %s%s): %d requests (%d long) on a pool of %lld blocks, %d preemptions, "
             "%llu by swapping, %llu swaps lost\n",
-            swap ? "on" : "off", NREQ, NLONG, (long long)cnt.total_blocks, cnt.preempted_total,
-            (unsigned long long)cnt.swapped_total, (unsigned long long)cnt.swap_lost_total);
+            swap ? "on" : "off", lost_rank1 ? ", failing on rank 1" : "", NREQ, NLONG,
+            (long long)cnt.total_blocks, cnt.preempted_total, (unsigned long long)cnt.swapped_total,
+            (unsigned long long)cnt.swap_lost_total);
     if (swap)
         CHECKF(cnt.swapped_total > 0, "load: no preempted sequence was swapped");
     else
         CHECK_INT(cnt.swapped_total, 0);
-    CHECK_INT(cnt.swap_lost_total, 0);
+    if (lost_rank1)
+        CHECKF(cnt.swap_lost_total > 0, "load: rank 1's failed swaps were not reported lost");
+    else
+        CHECK_INT(cnt.swap_lost_total, 0);
+    CHECK_INT(dsv4d_sup_restarts(s), 0);
     CHECK_INT(cnt.swapped, 0);
+    dsv4d_sup_free(s);
+}
+
+/* Rank 1 answers one plan with an error after running it (DSV4D_FAILPOINT, first group
+ * only), rank 0 with its results: the ranks disagree, the group is restarted, and every
+ * request still ends with its uninterrupted output. */
+static void ranks_disagree(void)
+{
+    struct dsv4d_config c;
+    base_config(&c, 2);
+    struct dsv4d_sup *s = NULL;
+    /* its 12th plan: 3 warm-up plans, then a few steps into the requests below */
+    setenv("DSV4D_FAILPOINT", "plan@1:12", 1);
+    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "disagree: start: %s", dsv4_errmsg());
+    if (!s) {
+        unsetenv("DSV4D_FAILPOINT");
+        return;
+    }
+    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    unsetenv("DSV4D_FAILPOINT");
+    struct dsv4_svc *svc = dsv4d_sup_svc(s);
+    static struct rec r[6];
+    uint64_t id;
+    for (int i = 0; i < 6; i++)
+        CHECK_INT(submit(svc, i, 32, 0, &r[i], &id), 0);
+    CHECKF(wait_done(r, 6, 120), "disagree: requests did not finish");
+    int bad = 0;
+    for (int i = 0; i < 6; i++)
+        bad += r[i].error || r[i].n != 32 || memcmp(r[i].toks, ref_toks[i], sizeof(int32_t) * 32);
+    CHECKF(bad == 0, "disagree: %d of 6 outputs differ from dsv4_generate", bad);
+    CHECK_INT(dsv4d_sup_restarts(s), 1);
+    fprintf(stderr, "ranks disagree: %llu restart, 6 outputs exact\n",
+            (unsigned long long)dsv4d_sup_restarts(s));
     dsv4d_sup_free(s);
 }
 
@@ -663,8 +712,10 @@ int main(void)
     } while (0)
     PHASE(equal_outputs(2, 6, 32));
     PHASE(equal_outputs(4, 6, 32));
-    PHASE(load_with_preemption(&cfg, true));
-    PHASE(load_with_preemption(&cfg, false));
+    PHASE(load_with_preemption(&cfg, true, false));
+    PHASE(load_with_preemption(&cfg, false, false));
+    PHASE(load_with_preemption(&cfg, true, true));
+    PHASE(ranks_disagree());
     PHASE(faults(2, 16, 12345));
     PHASE(faults(4, 8, 777));
     PHASE(deadline_during_recovery());
