@@ -228,9 +228,28 @@ def t_generate(ctl, model, ids):
     stop = j1["text"][2:6] if len(j1["text"]) >= 8 else None
     if stop:
         r, j = ctl.json(*args, "--stop", stop)
+        # the text up to the stop string, not a byte of it (nor of a prefix of it, which
+        # the server holds back while it may still grow into the stop string)
+        want = j1["text"][:j1["text"].index(stop)]
         check(r.returncode == 0 and j and j["finish_reason"] == "stop" and
-              j.get("matched_stop_str") == stop and stop not in j["text"],
-              f"stop string {stop!r}: {j and j['text']!r}")
+              j.get("matched_stop_str") == stop and j["text"] == want,
+              f"stop string {stop!r}: {j and j['text']!r}, want {want!r}")
+        r = ctl.run(*args, "--stop", stop)
+        check(r.returncode == 0 and r.stdout.rstrip("\n") == want,
+              f"stop string {stop!r}, streamed: {r.stdout!r}, want {want!r}")
+    # stop strings starting at every character of the first 12: some start inside a token's
+    # text or at its last character, so that a prefix of the stop string ends a streamed
+    # chunk; the server must hold it back until it knows whether the stop string completes
+    text, bad = j1["text"], []
+    for i in range(1, min(len(text) - 3, 13)):
+        stop = text[i:i + 3]
+        if not stop.strip() or "\n" in stop:
+            continue
+        want = text[:text.index(stop)]
+        r, j = ctl.json(*args, "--stop", stop)
+        if not (r.returncode == 0 and j and j["finish_reason"] == "stop" and j["text"] == want):
+            bad.append((stop, j and j["text"], want))
+    check(not bad, f"stop strings at every offset: text up to the stop string only: {bad}")
     # a text prompt (tokenized by the server) and a seeded sample
     r, j = ctl.json("generate", "Hello", "--max-tokens", "4", "--seed", "7", "--top-k", "5")
     r2, j2 = ctl.json("generate", "Hello", "--max-tokens", "4", "--seed", "7", "--top-k", "5")
