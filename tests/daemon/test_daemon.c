@@ -14,8 +14,8 @@
  *     rounds: every request completes with the uninterrupted output (or a
  *     retryable error), and afterwards no process, fd or shared memory is
  *     left;
- *   - a request whose deadline passes while a hung rank is being replaced
- *     ends with a retryable error;
+ *   - a request whose deadline passes while a hung rank is being replaced,
+ *     or while it decodes, ends with a retryable error;
  *   - restart from the weights images: the checkpoint directory is moved
  *     away before a rank is killed, and the group still comes back;
  *   - too many crashes: degraded for good, with the reason, new work refused;
@@ -57,6 +57,7 @@ struct rec {
     int n;
     bool done, error, retryable;
     int status;
+    size_t completion; /* completion tokens of the end event */
     enum dsv4_svc_finish finish;
     char msg[256];
 };
@@ -75,6 +76,7 @@ static void on_event(void *ctx, uint64_t id, const struct dsv4_svc_event *ev)
         r->finish = ev->finish;
         r->status = ev->status;
         r->retryable = ev->retryable;
+        r->completion = ev->completion_tokens;
         snprintf(r->msg, sizeof r->msg, "%s", ev->message ? ev->message : "");
     }
     pthread_mutex_unlock(&r->mu);
@@ -491,6 +493,34 @@ static void deadline_during_recovery(void)
     dsv4d_sup_free(s);
 }
 
+/* A request whose deadline passes while it decodes ends at the next step boundary with a
+ * retryable error, beside a request without one that completes exactly. */
+static void deadline_while_running(void)
+{
+    struct dsv4d_config c;
+    base_config(&c, 2);
+    struct dsv4d_sup *s = NULL;
+    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
+    if (!s)
+        return;
+    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    struct dsv4_svc *svc = dsv4d_sup_svc(s);
+    static struct rec r[2];
+    uint64_t id;
+    /* 480 tokens take hundreds of steps; 50 ms is a few of them */
+    CHECK_INT(submit(svc, 0, 480, 0.05, &r[0], &id), 0);
+    CHECK_INT(submit(svc, 1, 32, 0, &r[1], &id), 0);
+    CHECK(wait_done(r, 2, 60));
+    CHECKF(r[0].error && r[0].retryable && strstr(r[0].msg, "deadline") && r[0].completion < 480,
+           "deadline while decoding: error %d '%s' after %zu tokens", r[0].error, r[0].msg,
+           r[0].completion);
+    CHECKF(!r[1].error && r[1].n == 32 && !memcmp(r[1].toks, ref_toks[1], sizeof(int32_t) * 32),
+           "the request beside it: error %d '%s', %d tokens", r[1].error, r[1].msg, r[1].n);
+    fprintf(stderr, "deadline while decoding: ended after %zu of 480 tokens: %s\n", r[0].completion,
+            r[0].msg);
+    dsv4d_sup_free(s);
+}
+
 /* Drops the checkpoint's files from the page cache (written back first), so the first load
  * reads them as on a freshly booted host; the number of files evicted. */
 static int evict_page_cache(const char *dir)
@@ -719,6 +749,7 @@ int main(void)
     PHASE(faults(2, 16, 12345));
     PHASE(faults(4, 8, 777));
     PHASE(deadline_during_recovery());
+    PHASE(deadline_while_running());
     PHASE(drain_with_grace());
     PHASE(restart_from_image(model_dir, 2, 1.0));
     PHASE(device_weights_kept(2));
