@@ -14,6 +14,8 @@
  *     rounds: every request completes with the uninterrupted output (or a
  *     retryable error), and afterwards no process, fd or shared memory is
  *     left;
+ *   - stop token ids (EOS's path) end requests right after their first
+ *     occurrence;
  *   - a request whose deadline passes while a hung rank is being replaced,
  *     or while it decodes, ends with a retryable error;
  *   - restart from the weights images: the checkpoint directory is moved
@@ -143,8 +145,9 @@ static int reference(int i, int max_tokens, int32_t *out)
     return 0;
 }
 
-static int submit(struct dsv4_svc *svc, int i, int max_tokens, double timeout, struct rec *r,
-                  uint64_t *id)
+/* Prompt i, greedy, EOS ignored; stop_id >= 0: a stop token id */
+static int submit_stop(struct dsv4_svc *svc, int i, int max_tokens, double timeout, int32_t stop_id,
+                       struct rec *r, uint64_t *id)
 {
     int32_t p[256];
     int n;
@@ -158,7 +161,17 @@ static int submit(struct dsv4_svc *svc, int i, int max_tokens, double timeout, s
                                  .ignore_eos = true,
                                  .timeout_s = timeout};
     q.sample.temperature = 0;
+    if (stop_id >= 0) {
+        q.stop_ids = &stop_id;
+        q.n_stop_ids = 1;
+    }
     return svc->ops->submit(svc, &q, on_event, r, id);
+}
+
+static int submit(struct dsv4_svc *svc, int i, int max_tokens, double timeout, struct rec *r,
+                  uint64_t *id)
+{
+    return submit_stop(svc, i, max_tokens, timeout, -1, r, id);
 }
 
 static bool wait_done(struct rec *r, int n, double secs)
@@ -493,6 +506,46 @@ static void deadline_during_recovery(void)
     dsv4d_sup_free(s);
 }
 
+/* Stop token ids (the path EOS takes): requests whose stop id is the 6th to 11th token of
+ * their reference end right after its first occurrence, with that token and finish "stop",
+ * with MTP drafts that run past it (2 and 1 workers, so decodes verify drafts). */
+static void stop_tokens(int workers)
+{
+    struct dsv4d_config c;
+    base_config(&c, workers);
+    struct dsv4d_sup *s = NULL;
+    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
+    if (!s)
+        return;
+    CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    struct dsv4_svc *svc = dsv4d_sup_svc(s);
+    static struct rec r[6];
+    int want[6];
+    uint64_t id;
+    for (int i = 0; i < 6; i++) {
+        int32_t stop = ref_toks[i][5 + i];
+        want[i] = 0;
+        while (ref_toks[i][want[i]] != stop)
+            want[i]++;
+        want[i]++;
+        CHECK_INT(submit_stop(svc, i, 32, 0, stop, &r[i], &id), 0);
+    }
+    CHECK(wait_done(r, 6, 60));
+    int bad = 0;
+    for (int i = 0; i < 6; i++) {
+        bool ok = !r[i].error && r[i].finish == DSV4_SVC_FINISH_STOP && r[i].n == want[i] &&
+                  r[i].completion == (size_t)want[i] &&
+                  !memcmp(r[i].toks, ref_toks[i], sizeof(int32_t) * (size_t)want[i]);
+        if (!ok)
+            fprintf(stderr, "stop id %d of request %d: %d tokens (want %d), finish %d, error %d\n",
+                    ref_toks[i][5 + i], i, r[i].n, want[i], (int)r[i].finish, r[i].error);
+        bad += !ok;
+    }
+    CHECKF(bad == 0, "stop ids, %d workers: %d of 6 requests did not end at their stop id", workers,
+           bad);
+    dsv4d_sup_free(s);
+}
+
 /* A request whose deadline passes while it decodes ends at the next step boundary with a
  * retryable error, beside a request without one that completes exactly. */
 static void deadline_while_running(void)
@@ -750,6 +803,8 @@ int main(void)
     PHASE(faults(4, 8, 777));
     PHASE(deadline_during_recovery());
     PHASE(deadline_while_running());
+    PHASE(stop_tokens(2));
+    PHASE(stop_tokens(1));
     PHASE(drain_with_grace());
     PHASE(restart_from_image(model_dir, 2, 1.0));
     PHASE(device_weights_kept(2));
