@@ -15,6 +15,7 @@
  *     is re-fed from its history and still ends right;
  *   - the workers lost mid-run (a restart): swapped and resident states
  *     alike are gone, every request is re-fed and ends right;
+ *   - two priority classes: later high-priority requests are admitted first;
  *   - pipelining: a follow plan built while the plan before it is in flight
  *     (its results not yet applied), run by the model as a worker runs it
  *     (each entry continued from the model's own last results): the same
@@ -406,8 +407,72 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at,
     dsv4d_sched_free(s);
 }
 
+/* Two priority classes: 4 requests of priority 0, then 2 of priority 1, two slots: the later
+ * high-priority requests are admitted first, then the others in submission order. */
+static void priorities(void)
+{
+    struct dsv4d_sched_opts so = {
+            .max_seqs = 2, .max_batch_tokens = 64, .max_queue = 64, .mtp = 0, .eos_id = -1};
+    struct dsv4d_sched *s = NULL;
+    CHECK_INT(dsv4d_sched_create(&so, &s), 0);
+    if (!s)
+        return;
+    dsv4d_sched_set_pool(s, BLOCKS, BLOCK, 1024, 0);
+    static struct workers w;
+    memset(&w, 0, sizeof w);
+    struct out o[NREQ];
+    memset(o, 0, sizeof o);
+    for (int i = 0; i < NREQ; i++) {
+        int32_t p[PROMPT];
+        uint64_t id = 0;
+        struct dsv4_svc_request q = {.max_tokens = MAXTOK,
+                                     .sample = dsv4_sample_params_default(),
+                                     .ignore_eos = true,
+                                     .priority = i >= 4};
+        q.sample.temperature = 0;
+        for (int k = 0; k < PROMPT; k++)
+            p[k] = prompt_at((uint64_t)i + 1, k);
+        q.ids = p;
+        q.n_ids = PROMPT;
+        CHECK_INT(dsv4d_sched_submit(s, &q, p, PROMPT, on_event, &o[i], &id), 0);
+        o[i].id = id;
+    }
+    struct dsv4d_plan_buf pb;
+    memset(&pb, 0, sizeof pb);
+    uint64_t order[NREQ];
+    int n_order = 0, steps = 0;
+    for (; steps < 2000; steps++) {
+        struct dsv4d_result r;
+        dsv4d_sched_intake(s, (double)steps);
+        if (!dsv4d_sched_build(s, (double)steps, &pb)) {
+            if (!dsv4d_sched_live(s))
+                break;
+            continue;
+        }
+        for (int a = 0; a < pb.plan.n_add && n_order < NREQ; a++)
+            order[n_order++] = pb.plan.add[a];
+        wrun(&w, &pb.plan, &r);
+        if (r.status)
+            dsv4d_sched_failed(s, r.status, r.message, (double)steps);
+        else
+            dsv4d_sched_apply(s, &r, (double)steps);
+    }
+    static const uint64_t want[NREQ] = {5, 6, 1, 2, 3, 4};
+    CHECKF(n_order == NREQ && !memcmp(order, want, sizeof want),
+           "priorities: admitted %llu %llu %llu %llu %llu %llu, want 5 6 1 2 3 4",
+           (unsigned long long)order[0], (unsigned long long)order[1], (unsigned long long)order[2],
+           (unsigned long long)order[3], (unsigned long long)order[4],
+           (unsigned long long)order[5]);
+    CHECKF(w.violations == 0, "priorities: plans the workers would refuse");
+    for (int i = 0; i < NREQ; i++)
+        CHECKF(o[i].finished && !o[i].failed && o[i].n == MAXTOK, "priorities: request %d", i);
+    dsv4d_plan_buf_free(&pb);
+    dsv4d_sched_free(s);
+}
+
 int main(void)
 {
+    priorities();
     run("swap off", 0, false, 0, false, 0);
     run("swap on", 1 << 20, false, 0, false, 0);
     run("swap on, losses", 1 << 20, true, 0, false, 0);
