@@ -470,8 +470,53 @@ static void priorities(void)
     dsv4d_sched_free(s);
 }
 
+/* The model's EOS id goes into a request's stop ids unless it asks to ignore EOS. */
+static void eos_stop_ids(void)
+{
+    struct dsv4d_sched_opts so = {
+            .max_seqs = 4, .max_batch_tokens = 256, .max_queue = 8, .mtp = 0, .eos_id = 77};
+    struct dsv4d_sched *s = NULL;
+    CHECK_INT(dsv4d_sched_create(&so, &s), 0);
+    if (!s)
+        return;
+    dsv4d_sched_set_pool(s, BLOCKS, BLOCK, 1024, 0);
+    struct out o[2];
+    memset(o, 0, sizeof o);
+    int32_t p[8] = {1, 2, 3, 4, 5, 6, 7, 8}, stop = 99;
+    for (int i = 0; i < 2; i++) {
+        uint64_t id;
+        struct dsv4_svc_request q = {.ids = p,
+                                     .n_ids = 8,
+                                     .max_tokens = 4,
+                                     .sample = dsv4_sample_params_default(),
+                                     .stop_ids = &stop,
+                                     .n_stop_ids = 1,
+                                     .ignore_eos = i == 1};
+        CHECK_INT(dsv4d_sched_submit(s, &q, p, 8, on_event, &o[i], &id), 0);
+    }
+    struct dsv4d_plan_buf pb;
+    memset(&pb, 0, sizeof pb);
+    dsv4d_sched_intake(s, 0);
+    CHECK(dsv4d_sched_build(s, 0, &pb));
+    CHECK_INT(pb.plan.n_entries, 2);
+    for (int i = 0; i < pb.plan.n_entries && i < 2; i++) {
+        const struct dsv4_step_entry *e = &pb.plan.entries[i];
+        bool eos = false, own = false;
+        for (int k = 0; k < e->n_stop; k++) {
+            eos |= e->stop_ids[k] == 77;
+            own |= e->stop_ids[k] == 99;
+        }
+        CHECKF(own && eos == (e->id == 1), "request %llu: stop ids %s EOS",
+               (unsigned long long)e->id, eos ? "with" : "without");
+    }
+    dsv4d_sched_end_all(s, DSV4_ENOTSUP, "test over", true);
+    dsv4d_plan_buf_free(&pb);
+    dsv4d_sched_free(s);
+}
+
 int main(void)
 {
+    eos_stop_ids();
     priorities();
     run("swap off", 0, false, 0, false, 0);
     run("swap on", 1 << 20, false, 0, false, 0);
