@@ -16,6 +16,8 @@
  *   - the workers lost mid-run (a restart): swapped and resident states
  *     alike are gone, every request is re-fed and ends right;
  *   - two priority classes: later high-priority requests are admitted first;
+ *   - workers that emit more tokens than an entry's max_emit: each request
+ *     still ends with exactly max_tokens tokens;
  *   - pipelining: a follow plan built while the plan before it is in flight
  *     (its results not yet applied), run by the model as a worker runs it
  *     (each entry continued from the model's own last results): the same
@@ -74,6 +76,7 @@ struct workers {
     int n_cont;
     int plans, fail_at; /* plans run; the one that fails with DSV4_ENOSPC (0: none) */
     bool failed;        /* the last plan failed */
+    bool overemit;      /* a misbehaving worker: one token past max_emit at the end */
 };
 
 static int64_t nblocks(int64_t len)
@@ -236,6 +239,10 @@ static int wrun(struct workers *w, const struct dsv4d_plan *p, struct dsv4d_resu
         if (e->sample && e->max_emit > 0) {
             x->n_tokens = 1;
             x->tokens[0] = tok_at(e->id, q->len);
+            if (w->overemit && e->max_emit == 1) {
+                x->n_tokens = 2;
+                x->tokens[1] = tok_at(e->id, q->len + 1);
+            }
         }
         bool alive = x->n_tokens > 0 && e->max_emit - 1 > 0;
         cont2[n_cont].id = e->id;
@@ -300,6 +307,8 @@ static void keep(struct kept *k, const struct dsv4d_result *r)
 
 /* One run: NREQ requests through a pool of BLOCKS blocks; restart_at > 0 loses the workers
  * at that step; pipeline sends follow plans; fail_at > 0 fails that plan with ENOSPC. */
+static bool overemit; /* the next run's workers emit past max_emit */
+
 static void run(const char *what, int64_t swap_max, bool inject, int restart_at, bool pipeline,
                 int fail_at)
 {
@@ -319,6 +328,7 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at,
     memset(&w, 0, sizeof w);
     w.inject = inject;
     w.fail_at = fail_at;
+    w.overemit = overemit;
     struct out o[NREQ];
     memset(o, 0, sizeof o);
     for (int i = 0; i < NREQ; i++) {
@@ -527,6 +537,11 @@ int main(void)
     run("pipelined, workers lost", 1 << 20, false, 40, true, 0);
     for (int f = 60; f <= 90; f += 6)
         run("pipelined, a plan fails", 1 << 20, false, 0, true, f);
+    /* a worker sending more tokens than max_tokens allows: the client still gets exactly
+     * max_tokens (and the scheduler's history, sized for them, is not overrun) */
+    overemit = true;
+    run("workers emit past max_emit", 1 << 20, false, 0, true, 0);
+    overemit = false;
     fprintf(stderr, "follow plans behind a failed plan: %d\n", follow_after_fail);
     CHECK(follow_after_fail > 0);
     TEST_DONE();
