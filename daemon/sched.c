@@ -863,13 +863,18 @@ static void void_done(struct dsv4d_sched *s)
 static bool take_tokens(struct dsv4d_sched *s, struct req *r, const struct dsv4_step_result *x)
 {
     char buf[4096];
-    for (int i = 0; i < x->n_tokens; i++) {
+    /* never past max_tokens, whatever a worker sends (the history holds no more) */
+    int nt = (int)DSV4_MIN((int64_t)x->n_tokens, DSV4_MAX(r->max_tokens - r->n_out, 0));
+    if (nt < x->n_tokens)
+        dsv4_log(DSV4_LOG_WARN, "request %llu: a worker emitted %d tokens with %lld left: %d kept",
+                 (unsigned long long)r->id, x->n_tokens, (long long)(r->max_tokens - r->n_out), nt);
+    for (int i = 0; i < nt; i++) {
         r->hist[r->n_prompt + r->n_out++] = x->tokens[i];
         size_t n = 0;
         if (s->o.tok && dsv4_detok_feed(&r->dt, x->tokens[i], buf, sizeof buf, &n) == 0)
             text_add(r, buf, n);
     }
-    bool done = x->finish != DSV4_FINISH_NONE || r->n_out >= r->max_tokens;
+    bool done = (x->finish != DSV4_FINISH_NONE && nt == x->n_tokens) || r->n_out >= r->max_tokens;
     if (done && s->o.tok) {
         size_t n = 0;
         if (dsv4_detok_flush(&r->dt, buf, sizeof buf, &n) == 0)
@@ -886,7 +891,7 @@ static bool take_tokens(struct dsv4d_sched *s, struct req *r, const struct dsv4_
         send_to = r->sent_len;
     struct dsv4_svc_event ev = {.kind = DSV4_SVC_EV_TOKENS,
                                 .ids = x->tokens,
-                                .n_ids = (size_t)x->n_tokens,
+                                .n_ids = (size_t)nt,
                                 .text = r->text ? r->text + r->sent_len : "",
                                 .text_len = send_to - r->sent_len,
                                 .prompt_tokens = r->n_prompt,
@@ -896,7 +901,7 @@ static bool take_tokens(struct dsv4d_sched *s, struct req *r, const struct dsv4_
     if (r->params.logprobs) {
         ev.logprobs = x->logprobs;
         ev.n_top = x->n_top;
-        for (int i = 0; i < x->n_tokens; i++)
+        for (int i = 0; i < nt; i++)
             for (int j = 0; j < DSV4_SAMPLE_MAX_TOP_LOGPROBS; j++) {
                 top_ids[i * DSV4_SAMPLE_MAX_TOP_LOGPROBS + j] = j < x->n_top ? x->top_ids[i][j] : 0;
                 top_lp[i * DSV4_SAMPLE_MAX_TOP_LOGPROBS + j] =
@@ -909,8 +914,8 @@ static bool take_tokens(struct dsv4d_sched *s, struct req *r, const struct dsv4_
     if (ev.n_ids || ev.text_len)
         r->fn(r->ctx, r->id, &ev);
     if (done) {
-        enum dsv4_svc_finish why = stop || x->finish == DSV4_FINISH_STOP ? DSV4_SVC_FINISH_STOP
-                                                                         : DSV4_SVC_FINISH_LENGTH;
+        bool stopped = stop || (x->finish == DSV4_FINISH_STOP && nt == x->n_tokens);
+        enum dsv4_svc_finish why = stopped ? DSV4_SVC_FINISH_STOP : DSV4_SVC_FINISH_LENGTH;
         end_finish(s, r, why, stop);
     }
     return done;
