@@ -31,6 +31,7 @@
 #include "daemon/wire.h"
 #include "engine/model/generate.h"
 #include "engine/model/state.h"
+#include "rpc/metrics.h"
 #include "tests/test.h"
 #include "tools/mkmodel.h"
 
@@ -294,11 +295,14 @@ static void load_with_preemption(const struct dsv4_config *mc, bool swap, bool l
     CHECK_INT(dsv4_state_sizes(mc, true, 2, 0, &z), 0);
     c.state_mem = 16 * z.slot_bytes + 12 * z.block_bytes + z.block_bytes / 2;
     struct dsv4d_sup *s = NULL;
+    struct dsv4_metrics *met = NULL;
+    CHECK_INT(dsv4_metrics_new(&met), 0);
     if (lost_rank1)
         setenv("DSV4D_FAILPOINT", "swap@1", 1);
-    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "load: start: %s", dsv4_errmsg());
+    CHECKF(dsv4d_sup_start(&c, met, &s) == 0, "load: start: %s", dsv4_errmsg());
     if (!s) {
         unsetenv("DSV4D_FAILPOINT");
+        dsv4_metrics_free(met);
         return;
     }
     CHECK(wait_state(s, DSV4_SVC_READY, 60));
@@ -344,7 +348,12 @@ static void load_with_preemption(const struct dsv4_config *mc, bool swap, bool l
         CHECK_INT(cnt.swap_lost_total, 0);
     CHECK_INT(dsv4d_sup_restarts(s), 0);
     CHECK_INT(cnt.swapped, 0);
+    /* what /metrics reports */
+    CHECK_INT(dsv4_metric_value(dsv4_metrics_get(met, DSV4_MET_PREEMPTIONS), 0),
+              cnt.preempted_total);
+    CHECK_INT(dsv4_metric_value(dsv4_metrics_get(met, DSV4_MET_WORKER_RESTARTS), 0), 0);
     dsv4d_sup_free(s);
+    dsv4_metrics_free(met);
 }
 
 /* Rank 1 answers one plan with an error after running it (DSV4D_FAILPOINT, first group
