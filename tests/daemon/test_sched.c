@@ -74,9 +74,10 @@ struct workers {
         bool alive;
     } cont[64];
     int n_cont;
-    int plans, fail_at; /* plans run; the one that fails with DSV4_ENOSPC (0: none) */
-    bool failed;        /* the last plan failed */
-    bool overemit;      /* a misbehaving worker: one token past max_emit at the end */
+    int plans, fail_at;               /* plans run; the one that fails with DSV4_ENOSPC (0: none) */
+    bool failed;                      /* the last plan failed */
+    bool overemit;                    /* a misbehaving worker: one token past max_emit at the end */
+    int64_t swap_budget, swapped_max; /* swap_max_tokens; most positions held swapped */
 };
 
 static int64_t nblocks(int64_t len)
@@ -149,6 +150,13 @@ static int wrun(struct workers *w, const struct dsv4d_plan *p, struct dsv4d_resu
         w->used_blocks -= nblocks(q->len);
         q->swapped = true;
     }
+    int64_t held = 0;
+    for (int i = 0; i < 64; i++)
+        if (w->seq[i].used && w->seq[i].swapped)
+            held += w->seq[i].len;
+    w->swapped_max = DSV4_MAX(w->swapped_max, held);
+    if (held > w->swap_budget)
+        violation(w, "more positions swapped out than swap_max_tokens", 0);
     for (int i = 0; i < p->n_swap_in; i++) {
         struct wseq *q = wfind(w, p->swap_in[i]);
         if (!q || !q->swapped) {
@@ -329,6 +337,7 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at,
     w.inject = inject;
     w.fail_at = fail_at;
     w.overemit = overemit;
+    w.swap_budget = swap_max;
     struct out o[NREQ];
     memset(o, 0, sizeof o);
     for (int i = 0; i < NREQ; i++) {
@@ -385,11 +394,11 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at,
     struct dsv4d_sched_counts c;
     dsv4d_sched_counts(s, &c);
     fprintf(stderr,
-            "%s: %d steps, %d preemptions, %llu by swapping, %llu swaps lost, %llu plans, %llu "
-            "follow plans, %d violations\n",
+            "%s: %d steps, %d preemptions, %llu by swapping (at most %lld positions at once), "
+            "%llu swaps lost, %llu plans, %llu follow plans, %d violations\n",
             what, steps, c.preempted_total, (unsigned long long)c.swapped_total,
-            (unsigned long long)c.swap_lost_total, (unsigned long long)c.plans,
-            (unsigned long long)c.follow_plans, w.violations);
+            (long long)w.swapped_max, (unsigned long long)c.swap_lost_total,
+            (unsigned long long)c.plans, (unsigned long long)c.follow_plans, w.violations);
     if (pipeline)
         CHECKF(c.follow_plans > 5, "%s: no follow plans", what);
     else
@@ -404,7 +413,7 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at,
                o[i].n, o[i].finished);
     }
     CHECKF(c.preempted_total > 0, "%s: no preemption (the pool should be too small)", what);
-    if (swap_max == 0)
+    if (swap_max < PROMPT)
         CHECK_INT(c.swapped_total, 0);
     else
         CHECKF(c.swapped_total > 0, "%s: nothing was swapped", what);
@@ -531,6 +540,9 @@ int main(void)
     run("swap off", 0, false, 0, false, 0);
     run("swap on", 1 << 20, false, 0, false, 0);
     run("swap on, losses", 1 << 20, true, 0, false, 0);
+    /* swap_max_tokens below every preemptible sequence (PROMPT positions or more): all are
+     * dropped, none swapped */
+    run("swap on, a budget below any sequence", PROMPT - 1, false, 0, false, 0);
     run("swap on, workers lost", 1 << 20, false, 40, false, 0);
     run("pipelined, swap on", 1 << 20, false, 0, true, 0);
     run("pipelined, swap on, losses", 1 << 20, true, 0, true, 0);
