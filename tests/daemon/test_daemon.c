@@ -114,6 +114,22 @@ static bool wait_state(struct dsv4d_sup *s, enum dsv4_svc_state want, double sec
     return false;
 }
 
+/* A supervisor of `workers` workers on the base configuration, ready; failpoint: the workers'
+ * DSV4D_FAILPOINT (their first group only: restarted workers run without it), or NULL. */
+static struct dsv4d_sup *start_ready(int workers, const char *failpoint)
+{
+    struct dsv4d_config c;
+    base_config(&c, workers);
+    struct dsv4d_sup *s = NULL;
+    if (failpoint)
+        setenv("DSV4D_FAILPOINT", failpoint, 1);
+    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "start %d workers: %s", workers, dsv4_errmsg());
+    if (s)
+        CHECK(wait_state(s, DSV4_SVC_READY, 60));
+    unsetenv("DSV4D_FAILPOINT");
+    return s;
+}
+
 /* Prompt i: 3..62 tokens; i >= LONG: 230..249 tokens, so that 24 generated tokens cross the
  * state pool's 256-position block. */
 #define LONG 1000
@@ -361,18 +377,10 @@ static void load_with_preemption(const struct dsv4_config *mc, bool swap, bool l
  * request still ends with its uninterrupted output. */
 static void ranks_disagree(void)
 {
-    struct dsv4d_config c;
-    base_config(&c, 2);
-    struct dsv4d_sup *s = NULL;
     /* its 12th plan: 3 warm-up plans, then a few steps into the requests below */
-    setenv("DSV4D_FAILPOINT", "plan@1:12", 1);
-    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "disagree: start: %s", dsv4_errmsg());
-    if (!s) {
-        unsetenv("DSV4D_FAILPOINT");
+    struct dsv4d_sup *s = start_ready(2, "plan@1:12");
+    if (!s)
         return;
-    }
-    CHECK(wait_state(s, DSV4_SVC_READY, 60));
-    unsetenv("DSV4D_FAILPOINT");
     struct dsv4_svc *svc = dsv4d_sup_svc(s);
     static struct rec r[6];
     uint64_t id;
@@ -520,13 +528,9 @@ static void deadline_during_recovery(void)
  * with MTP drafts that run past it (2 and 1 workers, so decodes verify drafts). */
 static void stop_tokens(int workers)
 {
-    struct dsv4d_config c;
-    base_config(&c, workers);
-    struct dsv4d_sup *s = NULL;
-    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
+    struct dsv4d_sup *s = start_ready(workers, NULL);
     if (!s)
         return;
-    CHECK(wait_state(s, DSV4_SVC_READY, 60));
     struct dsv4_svc *svc = dsv4d_sup_svc(s);
     static struct rec r[6];
     int want[6];
@@ -559,13 +563,9 @@ static void stop_tokens(int workers)
  * retryable error, beside a request without one that completes exactly. */
 static void deadline_while_running(void)
 {
-    struct dsv4d_config c;
-    base_config(&c, 2);
-    struct dsv4d_sup *s = NULL;
-    CHECK(dsv4d_sup_start(&c, NULL, &s) == 0);
+    struct dsv4d_sup *s = start_ready(2, NULL);
     if (!s)
         return;
-    CHECK(wait_state(s, DSV4_SVC_READY, 60));
     struct dsv4_svc *svc = dsv4d_sup_svc(s);
     static struct rec r[2];
     uint64_t id;

@@ -293,8 +293,29 @@ static void on_event(void *ctx, uint64_t id, const struct dsv4_svc_event *ev)
     }
 }
 
-/* One run: NREQ requests through a pool of BLOCKS blocks; restart_at > 0 loses the workers
- * at that step. */
+/* NREQ greedy requests of MAXTOK tokens, EOS ignored, outputs to o; those from hi_from on
+ * with priority 1.  Ids are assigned in order from 1: the prompt is a function of the id. */
+static void submit_all(struct dsv4d_sched *s, struct out *o, int hi_from)
+{
+    memset(o, 0, sizeof *o * NREQ);
+    for (int i = 0; i < NREQ; i++) {
+        int32_t p[PROMPT];
+        uint64_t id = 0;
+        struct dsv4_svc_request q = {.max_tokens = MAXTOK,
+                                     .sample = dsv4_sample_params_default(),
+                                     .ignore_eos = true,
+                                     .priority = i >= hi_from};
+        q.sample.temperature = 0;
+        for (int k = 0; k < PROMPT; k++)
+            p[k] = prompt_at((uint64_t)i + 1, k);
+        q.ids = p;
+        q.n_ids = PROMPT;
+        CHECK_INT(dsv4d_sched_submit(s, &q, p, PROMPT, on_event, &o[i], &id), 0);
+        o[i].id = id;
+        CHECK_INT(id, i + 1);
+    }
+}
+
 /* One plan's result kept until it is applied (the model answers at once). */
 struct kept {
     struct dsv4d_result r;
@@ -339,22 +360,7 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at,
     w.overemit = overemit;
     w.swap_budget = swap_max;
     struct out o[NREQ];
-    memset(o, 0, sizeof o);
-    for (int i = 0; i < NREQ; i++) {
-        int32_t p[PROMPT];
-        uint64_t id = 0;
-        struct dsv4_svc_request q = {
-                .max_tokens = MAXTOK, .sample = dsv4_sample_params_default(), .ignore_eos = true};
-        q.sample.temperature = 0;
-        /* ids are assigned in order from 1: the prompt is a function of the id */
-        for (int k = 0; k < PROMPT; k++)
-            p[k] = prompt_at((uint64_t)i + 1, k);
-        q.ids = p;
-        q.n_ids = PROMPT;
-        CHECK_INT(dsv4d_sched_submit(s, &q, p, PROMPT, on_event, &o[i], &id), 0);
-        o[i].id = id;
-        CHECK_INT(id, i + 1);
-    }
+    submit_all(s, o, NREQ);
     struct dsv4d_plan_buf pb;
     memset(&pb, 0, sizeof pb);
     static struct kept fl[2];
@@ -440,22 +446,7 @@ static void priorities(void)
     static struct workers w;
     memset(&w, 0, sizeof w);
     struct out o[NREQ];
-    memset(o, 0, sizeof o);
-    for (int i = 0; i < NREQ; i++) {
-        int32_t p[PROMPT];
-        uint64_t id = 0;
-        struct dsv4_svc_request q = {.max_tokens = MAXTOK,
-                                     .sample = dsv4_sample_params_default(),
-                                     .ignore_eos = true,
-                                     .priority = i >= 4};
-        q.sample.temperature = 0;
-        for (int k = 0; k < PROMPT; k++)
-            p[k] = prompt_at((uint64_t)i + 1, k);
-        q.ids = p;
-        q.n_ids = PROMPT;
-        CHECK_INT(dsv4d_sched_submit(s, &q, p, PROMPT, on_event, &o[i], &id), 0);
-        o[i].id = id;
-    }
+    submit_all(s, o, 4);
     struct dsv4d_plan_buf pb;
     memset(&pb, 0, sizeof pb);
     uint64_t order[NREQ];
