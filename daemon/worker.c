@@ -360,6 +360,12 @@ static bool has_id(const uint64_t *ids, int n, uint64_t id)
     return false;
 }
 
+/* The sequence of a plan's i-th swap (plan.swap_out, then plan.swap_in). */
+static uint64_t swap_id(const struct dsv4d_plan *p, int i)
+{
+    return i < p->n_swap_out ? p->swap_out[i] : p->swap_in[i - p->n_swap_out];
+}
+
 /*
  * Swaps (plan.swap_out, then plan.swap_in).  A swap that fails (host memory for the
  * compressed state, blocks for it coming back) costs the sequence its state, not the plan:
@@ -374,7 +380,7 @@ static int run_swaps(struct worker *w, const struct dsv4d_plan *p, int *n_lost)
         return dsv4_error(DSV4_EINVAL, "worker: plan of %d swaps, at most %d", n, 2 * w->max_seqs);
     for (int i = 0; i < n; i++) {
         bool out = i < p->n_swap_out;
-        uint64_t id = out ? p->swap_out[i] : p->swap_in[i - p->n_swap_out];
+        uint64_t id = swap_id(p, i);
         struct dsv4_swap_stats ss = {0};
         w->lostf[i] = 0.0f;
         if (w->rank == w->fail_swap_rank)
@@ -398,7 +404,7 @@ static int run_swaps(struct worker *w, const struct dsv4d_plan *p, int *n_lost)
         if ((rc = dsv4_comm_all_reduce_sum_f32(w->comm, w->lostf, (size_t)n)))
             return dsv4_error_ctx(rc, "worker: agreeing on lost swaps");
         for (int i = 0; i < n; i++) {
-            uint64_t id = i < p->n_swap_out ? p->swap_out[i] : p->swap_in[i - p->n_swap_out];
+            uint64_t id = swap_id(p, i);
             if (w->lostf[i] == 0.0f || has_id(w->lost, nl, id))
                 continue;
             dsv4_log(DSV4_LOG_WARN, "sequence %llu: a swap failed on another rank: state dropped",

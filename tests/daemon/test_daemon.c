@@ -114,20 +114,27 @@ static bool wait_state(struct dsv4d_sup *s, enum dsv4_svc_state want, double sec
     return false;
 }
 
-/* A supervisor of `workers` workers on the base configuration, ready; failpoint: the workers'
+/* A supervisor on configuration c (metrics m or NULL), ready; failpoint: the workers'
  * DSV4D_FAILPOINT (their first group only: restarted workers run without it), or NULL. */
-static struct dsv4d_sup *start_ready(int workers, const char *failpoint)
+static struct dsv4d_sup *start_cfg(const struct dsv4d_config *c, struct dsv4_metrics *m,
+                                   const char *failpoint)
 {
-    struct dsv4d_config c;
-    base_config(&c, workers);
     struct dsv4d_sup *s = NULL;
     if (failpoint)
         setenv("DSV4D_FAILPOINT", failpoint, 1);
-    CHECKF(dsv4d_sup_start(&c, NULL, &s) == 0, "start %d workers: %s", workers, dsv4_errmsg());
+    CHECKF(dsv4d_sup_start(c, m, &s) == 0, "start %d workers: %s", c->workers, dsv4_errmsg());
     if (s)
         CHECK(wait_state(s, DSV4_SVC_READY, 60));
     unsetenv("DSV4D_FAILPOINT");
     return s;
+}
+
+/* The same on the base configuration of `workers` workers. */
+static struct dsv4d_sup *start_ready(int workers, const char *failpoint)
+{
+    struct dsv4d_config c;
+    base_config(&c, workers);
+    return start_cfg(&c, NULL, failpoint);
 }
 
 /* Prompt i: 3..62 tokens; i >= LONG: 230..249 tokens, so that 24 generated tokens cross the
@@ -310,19 +317,13 @@ static void load_with_preemption(const struct dsv4_config *mc, bool swap, bool l
     struct dsv4_state_sizes z;
     CHECK_INT(dsv4_state_sizes(mc, true, 2, 0, &z), 0);
     c.state_mem = 16 * z.slot_bytes + 12 * z.block_bytes + z.block_bytes / 2;
-    struct dsv4d_sup *s = NULL;
     struct dsv4_metrics *met = NULL;
     CHECK_INT(dsv4_metrics_new(&met), 0);
-    if (lost_rank1)
-        setenv("DSV4D_FAILPOINT", "swap@1", 1);
-    CHECKF(dsv4d_sup_start(&c, met, &s) == 0, "load: start: %s", dsv4_errmsg());
+    struct dsv4d_sup *s = start_cfg(&c, met, lost_rank1 ? "swap@1" : NULL);
     if (!s) {
-        unsetenv("DSV4D_FAILPOINT");
         dsv4_metrics_free(met);
         return;
     }
-    CHECK(wait_state(s, DSV4_SVC_READY, 60));
-    unsetenv("DSV4D_FAILPOINT"); /* a restarted group would run without it */
     struct dsv4d_sched_counts cnt;
     dsv4d_sup_counts(s, &cnt);
     CHECK_INT(cnt.total_blocks, 12);

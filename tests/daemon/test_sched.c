@@ -293,6 +293,16 @@ static void on_event(void *ctx, uint64_t id, const struct dsv4_svc_event *ev)
     }
 }
 
+/* A scheduler with options so on the model's pool of BLOCKS blocks of BLOCK positions. */
+static struct dsv4d_sched *new_sched(const struct dsv4d_sched_opts *so)
+{
+    struct dsv4d_sched *s = NULL;
+    CHECK_INT(dsv4d_sched_create(so, &s), 0);
+    if (s)
+        dsv4d_sched_set_pool(s, BLOCKS, BLOCK, 1024, 0);
+    return s;
+}
+
 /* NREQ greedy requests of MAXTOK tokens, EOS ignored, outputs to o; those from hi_from on
  * with priority 1.  Ids are assigned in order from 1: the prompt is a function of the id. */
 static void submit_all(struct dsv4d_sched *s, struct out *o, int hi_from)
@@ -348,11 +358,9 @@ static void run(const char *what, int64_t swap_max, bool inject, int restart_at,
                                   .eos_id = -1,
                                   .swap_min_tokens = 30,
                                   .swap_max_tokens = swap_max};
-    struct dsv4d_sched *s = NULL;
-    CHECK_INT(dsv4d_sched_create(&so, &s), 0);
+    struct dsv4d_sched *s = new_sched(&so);
     if (!s)
         return;
-    dsv4d_sched_set_pool(s, BLOCKS, BLOCK, 1024, 0);
     static struct workers w;
     memset(&w, 0, sizeof w);
     w.inject = inject;
@@ -438,11 +446,9 @@ static void priorities(void)
 {
     struct dsv4d_sched_opts so = {
             .max_seqs = 2, .max_batch_tokens = 64, .max_queue = 64, .mtp = 0, .eos_id = -1};
-    struct dsv4d_sched *s = NULL;
-    CHECK_INT(dsv4d_sched_create(&so, &s), 0);
+    struct dsv4d_sched *s = new_sched(&so);
     if (!s)
         return;
-    dsv4d_sched_set_pool(s, BLOCKS, BLOCK, 1024, 0);
     static struct workers w;
     memset(&w, 0, sizeof w);
     struct out o[NREQ];
@@ -485,11 +491,9 @@ static void eos_stop_ids(void)
 {
     struct dsv4d_sched_opts so = {
             .max_seqs = 4, .max_batch_tokens = 256, .max_queue = 8, .mtp = 0, .eos_id = 77};
-    struct dsv4d_sched *s = NULL;
-    CHECK_INT(dsv4d_sched_create(&so, &s), 0);
+    struct dsv4d_sched *s = new_sched(&so);
     if (!s)
         return;
-    dsv4d_sched_set_pool(s, BLOCKS, BLOCK, 1024, 0);
     struct out o[2];
     memset(o, 0, sizeof o);
     int32_t p[8] = {1, 2, 3, 4, 5, 6, 7, 8}, stop = 99;
