@@ -224,8 +224,10 @@ SIMD static inline ALWAYS void chunk_i(const struct dsv4_qweight *w, int64_t o, 
 #define GV 2
 #endif
 
-/* GV rows at a time, one accumulator each; a short last group repeats its first row */
-SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int64_t r0, int64_t r1)
+/* gv (1 or GV) rows at a time, one accumulator each; a short last group repeats its first
+ * row */
+SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int gv, int64_t r0,
+                                          int64_t r1)
 {
     const struct dsv4_qweight *w = j->w;
     const int64_t K = w->cols, kq = (K + QW - 1) / QW * QW;
@@ -234,16 +236,16 @@ SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int6
     /* weight bytes per quad and per row, for the prefetch */
     const int qb = fmt == DSV4_WFMT_F32 ? 4 * QW : fmt == DSV4_WFMT_BF16 ? 2 * QW : QW / 2;
     const int64_t rowb = fmt == DSV4_WFMT_F32 ? 4 * K : fmt == DSV4_WFMT_BF16 ? 2 * K : (K + 1) / 2;
-    /* rows are contiguous, so a group of short rows is one stream of GV * rowb bytes whose
+    /* rows are contiguous, so a group of short rows is one stream of gv * rowb bytes whose
      * leading edge is the last row's: prefetch LIN_PF past it (a distance of LIN_PF inside
      * each row would land in rows the group is reading already: 1 KiB rows of a BF16 head
      * ran at 13 GB/s instead of 17 from page-cache memory) */
-    const int64_t pfd = rowb <= 2 * LIN_PF ? (GV - 1) * rowb + LIN_PF : LIN_PF;
-    for (int64_t o0 = r0; o0 < r1; o0 += GV) {
-        int ng = (int)DSV4_MIN((int64_t)GV, r1 - o0);
+    const int64_t pfd = rowb <= 2 * LIN_PF ? (gv - 1) * rowb + LIN_PF : LIN_PF;
+    for (int64_t o0 = r0; o0 < r1; o0 += gv) {
+        int ng = (int)DSV4_MIN((int64_t)gv, r1 - o0);
         int64_t o[GV];
         V acc[GV];
-        for (int g = 0; g < GV; g++) {
+        for (int g = 0; g < gv; g++) {
             o[g] = o0 + (g < ng ? g : 0);
             acc[g] = v_zero();
         }
@@ -252,7 +254,7 @@ SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int6
             V x0 = v_load(x + k), x1 = v_load(x + k + VW);
             V x2 = v_load(x + k + 2 * VW), x3 = v_load(x + k + 3 * VW);
             LIN_UNROLL
-            for (int g = 0; g < GV; g++) {
+            for (int g = 0; g < gv; g++) {
                 V q[4];
                 pf_quad((const uint8_t *)w->w + o[g] * rowb, k / QW * qb, qb, pfd);
                 quad_f_full(w, fmt, t8, o[g], k, q);
@@ -265,7 +267,7 @@ SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int6
         for (; k < kq; k += QW) {
             V x0 = v_load(x + k), x1 = v_load(x + k + VW);
             V x2 = v_load(x + k + 2 * VW), x3 = v_load(x + k + 3 * VW);
-            for (int g = 0; g < GV; g++) {
+            for (int g = 0; g < gv; g++) {
                 V q[4];
                 quad_f(w, fmt, t8, o[g], k, q);
                 acc[g] = v_fma(x0, q[0], acc[g]);
@@ -279,20 +281,32 @@ SIMD static inline ALWAYS void gemv_f_fmt(const struct lin_job *j, int fmt, int6
     }
 }
 
+/* Rows of at most GV_SHORT bytes go one at a time: the out-of-order window overlaps the FMA
+ * chains of consecutive rows, and a thread reading one stream (not GV rows side by side) kept
+ * the memory busier (AMD EPYC family 25: the 1 KiB rows of a BF16 head at 24 GB/s instead of
+ * 19, the read bandwidth being 24-25).  Longer rows need GV chains to hide the FMA latency. */
+#define GV_SHORT 2048
 SIMD static void gemv_f(const struct lin_job *j, int64_t r0, int64_t r1)
 {
+    int64_t K = j->w->cols;
     switch (j->w->fmt) {
     case DSV4_WFMT_F32:
-        gemv_f_fmt(j, DSV4_WFMT_F32, r0, r1);
+        if (4 * K <= GV_SHORT)
+            gemv_f_fmt(j, DSV4_WFMT_F32, 1, r0, r1);
+        else
+            gemv_f_fmt(j, DSV4_WFMT_F32, GV, r0, r1);
         break;
     case DSV4_WFMT_BF16:
-        gemv_f_fmt(j, DSV4_WFMT_BF16, r0, r1);
+        if (2 * K <= GV_SHORT)
+            gemv_f_fmt(j, DSV4_WFMT_BF16, 1, r0, r1);
+        else
+            gemv_f_fmt(j, DSV4_WFMT_BF16, GV, r0, r1);
         break;
     case DSV4_WFMT_MXFP4:
-        gemv_f_fmt(j, DSV4_WFMT_MXFP4, r0, r1);
+        gemv_f_fmt(j, DSV4_WFMT_MXFP4, GV, r0, r1);
         break;
     default:
-        gemv_f_fmt(j, DSV4_WFMT_NVFP4, r0, r1);
+        gemv_f_fmt(j, DSV4_WFMT_NVFP4, GV, r0, r1);
         break;
     }
 }
