@@ -714,49 +714,10 @@ SIMD static void run_i(int mr, const int8_t *qe, const int8_t *qo, const float *
 #undef CALL_I
 }
 
-/* Prefetch hints for columns k0..k0+len-1 of weight rows t0..t0+nr-1 (data and the NVFP4 /
- * MXFP4 per-row scales: a tile chunk that the batched path decodes next) */
-SIMD static inline void pf_chunk(const struct dsv4_qweight *w, int64_t t0, int nr, int64_t k0,
-                                 int64_t len)
-{
-    const int64_t K = w->cols;
-    int64_t rb, b0, b1, sb = 0, s0 = 0, s1 = 0;
-    switch (w->fmt) {
-    case DSV4_WFMT_F32:
-        rb = 4 * K, b0 = 4 * k0, b1 = 4 * (k0 + len);
-        break;
-    case DSV4_WFMT_BF16:
-        rb = 2 * K, b0 = 2 * k0, b1 = 2 * (k0 + len);
-        break;
-    case DSV4_WFMT_FP8:
-        rb = K, b0 = k0, b1 = k0 + len;
-        break;
-    default: /* MXFP4 (a scale per 32), NVFP4 (per 16) */
-        rb = (K + 1) / 2, b0 = k0 / 2, b1 = (k0 + len + 1) / 2;
-        sb = w->fmt == DSV4_WFMT_MXFP4 ? (K + 31) / 32 : (K + 15) / 16;
-        s0 = w->fmt == DSV4_WFMT_MXFP4 ? k0 / 32 : k0 / 16;
-        s1 = DSV4_MIN(sb, w->fmt == DSV4_WFMT_MXFP4 ? (k0 + len + 31) / 32 : (k0 + len + 15) / 16);
-        break;
-    }
-    for (int r = 0; r < nr; r++) {
-        const char *d = (const char *)w->w + (t0 + r) * rb;
-        for (int64_t b = b0 & ~(int64_t)63; b < b1; b += 64)
-            _mm_prefetch(d + b, _MM_HINT_T0);
-        if (sb) {
-            const char *sc = (const char *)w->scale + (t0 + r) * sb;
-            for (int64_t b = s0 & ~(int64_t)63; b < s1; b += 64)
-                _mm_prefetch(sc + b, _MM_HINT_T0);
-        }
-    }
-}
-
 /*
  * Rows r0..r1-1 for m >= 2: per block of LIN_MB activation rows, per tile of LIN_NR weight
- * rows, per LIN_KC-column chunk: decode the tile chunk into scratch, prefetch the chunk that
- * comes next (its weights would otherwise arrive by demand misses between two runs of
- * micro-kernels that leave the memory idle: a batch-32 decode step of small spent a quarter
- * of its tile decoding waiting on the BF16 head's loads), then run the micro-kernel over the
- * block's rows; the accumulators live in scratch between chunks.
+ * rows, per LIN_KC-column chunk: decode the tile chunk into scratch, then run the
+ * micro-kernel over the block's rows; the accumulators live in scratch between chunks.
  */
 SIMD static void tiles(const struct lin_job *j, int64_t r0, int64_t r1, void *scr)
 {
@@ -773,14 +734,6 @@ SIMD static void tiles(const struct lin_job *j, int64_t r0, int64_t r1, void *sc
                 wr[r] = (r < nr ? r : 0) * (fam == LIN_FAM_I ? TROW_I : LIN_TROW);
             for (int64_t k0 = 0; k0 < K; k0 += LIN_KC) {
                 int len = (int)DSV4_MIN((int64_t)LIN_KC, K - k0), first = k0 == 0;
-                if (k0 + LIN_KC < K)
-                    pf_chunk(w, t0, nr, k0 + LIN_KC, DSV4_MIN((int64_t)LIN_KC, K - k0 - LIN_KC));
-                else if (t0 + LIN_NR < r1)
-                    pf_chunk(w, t0 + LIN_NR, (int)DSV4_MIN((int64_t)LIN_NR, r1 - t0 - LIN_NR), 0,
-                             DSV4_MIN((int64_t)LIN_KC, K));
-                else if (i0 + LIN_MB < j->m)
-                    pf_chunk(w, r0, (int)DSV4_MIN((int64_t)LIN_NR, r1 - r0), 0,
-                             DSV4_MIN((int64_t)LIN_KC, K));
                 if (fam == LIN_FAM_F) {
                     int lenp = (len + QW - 1) / QW * QW;
                     decode_f(w, t0, nr, k0, lenp, wt);
