@@ -868,11 +868,13 @@ static bool take_tokens(struct dsv4d_sched *s, struct req *r, const struct dsv4_
     if (nt < x->n_tokens)
         dsv4_log(DSV4_LOG_WARN, "request %llu: a worker emitted %d tokens with %lld left: %d kept",
                  (unsigned long long)r->id, x->n_tokens, (long long)(r->max_tokens - r->n_out), nt);
+    size_t tend[1 + DSV4_STEP_MAX_DRAFTS]; /* text length after each token */
     for (int i = 0; i < nt; i++) {
         r->hist[r->n_prompt + r->n_out++] = x->tokens[i];
         size_t n = 0;
         if (s->o.tok && dsv4_detok_feed(&r->dt, x->tokens[i], buf, sizeof buf, &n) == 0)
             text_add(r, buf, n);
+        tend[i] = r->text_len;
     }
     bool done = (x->finish != DSV4_FINISH_NONE && nt == x->n_tokens) || r->n_out >= r->max_tokens;
     if (done && s->o.tok) {
@@ -883,6 +885,15 @@ static bool take_tokens(struct dsv4d_sched *s, struct req *r, const struct dsv4_
     size_t at = 0;
     const char *stop = r->n_stop ? find_stop(r, &at) : NULL;
     if (stop) {
+        /* the output ends with the token that completed the stop string: the step's tokens
+         * after it (accepted drafts) are neither sent nor counted */
+        size_t end = at + strlen(stop);
+        for (int i = 0; i < nt; i++)
+            if (tend[i] >= end) {
+                r->n_out -= nt - (i + 1);
+                nt = i + 1;
+                break;
+            }
         r->text_len = at;
         done = true;
     }

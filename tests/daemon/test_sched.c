@@ -16,6 +16,8 @@
  *   - the workers lost mid-run (a restart): swapped and resident states
  *     alike are gone, every request is re-fed and ends right;
  *   - two priority classes: later high-priority requests are admitted first;
+ *   - a stop string completed by the third of four tokens of one step (the
+ *     real tokenizer): the text before it, three ids and three counted;
  *   - workers that emit more tokens than an entry's max_emit: each request
  *     still ends with exactly max_tokens tokens;
  *   - pipelining: a follow plan built while the plan before it is in flight
@@ -26,6 +28,7 @@
  */
 #include "base/dsv4.h"
 #include "daemon/sched.h"
+#include "engine/text/tokenizer.h"
 #include "tests/test.h"
 
 #include <stdio.h>
@@ -528,9 +531,98 @@ static void eos_stop_ids(void)
     dsv4d_sched_free(s);
 }
 
+/* Events of one request in the stop-string test: ids, text, the finish's token count. */
+struct stop_out {
+    int32_t ids[16];
+    int n_ids, completion, finished;
+    char text[256];
+    size_t text_len;
+};
+
+static void on_stop_event(void *ctx, uint64_t id, const struct dsv4_svc_event *ev)
+{
+    struct stop_out *o = ctx;
+    (void)id;
+    if (ev->kind == DSV4_SVC_EV_TOKENS) {
+        for (size_t i = 0; i < ev->n_ids && o->n_ids < 16; i++)
+            o->ids[o->n_ids++] = ev->ids[i];
+        if (o->text_len + ev->text_len < sizeof o->text) {
+            memcpy(o->text + o->text_len, ev->text, ev->text_len);
+            o->text_len += ev->text_len;
+        }
+    } else {
+        o->finished = ev->kind == DSV4_SVC_EV_FINISH && ev->finish == DSV4_SVC_FINISH_STOP;
+        o->completion = ev->completion_tokens;
+    }
+}
+
+/* A step emitting four tokens (a decode whose drafts were accepted) in which a stop string
+ * ends inside the third: the client gets the text before the stop string and the ids up to
+ * the third token, and completion_tokens counts three, not four. */
+static void stop_mid_step(void)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizer/deepseek-v3-tokenizer.json", test_shared_data());
+    struct dsv4_tokenizer *tok = NULL;
+    struct dsv4_tokens t = {0};
+    CHECK_INT(dsv4_tokenizer_load(path, &tok), 0);
+    if (!tok)
+        return;
+    const char *text = " alpha beta gamma delta";
+    CHECK_INT(dsv4_tokenizer_encode(tok, text, strlen(text), 0, &t), 0);
+    CHECK_INT(t.len, 4); /* one token per word */
+    struct dsv4d_sched_opts so = {.max_seqs = 2,
+                                  .max_batch_tokens = 64,
+                                  .max_queue = 4,
+                                  .mtp = 3,
+                                  .eos_id = -1,
+                                  .tok = tok};
+    struct dsv4d_sched *s = new_sched(&so);
+    if (!s || t.len != 4) {
+        dsv4d_sched_free(s);
+        dsv4_tokens_free(&t);
+        dsv4_tokenizer_free(tok);
+        return;
+    }
+    int32_t p[3] = {5, 6, 7};
+    struct dsv4_svc_request q = {.max_tokens = 12,
+                                 .sample = dsv4_sample_params_default(),
+                                 .stop = {"gam"},
+                                 .n_stop = 1,
+                                 .ids = p,
+                                 .n_ids = 3};
+    q.sample.temperature = 0;
+    struct stop_out o = {0};
+    uint64_t id = 0;
+    CHECK_INT(dsv4d_sched_submit(s, &q, p, 3, on_stop_event, &o, &id), 0);
+    dsv4d_sched_intake(s, 0);
+    struct dsv4d_plan_buf pb;
+    memset(&pb, 0, sizeof pb);
+    CHECK(dsv4d_sched_build(s, 0, &pb));
+    CHECK_INT(pb.plan.n_entries, 1);
+    struct dsv4_step_result x = {.id = id, .n_tokens = 4};
+    memcpy(x.tokens, t.ids, sizeof(int32_t) * 4);
+    struct dsv4d_result r = {
+            .step = pb.plan.step, .free_blocks = BLOCKS - 1, .results = &x, .n_results = 1};
+    dsv4d_sched_apply(s, &r, 1);
+    CHECK(o.finished);
+    CHECK_INT(o.n_ids, 3);
+    CHECK_INT(o.completion, 3);
+    for (int i = 0; i < o.n_ids && i < 4; i++)
+        CHECK_INT(o.ids[i], t.ids[i]);
+    o.text[o.text_len] = 0;
+    CHECKF(!strcmp(o.text, " alpha beta "), "text '%s', want ' alpha beta '", o.text);
+    CHECK_INT(dsv4d_sched_live(s), 0);
+    dsv4d_plan_buf_free(&pb);
+    dsv4d_sched_free(s);
+    dsv4_tokens_free(&t);
+    dsv4_tokenizer_free(tok);
+}
+
 int main(void)
 {
     eos_stop_ids();
+    stop_mid_step();
     priorities();
     run("swap off", 0, false, 0, false, 0);
     run("swap on", 1 << 20, false, 0, false, 0);
