@@ -16,8 +16,9 @@
  *   - the workers lost mid-run (a restart): swapped and resident states
  *     alike are gone, every request is re-fed and ends right;
  *   - two priority classes: later high-priority requests are admitted first;
- *   - a stop string completed by the third of four tokens of one step (the
- *     real tokenizer): the text before it, three ids and three counted;
+ *   - a stop string completed inside the third of four tokens of one step, or
+ *     exactly at the end of the second (the real tokenizer): the text before
+ *     it, and only the ids up to the completing token sent and counted;
  *   - workers that emit more tokens than an entry's max_emit: each request
  *     still ends with exactly max_tokens tokens;
  *   - pipelining: a follow plan built while the plan before it is in flight
@@ -556,21 +557,12 @@ static void on_stop_event(void *ctx, uint64_t id, const struct dsv4_svc_event *e
     }
 }
 
-/* A step emitting four tokens (a decode whose drafts were accepted) in which a stop string
- * ends inside the third: the client gets the text before the stop string and the ids up to
- * the third token, and completion_tokens counts three, not four. */
-static void stop_mid_step(void)
+/* One request with stop string `stop`, one step emitting the four tokens t (a decode whose
+ * drafts were accepted): the client gets `want` as text and the first `keep` ids, and
+ * completion_tokens counts `keep`. */
+static void stop_case(const struct dsv4_tokenizer *tok, const int32_t *t, const char *stop,
+                      const char *want, int keep)
 {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/tokenizer/deepseek-v3-tokenizer.json", test_shared_data());
-    struct dsv4_tokenizer *tok = NULL;
-    struct dsv4_tokens t = {0};
-    CHECK_INT(dsv4_tokenizer_load(path, &tok), 0);
-    if (!tok)
-        return;
-    const char *text = " alpha beta gamma delta";
-    CHECK_INT(dsv4_tokenizer_encode(tok, text, strlen(text), 0, &t), 0);
-    CHECK_INT(t.len, 4); /* one token per word */
     struct dsv4d_sched_opts so = {.max_seqs = 2,
                                   .max_batch_tokens = 64,
                                   .max_queue = 4,
@@ -578,16 +570,12 @@ static void stop_mid_step(void)
                                   .eos_id = -1,
                                   .tok = tok};
     struct dsv4d_sched *s = new_sched(&so);
-    if (!s || t.len != 4) {
-        dsv4d_sched_free(s);
-        dsv4_tokens_free(&t);
-        dsv4_tokenizer_free(tok);
+    if (!s)
         return;
-    }
     int32_t p[3] = {5, 6, 7};
     struct dsv4_svc_request q = {.max_tokens = 12,
                                  .sample = dsv4_sample_params_default(),
-                                 .stop = {"gam"},
+                                 .stop = {stop},
                                  .n_stop = 1,
                                  .ids = p,
                                  .n_ids = 3};
@@ -601,20 +589,40 @@ static void stop_mid_step(void)
     CHECK(dsv4d_sched_build(s, 0, &pb));
     CHECK_INT(pb.plan.n_entries, 1);
     struct dsv4_step_result x = {.id = id, .n_tokens = 4};
-    memcpy(x.tokens, t.ids, sizeof(int32_t) * 4);
+    memcpy(x.tokens, t, sizeof(int32_t) * 4);
     struct dsv4d_result r = {
             .step = pb.plan.step, .free_blocks = BLOCKS - 1, .results = &x, .n_results = 1};
     dsv4d_sched_apply(s, &r, 1);
-    CHECK(o.finished);
-    CHECK_INT(o.n_ids, 3);
-    CHECK_INT(o.completion, 3);
+    CHECKF(o.finished, "stop '%s': no finish (stop)", stop);
+    CHECKF(o.n_ids == keep && o.completion == keep, "stop '%s': %d ids sent, %d counted, want %d",
+           stop, o.n_ids, o.completion, keep);
     for (int i = 0; i < o.n_ids && i < 4; i++)
-        CHECK_INT(o.ids[i], t.ids[i]);
+        CHECK_INT(o.ids[i], t[i]);
     o.text[o.text_len] = 0;
-    CHECKF(!strcmp(o.text, " alpha beta "), "text '%s', want ' alpha beta '", o.text);
+    CHECKF(!strcmp(o.text, want), "stop '%s': text '%s', want '%s'", stop, o.text, want);
     CHECK_INT(dsv4d_sched_live(s), 0);
     dsv4d_plan_buf_free(&pb);
     dsv4d_sched_free(s);
+}
+
+/* A stop string completed inside the third of four tokens of one step, and one ending exactly
+ * at the end of the second: the output ends with the token that completed it. */
+static void stop_mid_step(void)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizer/deepseek-v3-tokenizer.json", test_shared_data());
+    struct dsv4_tokenizer *tok = NULL;
+    struct dsv4_tokens t = {0};
+    CHECK_INT(dsv4_tokenizer_load(path, &tok), 0);
+    if (!tok)
+        return;
+    const char *text = " alpha beta gamma delta";
+    CHECK_INT(dsv4_tokenizer_encode(tok, text, strlen(text), 0, &t), 0);
+    CHECK_INT(t.len, 4); /* one token per word */
+    if (t.len == 4) {
+        stop_case(tok, t.ids, "gam", " alpha beta ", 3);
+        stop_case(tok, t.ids, " beta", " alpha", 2);
+    }
     dsv4_tokens_free(&t);
     dsv4_tokenizer_free(tok);
 }
