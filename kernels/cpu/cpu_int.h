@@ -90,6 +90,9 @@ struct dsv4_cpu_kern {
      * the next multiple of 16 elements are zero.  NULL when w4a4 is 0. */
     void (*act_w4a4)(const float *x, int64_t n, float input_scale, int8_t *qe, int8_t *qo,
                      float *sfa2);
+    /* LIN_FAM_B: the job's activations are x * 2^fp8_xexp (exact), to match the set's FP8
+     * decoder (linear_simd.h, blk_factor) */
+    int fp8_xexp;
     /* y[i, o] for every activation row i and o in [r0, r1); r0 % LIN_NR == 0.
      * scratch: LIN_SCRATCH bytes, 64-byte aligned. */
     void (*rows)(const struct lin_job *j, int64_t r0, int64_t r1, void *scratch);
@@ -99,5 +102,6 @@ extern const struct dsv4_cpu_kern dsv4_cpu_kern_scalar;
 extern const struct dsv4_cpu_kern dsv4_cpu_kern_avx2;
 /* rows of the AVX-512F/BW set (the activation functions are AVX2's) */
 void dsv4_cpu_rows_avx512(const struct lin_job *j, int64_t r0, int64_t r1, void *scratch);
+extern const int dsv4_cpu_fp8_xexp_avx512;
 
 #endif

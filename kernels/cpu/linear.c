@@ -73,6 +73,7 @@ static void kern_init(void)
     kern_avx512 = dsv4_cpu_kern_avx2;
     kern_avx512.name = "avx512";
     kern_avx512.rows = dsv4_cpu_rows_avx512;
+    kern_avx512.fp8_xexp = dsv4_cpu_fp8_xexp_avx512;
     kern = &dsv4_cpu_kern_scalar;
     if (env && !strcmp(env, "scalar"))
         return;
@@ -263,6 +264,11 @@ static void prep_task(void *arg, int64_t t, int thread)
             c->k->act_fp8(xi, K, 128, xa);
         else
             c->k->act_nvfp4(xi, K, w->input_scale, xa);
+        if (c->j.fam == LIN_FAM_B && c->k->fp8_xexp) {
+            float f = ldexpf(1.0f, c->k->fp8_xexp);
+            for (int64_t k = 0; k < K; k++)
+                xa[k] *= f;
+        }
         memset(xa + K, 0, (size_t)(kx - K) * sizeof(float));
     }
 }

@@ -227,16 +227,39 @@ AVX2 static inline void dec_bf16q(const uint16_t *s, V q[4])
     q[3] = bf16x8(s + 24);
 }
 
+/* 32 E4M3 codes -> E4M3 * 2^-C8_EXP, exact: each code goes to the top byte of a 32-bit lane
+ * (PSHUFB within a 128-bit lane of a broadcast half), an arithmetic shift by 4 puts the
+ * exponent and mantissa into FP32's exponent and mantissa (bias 127 instead of 7: 2^-120;
+ * E4M3 subnormals become FP32 subnormals of the same value times 2^-120) and the AND clears
+ * the sign's copies.  No F16 conversion: the batch-1 FP8 product ran at 23-25 GB/s from the
+ * caches instead of 20-21 through VCVTPH2PS, 15-19 from memory instead of 14-17 (AMD EPYC
+ * family 25, `dsv4 bench linear`). */
+#define C8_EXP   120
+#define FP8_XEXP 64
+#define C8_D     56 /* C8_EXP - FP8_XEXP */
+#define C8_DF    0x1p56f
+/* the 8 codes that PSHUFB mask sh picks from a (4 per 128-bit lane) */
+AVX2 static inline V e4m3x8(__m256i a, __m256i sh)
+{
+    __m256i t = _mm256_srai_epi32(_mm256_shuffle_epi8(a, sh), 4);
+    return _mm256_castsi256_ps(_mm256_and_si256(t, _mm256_set1_epi32((int)0x87ffffff)));
+}
+
 AVX2 static inline void dec_c16q(const uint8_t *s, V q[4])
 {
-    const __m256i keep = _mm256_set1_epi16((short)0xbfff), z = _mm256_setzero_si256();
-    __m256i b = _mm256_loadu_si256((const __m256i *)s);
-    __m256i lo = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpacklo_epi8(z, b), 1), keep);
-    __m256i hi = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpackhi_epi8(z, b), 1), keep);
-    q[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(lo));      /* columns 0-7 */
-    q[1] = _mm256_cvtph_ps(_mm256_castsi256_si128(hi));      /* 8-15 */
-    q[2] = _mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)); /* 16-23 */
-    q[3] = _mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)); /* 24-31 */
+    /* code i of a 16-byte half to the top byte of lane i: lanes 0-3 in the low 128 bits,
+     * 4-7 in the high ones (each holds the whole half) */
+    const __m256i s0 = _mm256_setr_epi8(-1, -1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3,
+                                        -1, -1, -1, 4, -1, -1, -1, 5, -1, -1, -1, 6, -1, -1, -1, 7);
+    const __m256i s1 =
+            _mm256_setr_epi8(-1, -1, -1, 8, -1, -1, -1, 9, -1, -1, -1, 10, -1, -1, -1, 11, -1, -1,
+                             -1, 12, -1, -1, -1, 13, -1, -1, -1, 14, -1, -1, -1, 15);
+    __m256i a = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)s));
+    __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(s + 16)));
+    q[0] = e4m3x8(a, s0); /* columns 0-7 */
+    q[1] = e4m3x8(a, s1); /* 8-15 */
+    q[2] = e4m3x8(b, s0); /* 16-23 */
+    q[3] = e4m3x8(b, s1); /* 24-31 */
 }
 
 /* 32 packed E2M1 (16 bytes) -> two vectors of 16 int8 holding 2 * value, column order */
@@ -301,5 +324,6 @@ const struct dsv4_cpu_kern dsv4_cpu_kern_avx2 = {
         .act_fp8 = act_fp8_avx2,
         .act_nvfp4 = act_nvfp4_avx2,
         .act_w4a4 = act_w4a4_avx2,
+        .fp8_xexp = FP8_XEXP,
         .rows = simd_rows,
 };

@@ -17,7 +17,8 @@
  *              zero-padded to a multiple of QW = 4 * VW columns:
  *              acc = fma(x[s], w[s], acc); y = hsum(acc) * alpha.
  *   LIN_FAM_B  acc = 0; per 128-column block (zero-padded to 128): p = 0,
- *              p = fma(x[s], c[s], p) over its steps (c = E4M3 * 2^-8),
+ *              p = fma(x[s], c[s], p) over its steps (c = E4M3 * 2^-C8_EXP, x
+ *              scaled by 2^FP8_XEXP: see blk_factor),
  *              acc = blk_acc(acc, p, block scale); y = hsum(acc) * alpha.
  *   LIN_FAM_I  acc = 0; per chunk of 8 * VW columns (zero-padded): lane l
  *              gets the exact integer sum of 2a * 2w over columns 8l..8l+7
@@ -34,7 +35,8 @@
  *   v_zero v_load v_store v_set1 v_fma v_mul v_hsum v_cvti vi_load vi_store,
  *   v_hsum4 (four v_hsum results, same bits, in one __m128),
  *   dec_f32q / dec_bf16q / dec_c16q (4 * VW values or E4M3 codes -> 4
- *     vectors in column order; c16 = exact E4M3 value * 2^-8),
+ *     vectors in column order; c16 = exact E4M3 value * 2^-C8_EXP), with
+ *     C8_EXP, FP8_XEXP, C8_D = C8_EXP - FP8_XEXP and C8_DF = 2^C8_D,
  *   dec_fp4q (2 * VW packed E2M1 bytes and one scale per vector -> exact
  *     value * scale), i4_planes (4 * VW packed bytes -> uint8 2 * E2M1 + 12
  *     of the even and odd columns), i4_dot (int32 lane sums of wl * ae +
@@ -152,7 +154,7 @@ SIMD static inline ALWAYS void quad_f(const struct dsv4_qweight *w, int fmt, con
     }
 }
 
-/* LIN_FAM_B: c16 values (E4M3 * 2^-8, no scale) of FP8 row o, columns k..k+QW-1, zero past cols */
+/* LIN_FAM_B: c16 values (E4M3 * 2^-C8_EXP, no scale) of FP8 row o, columns k..k+QW-1, zero past cols */
 SIMD static inline ALWAYS void quad_b(const struct dsv4_qweight *w, int64_t o, int64_t k, V q[4])
 {
     const int64_t K = w->cols;
@@ -167,8 +169,13 @@ SIMD static inline ALWAYS void quad_b(const struct dsv4_qweight *w, int64_t o, i
     dec_c16q(t, q);
 }
 
-/* Factor of an FP8 block: c16 * 256 * 2^(sb-127).  Past 2^119 the folded factor would
- * overflow, so `big` blocks multiply by 256 first (both exact). */
+/* Factor of an FP8 block.  The decoder gives c = E4M3 * 2^-C8_EXP and the activations are
+ * x * 2^FP8_XEXP (the kernel set's fp8_xexp, applied when the job's activations are
+ * prepared), so a block's partial sum is 2^-C8_D times the sum of x * E4M3 and its factor is
+ * 2^(sb-127) * 2^C8_D.  Past 2^127 the folded factor would overflow, so `big` blocks multiply
+ * by 2^C8_D (C8_DF) first.  Both ways are exact: every product and partial sum is the same
+ * number times a power of two, the same bits as with unscaled values while nothing leaves
+ * FP32's normal range (activations of the FP8 path are E4M3 times power-of-two scales). */
 struct blkf {
     float f;
     int big;
@@ -176,14 +183,14 @@ struct blkf {
 
 static inline struct blkf blk_factor(uint8_t sb)
 {
-    struct blkf b = {sb <= 246 ? e8m0f(sb) * 256.0f : e8m0f(sb), sb > 246};
+    struct blkf b = {sb <= 254 - C8_D ? e8m0f(sb) * C8_DF : e8m0f(sb), sb > 254 - C8_D};
     return b;
 }
 
 SIMD static inline ALWAYS V blk_acc(V acc, V p, struct blkf b)
 {
     if (b.big)
-        p = v_mul(p, v_set1(256.0f));
+        p = v_mul(p, v_set1(C8_DF));
     return v_fma(p, v_set1(b.f), acc);
 }
 
@@ -611,7 +618,7 @@ SIMD static inline ALWAYS void mk_b(int mr, const float *x, int64_t xs, const fl
             for (int i = 0; i < mr; i++) {
                 LIN_UNROLL
                 for (int r = 0; r < LIN_NR; r++)
-                    p[i][r] = v_mul(p[i][r], v_set1(256.0f));
+                    p[i][r] = v_mul(p[i][r], v_set1(C8_DF));
             }
             f.big = 0;
         }
