@@ -236,8 +236,6 @@ AVX2 static inline void dec_bf16q(const uint16_t *s, V q[4])
  * family 25, `dsv4 bench linear`). */
 #define C8_EXP   120
 #define FP8_XEXP 64
-#define C8_D     56 /* C8_EXP - FP8_XEXP */
-#define C8_DF    0x1p56f
 /* the 8 codes that PSHUFB mask sh picks from a (4 per 128-bit lane) */
 AVX2 static inline V e4m3x8(__m256i a, __m256i sh)
 {

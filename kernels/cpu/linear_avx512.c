@@ -136,8 +136,6 @@ AVX512 static inline void dec_bf16q(const uint16_t *s, V q[4])
 /* The F16 route: decoded values are E4M3 * 2^-8, activations unscaled. */
 #define C8_EXP   8
 #define FP8_XEXP 0
-#define C8_D     8
-#define C8_DF    256.0f
 const int dsv4_cpu_fp8_xexp_avx512 = FP8_XEXP;
 
 /* 32 E4M3 codes -> two vectors of c16 */

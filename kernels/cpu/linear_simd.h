@@ -36,7 +36,7 @@
  *   v_hsum4 (four v_hsum results, same bits, in one __m128),
  *   dec_f32q / dec_bf16q / dec_c16q (4 * VW values or E4M3 codes -> 4
  *     vectors in column order; c16 = exact E4M3 value * 2^-C8_EXP), with
- *     C8_EXP, FP8_XEXP, C8_D = C8_EXP - FP8_XEXP and C8_DF = 2^C8_D,
+ *     C8_EXP and FP8_XEXP (the FP8 activations' scale, 2^FP8_XEXP),
  *   dec_fp4q (2 * VW packed E2M1 bytes and one scale per vector -> exact
  *     value * scale), i4_planes (4 * VW packed bytes -> uint8 2 * E2M1 + 12
  *     of the even and odd columns), i4_dot (int32 lane sums of wl * ae +
@@ -176,6 +176,8 @@ SIMD static inline ALWAYS void quad_b(const struct dsv4_qweight *w, int64_t o, i
  * by 2^C8_D (C8_DF) first.  Both ways are exact: every product and partial sum is the same
  * number times a power of two, the same bits as with unscaled values while nothing leaves
  * FP32's normal range (activations of the FP8 path are E4M3 times power-of-two scales). */
+#define C8_D  (C8_EXP - FP8_XEXP)
+#define C8_DF ((float)(UINT64_C(1) << C8_D)) /* 2^C8_D, exact */
 struct blkf {
     float f;
     int big;
