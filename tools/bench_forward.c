@@ -18,6 +18,13 @@
  * does B tokens' multiply-adds, so it takes at least max(bytes / read
  * bandwidth, FLOP / FMA peak), both measured in the same run (the peak by
  * dsv4_cpu_fma_peak on the same threads); "bound" says which term wins.
+ * The decodes run in --rounds rounds, each starting with its own reading of
+ * the bandwidth and the peak and then every batch size once; the report is
+ * the median over rounds of the rates, of each round's rate over its own
+ * roofline and of its rate over the first batch size's rate in that round
+ * (on a shared machine the bandwidth drifts by tens of percent within
+ * minutes: one reading at the start set against decodes a minute later
+ * moved the ratio as much as the code did).
  */
 #include "base/dsv4.h"
 #include "engine/model/model.h"
@@ -33,7 +40,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_LIST 16
+#define MAX_LIST   16
+#define MAX_ROUNDS 32
 
 struct bw_job {
     const double *buf;
@@ -56,32 +64,64 @@ static void bw_task(void *arg, int64_t i, int thread)
     j->sums[i] = s0 + s1 + s2 + s3;
 }
 
-/* Read bandwidth in bytes/s over a 512 MiB buffer with `threads` threads (best of 3). */
-static double read_bandwidth(int threads)
+/* The read-bandwidth probe: a 512 MiB buffer summed by `threads` threads, kept for the whole
+ * run so that each round of decodes can be set against a reading taken just before it. */
+struct bw_probe {
+    struct dsv4_pool *pool;
+    double *buf, *sums;
+    int64_t n;
+    int tasks;
+};
+
+static int bw_open(struct bw_probe *p, int threads)
 {
-    struct dsv4_pool *pool = NULL;
-    int64_t n = (512ll << 20) / 8;
+    *p = (struct bw_probe){.n = (512ll << 20) / 8, .tasks = threads * 4};
+    if (dsv4_pool_init(threads, &p->pool))
+        return -1;
+    p->buf = malloc(p->n * 8);
+    p->sums = calloc(p->tasks, sizeof(double));
+    if (!p->buf || !p->sums)
+        return -1;
+    for (int64_t i = 0; i < p->n; i++)
+        p->buf[i] = (double)(i & 7);
+    return 0;
+}
+
+/* bytes/s, best of 3 passes (0 if the probe could not be set up) */
+static double bw_read(struct bw_probe *p)
+{
     double best = 0;
-    if (dsv4_pool_init(threads, &pool))
+    if (!p->buf || !p->sums)
         return 0;
-    int tasks = threads * 4;
-    double *buf = malloc(n * 8), *sums = calloc(tasks, sizeof(double));
-    if (buf && sums) {
-        for (int64_t i = 0; i < n; i++)
-            buf[i] = (double)(i & 7);
-        struct bw_job j = {buf, n, (n + tasks - 1) / tasks, sums};
-        for (int rep = 0; rep < 3; rep++) {
-            double t = dsv4_now();
-            dsv4_pool_run(pool, bw_task, &j, tasks);
-            t = dsv4_now() - t;
-            if (t > 0 && n * 8 / t > best)
-                best = n * 8 / t;
-        }
+    struct bw_job j = {p->buf, p->n, (p->n + p->tasks - 1) / p->tasks, p->sums};
+    for (int rep = 0; rep < 3; rep++) {
+        double t = dsv4_now();
+        dsv4_pool_run(p->pool, bw_task, &j, p->tasks);
+        t = dsv4_now() - t;
+        if (t > 0 && p->n * 8 / t > best)
+            best = p->n * 8 / t;
     }
-    free(buf);
-    free(sums);
-    dsv4_pool_free(pool);
     return best;
+}
+
+static void bw_close(struct bw_probe *p)
+{
+    free(p->buf);
+    free(p->sums);
+    dsv4_pool_free(p->pool);
+}
+
+/* median of n values (sorts v) */
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* The CPU model from /proc/cpuinfo ("unknown" elsewhere). */
@@ -149,9 +189,11 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: dsv4 bench forward --model DIR [--threads N] [--batch 1,8,32,64]\n"
                "         [--prompt 512,2048,8192] [--steps N] [--chunk N] [--mtp K]\n"
-               "         [--backend cpu|ref] [--json]\n"
+               "         [--rounds N] [--backend cpu|ref] [--json]\n"
                "  prefill of each prompt length (<= 65536 tokens, in chunks of --chunk),\n"
-               "  then decode --steps steps (default 16) at each batch size (<= 256)\n");
+               "  then --rounds rounds (default 3) of: the read bandwidth and FMA peak,\n"
+               "  and --steps decode steps (default 16) at each batch size (<= 256);\n"
+               "  medians over the rounds\n");
 }
 
 struct bench {
@@ -264,7 +306,7 @@ static int decode(struct bench *b, int B, int steps, double *tok_s)
 int dsv4_bench_forward(int argc, char **argv)
 {
     const char *dir = NULL, *backend = "cpu";
-    int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), steps = 16, chunk = 512, k = 0;
+    int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), steps = 16, chunk = 512, k = 0, rounds = 3;
     int batch[MAX_LIST] = {1, 8, 32, 64}, nb = 4, prompt[MAX_LIST] = {512, 2048, 8192}, np = 3;
     bool json = false;
     threads = DSV4_MAX(1, DSV4_MIN(threads, 1024));
@@ -283,6 +325,8 @@ int dsv4_bench_forward(int argc, char **argv)
             bad = opt_int(a, argv[++i], 1, 1 << 20, &steps);
         else if (!strcmp(a, "--chunk") && v)
             bad = opt_int(a, argv[++i], 1, 65536, &chunk);
+        else if (!strcmp(a, "--rounds") && v)
+            bad = opt_int(a, argv[++i], 1, MAX_ROUNDS, &rounds);
         else if (!strcmp(a, "--mtp") && v)
             bad = opt_int(a, argv[++i], 0, DSV4_STEP_MAX_DRAFTS, &k);
         else if (!strcmp(a, "--backend") && v)
@@ -317,6 +361,11 @@ int dsv4_bench_forward(int argc, char **argv)
     struct dsv4_backend *be = NULL;
     struct bench b = {.k = k, .next_id = 1};
     double pre[MAX_LIST] = {0}, dec[MAX_LIST] = {0};
+    /* per round r and batch index i: decode tok/s, its roofline; per round: bandwidth, peak */
+    double dr[MAX_ROUNDS][MAX_LIST] = {{0}}, rr[MAX_ROUNDS][MAX_LIST] = {{0}};
+    double bwr[MAX_ROUNDS] = {0}, pkr[MAX_ROUNDS] = {0};
+    struct bw_probe probe = {0};
+    struct dsv4_pool *pp = NULL;
     struct swap_res sw[MAX_LIST];
     memset(sw, 0, sizeof sw);
     int rc = dsv4_model_open(dir, 0, 1, &m);
@@ -348,16 +397,7 @@ int dsv4_bench_forward(int argc, char **argv)
     }
     for (int i = 0; i < ntok; i++)
         b.toks[i] = (int32_t)((i * 7919 + 17) % b.V);
-    double bw = read_bandwidth(threads);
     uint64_t bytes = dsv4_model_decode_bytes(m);
-    double roof = bw > 0 ? bw / (double)bytes : 0;
-    double peak = 0;
-    {
-        struct dsv4_pool *pp = NULL;
-        if (!dsv4_pool_init(threads, &pp))
-            peak = dsv4_cpu_fma_peak(pp);
-        dsv4_pool_free(pp);
-    }
     for (int i = 0; i < np; i++) {
         double t;
         if (prompt[i] + 2 > ctx) {
@@ -368,32 +408,75 @@ int dsv4_bench_forward(int argc, char **argv)
             goto fail;
         pre[i] = prompt[i] / t;
     }
-    for (int i = 0; i < nb; i++)
-        if ((rc = decode(&b, batch[i], steps, &dec[i])))
-            goto fail;
-    /* each batch size's roofline: max(bytes / bw, FLOP / peak) per step of B tokens */
-    double broof[MAX_LIST];
-    const char *bound[MAX_LIST];
+    /* Rounds: both rooflines read just before each round's decodes, so that a shared
+     * machine's drift moves a round's rate and its roofline together; every batch size in
+     * every round, so that ratios between batch sizes come from neighbouring runs. */
+    bw_open(&probe, threads);
+    if (dsv4_pool_init(threads, &pp))
+        pp = NULL;
     double macs1 = 0, bytes1 = 0;
     dsv4_model_decode_cost(m, 1, &bytes1, &macs1);
+    for (int r = 0; r < rounds; r++) {
+        bwr[r] = bw_read(&probe);
+        pkr[r] = pp ? dsv4_cpu_fma_peak(pp) : 0;
+        for (int i = 0; i < nb; i++) {
+            if ((rc = decode(&b, batch[i], steps, &dr[r][i])))
+                goto fail;
+            /* max(bytes / bw, FLOP / peak) per step of B tokens */
+            double sb, sm;
+            dsv4_model_decode_cost(m, batch[i], &sb, &sm);
+            double tm = bwr[r] > 0 ? sb / bwr[r] : INFINITY;
+            double tc = pkr[r] > 0 ? 2 * sm / pkr[r] : 0;
+            rr[r][i] = batch[i] / (tm > tc ? tm : tc);
+        }
+    }
+    /* medians over the rounds: rates, rooflines, each round's rate over its own roofline and
+     * over the first batch size's rate of the same round */
+    double broof[MAX_LIST], xroof[MAX_LIST], xfirst[MAX_LIST], dmin[MAX_LIST], dmax[MAX_LIST];
+    const char *bound[MAX_LIST];
+    double v[MAX_ROUNDS], bwv[MAX_ROUNDS], pkv[MAX_ROUNDS];
+    memcpy(bwv, bwr, sizeof bwv);
+    memcpy(pkv, pkr, sizeof pkv);
+    double bw = median(bwv, rounds), peak = median(pkv, rounds);
+    double roof = bw > 0 ? bw / (double)bytes : 0;
     for (int i = 0; i < nb; i++) {
+        dmin[i] = dmax[i] = dr[0][i];
+        for (int r = 0; r < rounds; r++) {
+            v[r] = dr[r][i];
+            dmin[i] = DSV4_MIN(dmin[i], dr[r][i]);
+            dmax[i] = DSV4_MAX(dmax[i], dr[r][i]);
+        }
+        dec[i] = median(v, rounds);
+        for (int r = 0; r < rounds; r++)
+            v[r] = rr[r][i];
+        broof[i] = median(v, rounds);
+        for (int r = 0; r < rounds; r++)
+            v[r] = rr[r][i] > 0 ? dr[r][i] / rr[r][i] : 0;
+        xroof[i] = median(v, rounds);
+        for (int r = 0; r < rounds; r++)
+            v[r] = dr[r][0] > 0 ? dr[r][i] / dr[r][0] : 0;
+        xfirst[i] = median(v, rounds);
         double sb, sm;
         dsv4_model_decode_cost(m, batch[i], &sb, &sm);
-        double tm = bw > 0 ? sb / bw : INFINITY, tc = peak > 0 ? 2 * sm / peak : 0;
-        broof[i] = batch[i] / (tm > tc ? tm : tc);
-        bound[i] = tm >= tc ? "memory" : "compute";
+        bound[i] = (bw > 0 ? sb / bw : INFINITY) >= (peak > 0 ? 2 * sm / peak : 0) ? "memory"
+                                                                                   : "compute";
     }
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
     const char *isa = !strcmp(backend, "cpu") ? dsv4_cpu_isa() : "scalar";
     if (json) {
         printf("{\"model\": \"%s\", \"cpu\": \"%s\", \"isa\": \"%s\", \"backend\": \"%s\", "
-               "\"threads\": %d, \"mtp\": %d,\n \"decode\": [",
-               dir, cpu, isa, backend, threads, k);
-        for (int i = 0; i < nb; i++)
+               "\"threads\": %d, \"mtp\": %d, \"rounds\": %d,\n \"decode\": [",
+               dir, cpu, isa, backend, threads, k, rounds);
+        for (int i = 0; i < nb; i++) {
             printf("%s{\"batch\": %d, \"decode_tok_s\": %.2f, \"roofline_tok_s\": %.2f, "
-                   "\"bound\": \"%s\"}",
-                   i ? ", " : "", batch[i], dec[i], broof[i], bound[i]);
+                   "\"bound\": \"%s\", \"x_roofline\": %.4f, \"x_first_batch\": %.4f, "
+                   "\"decode_tok_s_rounds\": [",
+                   i ? ", " : "", batch[i], dec[i], broof[i], bound[i], xroof[i], xfirst[i]);
+            for (int r = 0; r < rounds; r++)
+                printf("%s%.2f", r ? ", " : "", dr[r][i]);
+            printf("]}");
+        }
         printf("],\n \"prefill\": [");
         for (int i = 0; i < np; i++)
             printf("%s{\"prompt\": %d, \"prefill_tok_s\": %.2f}", i ? ", " : "", prompt[i], pre[i]);
@@ -413,16 +496,22 @@ int dsv4_bench_forward(int argc, char **argv)
         }
         printf("],\n \"roofline_tok_s\": %.2f, \"read_bandwidth_GBps\": %.3f, "
                "\"decode_bytes_per_token\": %llu, \"fma_peak_GFLOPs\": %.2f, "
-               "\"decode_flop_per_token\": %.0f}\n",
+               "\"decode_flop_per_token\": %.0f, \"read_bandwidth_GBps_rounds\": [",
                roof, bw / 1e9, (unsigned long long)bytes, peak / 1e9, 2 * macs1);
+        for (int r = 0; r < rounds; r++)
+            printf("%s%.3f", r ? ", " : "", bwr[r] / 1e9);
+        printf("]}\n");
     } else {
         printf("model %s: %d layers, hidden %d, %d experts (top %d), vocab %d\n", dir,
                c->num_hidden_layers, c->hidden_size, c->n_routed_experts, c->num_experts_per_tok,
                b.V);
         printf("cpu: %s; %d threads; backend %s (%s); mtp %d\n", cpu, threads, backend, isa, k);
         printf("roofline: %.1f MB of weights per decode token, read bandwidth %.2f GB/s -> %.1f "
-               "tok/s\n",
-               bytes / 1e6, bw / 1e9, roof);
+               "tok/s (median of %d rounds; per round:",
+               bytes / 1e6, bw / 1e9, roof, rounds);
+        for (int r = 0; r < rounds; r++)
+            printf(" %.2f", bwr[r] / 1e9);
+        printf(" GB/s)\n");
         printf("compute: %.1f MFLOP per decode token (weight products), FMA peak %.1f GFLOP/s "
                "on %d threads -> %.1f tok/s\n",
                2 * macs1 / 1e6, peak / 1e9, threads, peak > 0 ? peak / (2 * macs1) : 0);
@@ -443,16 +532,26 @@ int dsv4_bench_forward(int argc, char **argv)
                 printf(" %s %.3f -> %.3f;", dsv4_state_kind_name(q), sw[np - 1].out.raw[q] / 1e6,
                        sw[np - 1].out.packed[q] / 1e6);
         printf("\n");
-        printf("%8s  %14s  %14s  %10s  %8s\n", "batch", "decode tok/s", "roofline tok/s",
-               "x roofline", "bound");
-        for (int i = 0; i < nb; i++)
-            printf("%8d  %14.1f  %14.1f  %10.2f  %8s\n", batch[i], dec[i], broof[i],
-                   broof[i] > 0 ? dec[i] / broof[i] : 0, bound[i]);
+        printf("decode, medians of %d rounds (each round's rate over its own roofline and over "
+               "batch %d's rate in the same round)\n",
+               rounds, batch[0]);
+        char xf[32];
+        snprintf(xf, sizeof xf, "x batch %d", batch[0]);
+        printf("%8s  %14s  %17s  %14s  %10s  %10s  %8s\n", "batch", "decode tok/s", "range",
+               "roofline tok/s", "x roofline", xf, "bound");
+        for (int i = 0; i < nb; i++) {
+            char rg[48];
+            snprintf(rg, sizeof rg, "%.1f-%.1f", dmin[i], dmax[i]);
+            printf("%8d  %14.1f  %17s  %14.1f  %10.2f  %10.2f  %8s\n", batch[i], dec[i], rg,
+                   broof[i], xroof[i], xfirst[i], bound[i]);
+        }
     }
     goto out;
 fail:
     fprintf(stderr, "dsv4 bench forward: %s\n", dsv4_errmsg());
 out:
+    bw_close(&probe);
+    dsv4_pool_free(pp);
     free(b.toks);
     dsv4_step_free(b.step);
     dsv4_backend_destroy(be);

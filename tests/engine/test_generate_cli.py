@@ -188,7 +188,8 @@ def main():
     check(toks == ref, "devsim, 3 ranks: tokens %s == %s" % (toks, ref))
     # dsv4 bench forward through the step API: prefill, preemption by swap, decode, JSON
     r = subprocess.run([BIN, "bench", "forward", "--model", m, "--threads", "1", "--prompt",
-                        "40,70", "--batch", "1,2", "--steps", "2", "--mtp", "1", "--json"],
+                        "40,70", "--batch", "1,2", "--steps", "2", "--mtp", "1", "--rounds", "2",
+                        "--json"],
                        capture_output=True, text=True, timeout=300)
     try:
         bj = json.loads(r.stdout)
@@ -220,6 +221,18 @@ def main():
               dec[0]["roofline_tok_s"] <= dec[1]["roofline_tok_s"] and
               abs(dec[0]["roofline_tok_s"] - bj["roofline_tok_s"]) < 0.01 * bj["roofline_tok_s"],
               "bench forward: per-batch rooflines %s" % [(d["roofline_tok_s"], d["bound"]) for d in dec])
+        # two rounds, each with its own bandwidth reading: per batch the rounds' rates, their
+        # median, the median ratio to the round's roofline and to batch 1 of the same round
+        rb = bj.get("read_bandwidth_GBps_rounds", [])
+        check(bj["rounds"] == 2 and len(rb) == 2 and all(x > 0 for x in rb) and
+              min(rb) - 1e-3 <= bj["read_bandwidth_GBps"] <= max(rb) + 1e-3,
+              "bench forward: a bandwidth reading per round %s" % rb)
+        check(all(len(d["decode_tok_s_rounds"]) == 2 and
+                  abs(d["decode_tok_s"] - sum(d["decode_tok_s_rounds"]) / 2) <=
+                  0.01 * d["decode_tok_s"] + 0.01 and d["x_roofline"] > 0 for d in dec) and
+              dec[0]["x_first_batch"] == 1.0 and dec[1]["x_first_batch"] > 0,
+              "bench forward: per-round rates and their medians %s" %
+              [(d["decode_tok_s"], d["decode_tok_s_rounds"], d["x_first_batch"]) for d in dec])
     shutil.rmtree(root, ignore_errors=True)
     return 1 if failures else 0
 
