@@ -301,7 +301,8 @@ static void cpu_linear_multi(struct dsv4_backend *be, int n, const struct dsv4_l
     struct dsv4_cpu_lin it[DSV4_CPU_LIN_MULTI_MAX];
     for (int i = 0; i < n; i++) {
         lin_shapes(l[i], x, y[i]);
-        it[i] = (struct dsv4_cpu_lin){&l[i]->w, l[i]->act, x->data, m, y[i]->data};
+        it[i] = (struct dsv4_cpu_lin){
+                .w = &l[i]->w, .act = l[i]->act, .x = x->data, .m = m, .y = y[i]->data};
     }
     dsv4_cpu_linear_multi(P(be), it, n);
     for (int i = 0; i < n; i++)
@@ -317,6 +318,27 @@ static void cpu_linear_grouped(struct dsv4_backend *be, const struct dsv4_lin *l
     int64_t m = dsv4_be_rows(x), R = l->w.rows / G, K = l->w.cols;
     DSV4_ASSERT(l->w.rows % G == 0 && dsv4_be_cols(x) == G * K && dsv4_be_cols(y) == G * R);
     DSV4_ASSERT(m * K <= c->xg.cap && m * l->w.rows <= c->yg.cap);
+    /* every group a row slice of its own: one dsv4_cpu_linear_multi job reading each group's
+     * columns of x and writing its columns of y in place (row strides), no copies */
+    struct dsv4_cpu_lin it[DSV4_CPU_LIN_MULTI_MAX];
+    struct dsv4_qweight sw[DSV4_CPU_LIN_MULTI_MAX];
+    bool views = G <= DSV4_CPU_LIN_MULTI_MAX && m > 0;
+    for (int g = 0; g < G && views; g++) {
+        views = dsv4_qweight_slice(&l->w, g * R, R, &sw[g]);
+        it[g] = (struct dsv4_cpu_lin){.w = &sw[g],
+                                      .act = l->act,
+                                      .x = (const float *)x->data + g * K,
+                                      .m = m,
+                                      .y = (float *)y->data + g * R,
+                                      .ldx = G * K,
+                                      .ldy = G * R};
+    }
+    if (views) {
+        dsv4_cpu_linear_multi(c->pool, it, G);
+        if (flags & DSV4_OP_BF16)
+            round_n(be, y->data, m * G * R);
+        return;
+    }
     for (int g = 0; g < G; g++) {
         struct dsv4_lin sub = *l;
         bool own = dsv4_qweight_slice(&l->w, g * R, R, &sub.w);
@@ -369,12 +391,17 @@ static int moe_stage(struct cpu_be *c, const struct dsv4_moe_args *a, bool down,
             break;
         const struct dsv4_ffn_w *w = &a->ex[e - a->e0];
         if (down) {
-            it[n++] = (struct dsv4_cpu_lin){&w->w2.w, w->w2.act, c->hb.p + beg * I, m,
-                                            c->yb.p + beg * D};
+            it[n++] = (struct dsv4_cpu_lin){.w = &w->w2.w,
+                                            .act = w->w2.act,
+                                            .x = c->hb.p + beg * I,
+                                            .m = m,
+                                            .y = c->yb.p + beg * D};
         } else {
             const float *x = c->xb.p + beg * D;
-            it[n++] = (struct dsv4_cpu_lin){&w->w1.w, w->w1.act, x, m, c->gb.p + beg * I};
-            it[n++] = (struct dsv4_cpu_lin){&w->w3.w, w->w3.act, x, m, c->ub.p + beg * I};
+            it[n++] = (struct dsv4_cpu_lin){
+                    .w = &w->w1.w, .act = w->w1.act, .x = x, .m = m, .y = c->gb.p + beg * I};
+            it[n++] = (struct dsv4_cpu_lin){
+                    .w = &w->w3.w, .act = w->w3.act, .x = x, .m = m, .y = c->ub.p + beg * I};
         }
     }
     *e0 = e;

@@ -83,9 +83,11 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
 struct dsv4_cpu_lin {
     const struct dsv4_qweight *w;
     enum dsv4_act act;
-    const float *x; /* [m, w->cols] */
+    const float *x; /* [m, w->cols], rows ldx floats apart */
     int64_t m;
-    float *y; /* [m, w->rows] */
+    float *y; /* [m, w->rows], rows ldy floats apart */
+    /* row strides; 0: w->cols and w->rows (dense); at least those */
+    int64_t ldx, ldy;
 };
 void dsv4_cpu_linear_multi(struct dsv4_pool *p, const struct dsv4_cpu_lin *items, int n);
 /* Sizes the shared scratch of dsv4_cpu_linear for m <= max_m, cols <= max_cols (and of

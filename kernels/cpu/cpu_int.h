@@ -73,7 +73,8 @@ struct lin_job {
     const float *sfa2;
     const int32_t *acorr;
     float alpha; /* final factor (NVFP4 scale2 [* input_scale]) or 1 */
-    float *y;    /* [m, rows] */
+    float *y;    /* [m, rows], rows ldy floats apart */
+    int64_t ldy;
 };
 
 struct dsv4_cpu_kern {

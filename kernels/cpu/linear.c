@@ -166,7 +166,7 @@ static void rows_scalar(const struct lin_job *j, int64_t r0, int64_t r1, void *s
             decode_row_scalar(w, o, k0, len, wd);
             for (int64_t i = 0; i < j->m; i++) {
                 const float *xi = j->x + i * j->kx + k0;
-                float *yi = j->y + i * w->rows + o;
+                float *yi = j->y + i * j->ldy + o;
                 float a[8] = {0};
                 for (int k = 0; k < len; k++)
                     a[k & 7] += xi[k] * wd[k];
@@ -175,7 +175,7 @@ static void rows_scalar(const struct lin_job *j, int64_t r0, int64_t r1, void *s
             }
         }
         for (int64_t i = 0; i < j->m; i++)
-            j->y[i * w->rows + o] *= j->alpha;
+            j->y[i * j->ldy + o] *= j->alpha;
     }
 }
 
@@ -225,7 +225,8 @@ struct call {
     struct lin_job j;
     struct dsv4_pool *pool;
     enum dsv4_act act;
-    const float *x; /* caller's activations [m, cols] */
+    const float *x; /* caller's activations [m, cols], rows ldx floats apart */
+    int64_t ldx;
     int64_t rows_per_task, acts_per_task;
     uint8_t *buf; /* shared slot 0 */
 };
@@ -239,7 +240,7 @@ static void prep_task(void *arg, int64_t t, int thread)
     int64_t i1 = DSV4_MIN(c->j.m, (t + 1) * c->acts_per_task);
     (void)thread;
     for (int64_t i = t * c->acts_per_task; i < i1; i++) {
-        const float *xi = c->x + i * K;
+        const float *xi = c->x + i * c->ldx;
         if (c->j.fam == LIN_FAM_I) {
             int64_t kb = (K + 15) / 16 * 16; /* act_w4a4 writes up to here */
             int8_t *qe = (int8_t *)c->j.qe + i * (kx / 2), *qo = (int8_t *)c->j.qo + i * (kx / 2);
@@ -309,17 +310,23 @@ static int64_t task_count(struct dsv4_pool *p, double work, int64_t units, int p
 }
 
 /* One product's job (m >= 1) over the activation buffer buf (act_bytes(m, w->cols) bytes);
- * the task sizes follow the pool's thread count. */
+ * x and y rows ldx and ldy floats apart (0: dense); the task sizes follow the pool's thread
+ * count. */
 static void call_setup(struct call *c, struct dsv4_pool *p, const struct dsv4_qweight *w,
-                       enum dsv4_act act, const float *x, int64_t m, float *y, uint8_t *buf)
+                       enum dsv4_act act, const float *x, int64_t ldx, int64_t m, float *y,
+                       int64_t ldy, uint8_t *buf)
 {
     const struct dsv4_cpu_kern *k = get_kern();
     DSV4_ASSERT(dsv4_linear_check(w, act) == 0 && m >= 1);
-    *c = (struct call){.k = k, .pool = p, .act = act, .x = x, .buf = buf};
+    ldx = ldx ? ldx : w->cols;
+    ldy = ldy ? ldy : w->rows;
+    DSV4_ASSERT(ldx >= w->cols && ldy >= w->rows);
+    *c = (struct call){.k = k, .pool = p, .act = act, .x = x, .ldx = ldx, .buf = buf};
     struct lin_job *j = &c->j;
     j->w = w;
     j->m = m;
     j->y = y;
+    j->ldy = ldy;
     j->kx = (w->cols + LIN_KPAD - 1) / LIN_KPAD * LIN_KPAD;
     j->fam = LIN_FAM_F;
     if (w->fmt == DSV4_WFMT_FP8 && k != &dsv4_cpu_kern_scalar)
@@ -357,7 +364,7 @@ void dsv4_cpu_linear(struct dsv4_pool *p, const struct dsv4_qweight *w, enum dsv
     uint8_t *buf = dsv4_pool_shared(p, 0, act_bytes(m, w->cols));
     DSV4_ASSERT(buf);
     struct call c;
-    call_setup(&c, p, w, act, x, m, y, buf);
+    call_setup(&c, p, w, act, x, 0, m, y, 0, buf);
     dsv4_pool_run(p, prep_task, &c, (m + c.acts_per_task - 1) / c.acts_per_task);
     dsv4_pool_run(p, rows_task, &c, (w->rows + c.rows_per_task - 1) / c.rows_per_task);
 }
@@ -411,7 +418,7 @@ void dsv4_cpu_linear_multi(struct dsv4_pool *p, const struct dsv4_cpu_lin *items
             continue;
         }
         struct call *c = &mu.c[mu.n];
-        call_setup(c, p, it->w, it->act, it->x, it->m, it->y, buf);
+        call_setup(c, p, it->w, it->act, it->x, it->ldx, it->m, it->y, it->ldy, buf);
         buf += act_bytes(it->m, it->w->cols);
         mu.prep0[mu.n + 1] = mu.prep0[mu.n] + (it->m + c->acts_per_task - 1) / c->acts_per_task;
         mu.rows0[mu.n + 1] =

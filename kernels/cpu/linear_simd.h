@@ -456,7 +456,7 @@ SIMD static inline ALWAYS void gemv_i_m(const struct lin_job *j, int64_t r0, int
         }
         LIN_UNROLL
         for (int i = 0; i < m; i++)
-            j->y[i * w->rows + o] = v_hsum(acc[i]) * j->alpha;
+            j->y[i * j->ldy + o] = v_hsum(acc[i]) * j->alpha;
     }
 }
 
@@ -773,7 +773,7 @@ SIMD static void tiles(const struct lin_job *j, int64_t r0, int64_t r1, void *sc
             }
             for (int i = 0; i < mb; i++) {
                 const float *a = ab + (int64_t)i * LIN_NR * VW;
-                float *y = j->y + (i0 + i) * w->rows + t0;
+                float *y = j->y + (i0 + i) * j->ldy + t0;
 #if LIN_NR == 4
                 if (nr == 4) {
                     __m128 s = v_hsum4(v_load(a), v_load(a + VW), v_load(a + 2 * VW),

@@ -15,6 +15,8 @@
 #include "kernels/cpu/cpu.h"
 #include "tests/kernels/lintest.h"
 
+#include <string.h>
+
 static const struct {
     enum dsv4_wfmt fmt;
     enum dsv4_act act;
@@ -232,7 +234,9 @@ static void test_invariance(void)
 
 /*
  * dsv4_cpu_linear_multi: every product of a call (formats and activation paths mixed, tails,
- * m = 0 items skipped) bitwise what dsv4_cpu_linear gives for it alone, on 1-3 threads.
+ * m = 0 items skipped) bitwise what dsv4_cpu_linear gives for it alone, on 1-3 threads; the
+ * same with x and y rows apart by more than a row (ldx, ldy: a grouped product's columns of
+ * a wider matrix), the gaps of y untouched.
  */
 static void test_multi(void)
 {
@@ -251,8 +255,12 @@ static void test_multi(void)
             lt_weight_make(&w[i], combos[c].fmt, R, K);
             float *x = malloc((size_t)(DSV4_MAX(m, 1) * K) * sizeof(float));
             lt_act_make(x, DSV4_MAX(m, 1), K);
-            it[i] = (struct dsv4_cpu_lin){&w[i].q, combos[c].act, x, m,
-                                          malloc((size_t)(DSV4_MAX(m, 1) * R) * sizeof(float))};
+            it[i] = (struct dsv4_cpu_lin){
+                    .w = &w[i].q,
+                    .act = combos[c].act,
+                    .x = x,
+                    .m = m,
+                    .y = malloc((size_t)(DSV4_MAX(m, 1) * R) * sizeof(float))};
             want[i] = malloc((size_t)(DSV4_MAX(m, 1) * R) * sizeof(float));
             dsv4_cpu_linear(pool[0], &w[i].q, combos[c].act, x, m, want[i]);
         }
@@ -267,6 +275,43 @@ static void test_multi(void)
                    "%s, %d threads: %d of %d products of linear_multi differ from "
                    "dsv4_cpu_linear",
                    dsv4_cpu_isa(), th + 1, bad, N);
+        }
+        /* strided: x rows K + 37 floats apart, y rows R + 11 apart, gaps of y a sentinel */
+        struct dsv4_cpu_lin st[N];
+        for (int i = 0; i < N; i++) {
+            int64_t R = it[i].w->rows, K = it[i].w->cols, m = DSV4_MAX(it[i].m, 1);
+            float *x = malloc((size_t)(m * (K + 37)) * sizeof(float));
+            float *y = malloc((size_t)(m * (R + 11)) * sizeof(float));
+            for (int64_t t = 0; t < m; t++)
+                memcpy(x + t * (K + 37), it[i].x + t * K, (size_t)K * sizeof(float));
+            for (int64_t e = 0; e < m * (R + 11); e++)
+                y[e] = -12345.0f;
+            st[i] = it[i];
+            st[i].x = x;
+            st[i].y = y;
+            st[i].ldx = K + 37;
+            st[i].ldy = R + 11;
+        }
+        for (int th = 0; th < 3; th++) {
+            int bad = 0, gap = 0;
+            dsv4_cpu_linear_multi(pool[th], st, N);
+            for (int i = 0; i < N; i++) {
+                int64_t R = st[i].w->rows;
+                for (int64_t t = 0; t < st[i].m; t++) {
+                    bad += memcmp(st[i].y + t * (R + 11), want[i] + t * R,
+                                  (size_t)R * sizeof(float)) != 0;
+                    for (int64_t e = R; e < R + 11; e++)
+                        gap += st[i].y[t * (R + 11) + e] != -12345.0f;
+                }
+            }
+            CHECKF(bad == 0 && gap == 0,
+                   "%s, %d threads: strided linear_multi: %d rows differ from dsv4_cpu_linear, "
+                   "%d gap values written",
+                   dsv4_cpu_isa(), th + 1, bad, gap);
+        }
+        for (int i = 0; i < N; i++) {
+            free((void *)st[i].x);
+            free(st[i].y);
         }
         for (int i = 0; i < N; i++) {
             free((void *)it[i].x);
