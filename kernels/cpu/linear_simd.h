@@ -460,14 +460,64 @@ SIMD static inline ALWAYS void gemv_i_m(const struct lin_job *j, int64_t r0, int
     }
 }
 
+/* The same for m <= 3 with two weight rows at a time, each activation chunk loaded once for
+ * both (AMD EPYC family 25, 64 experts' 384 x 512 products on one thread: 5% faster at m = 3,
+ * 5-10% at m = 2; at m = 4 the extra accumulators leave too few registers to gain much).
+ * The same terms in the same order per output. */
+SIMD static inline ALWAYS void gemv_i_m2(const struct lin_job *j, int64_t r0, int64_t r1, int m)
+{
+    const struct dsv4_qweight *w = j->w;
+    const int64_t K = w->cols, rb = (K + 1) / 2, kx = j->kx;
+    const int8_t *qe = j->qe, *qo = j->qo;
+    const int32_t *acr = j->acorr;
+    const float *sfa = j->sfa2;
+    int64_t o = r0;
+    for (; o + 1 < r1; o += 2) {
+        const uint8_t *row = (const uint8_t *)w->w + o * rb;
+        V acc[3], acd[3];
+        LIN_UNROLL
+        for (int i = 0; i < m; i++)
+            acc[i] = acd[i] = v_zero();
+        for (int64_t e = 0; e < K; e += 8 * VW) {
+            VI wl, wh, wl2, wh2;
+            V sw, sw2;
+            _mm_prefetch((const char *)row + e / 2 + LIN_PF, _MM_HINT_T0);
+            _mm_prefetch((const char *)row + rb + e / 2 + LIN_PF, _MM_HINT_T0);
+            if (e + 8 * VW <= K) {
+                chunk_i_full(w, o, e, &wl, &wh, &sw);
+                chunk_i_full(w, o + 1, e, &wl2, &wh2, &sw2);
+            } else {
+                chunk_i(w, o, e, &wl, &wh, &sw);
+                chunk_i(w, o + 1, e, &wl2, &wh2, &sw2);
+            }
+            LIN_UNROLL
+            for (int i = 0; i < m; i++) {
+                VI ae = vi_load(qe + i * (kx / 2) + e / 2);
+                VI ao = vi_load(qo + i * (kx / 2) + e / 2);
+                VI ac = vi_load(acr + i * (kx / 8) + e / 8);
+                V sa = v_load(sfa + i * (kx / 8) + e / 8);
+                acc[i] = v_fma(v_cvti(i4_dot(wl, wh, ae, ao, ac)), v_mul(sw, sa), acc[i]);
+                acd[i] = v_fma(v_cvti(i4_dot(wl2, wh2, ae, ao, ac)), v_mul(sw2, sa), acd[i]);
+            }
+        }
+        LIN_UNROLL
+        for (int i = 0; i < m; i++) {
+            j->y[i * j->ldy + o] = v_hsum(acc[i]) * j->alpha;
+            j->y[i * j->ldy + o + 1] = v_hsum(acd[i]) * j->alpha;
+        }
+    }
+    if (o < r1)
+        gemv_i_m(j, o, r1, m);
+}
+
 SIMD static void gemv_i_few(const struct lin_job *j, int64_t r0, int64_t r1)
 {
     switch (j->m) {
     case 2:
-        gemv_i_m(j, r0, r1, 2);
+        gemv_i_m2(j, r0, r1, 2);
         break;
     case 3:
-        gemv_i_m(j, r0, r1, 3);
+        gemv_i_m2(j, r0, r1, 3);
         break;
     case 4:
         gemv_i_m(j, r0, r1, 4);
