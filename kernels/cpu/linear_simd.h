@@ -786,9 +786,9 @@ SIMD static void run_i(int mr, const int8_t *qe, const int8_t *qo, const float *
  * 1/32 as many).
  */
 struct pf_chunk {
-    const char *row0;     /* first row of the chunk */
+    const char *next;     /* the next line to hint */
     int64_t rowb, b0, nb; /* bytes per weight row; first byte and bytes of each row's part */
-    int per, line, total; /* lines per row, next line, lines in all */
+    int per, col, left;   /* lines per row, next line's index in its row, lines left */
 };
 
 static inline void pf_set(struct pf_chunk *p, const struct dsv4_qweight *w, int64_t t0, int nr,
@@ -804,16 +804,22 @@ static inline void pf_set(struct pf_chunk *p, const struct dsv4_qweight *w, int6
     p->b0 = (k0 * b2 / 2) & ~(int64_t)63;
     p->nb = ((k0 + len) * b2 + 1) / 2 - p->b0;
     p->per = (int)((p->nb + 63) / 64);
-    p->line = 0;
-    p->total = nr > 0 && len > 0 ? nr * p->per : 0;
-    p->row0 = p->total ? (const char *)w->w + t0 * p->rowb : NULL;
+    p->col = 0;
+    p->left = nr > 0 && len > 0 ? nr * p->per : 0;
+    p->next = p->left ? (const char *)w->w + t0 * p->rowb + p->b0 : NULL;
 }
 
 static inline void pf_step(struct pf_chunk *p, int n)
 {
-    for (; n > 0 && p->line < p->total; n--, p->line++)
-        _mm_prefetch(p->row0 + (p->line / p->per) * p->rowb + p->b0 + (p->line % p->per) * 64,
-                     _MM_HINT_T0);
+    for (n = DSV4_MIN(n, p->left); n > 0; n--, p->left--) {
+        _mm_prefetch(p->next, _MM_HINT_T0);
+        if (++p->col < p->per) {
+            p->next += 64;
+        } else { /* the next row's part */
+            p->col = 0;
+            p->next += p->rowb - (int64_t)(p->per - 1) * 64;
+        }
+    }
 }
 
 /*
@@ -844,7 +850,7 @@ SIMD static void tiles(const struct lin_job *j, int64_t r0, int64_t r1, void *sc
                 else
                     pf_set(&pf, w, t0 + LIN_NR, (int)DSV4_MIN((int64_t)LIN_NR, r1 - t0 - LIN_NR), 0,
                            DSV4_MIN((int64_t)LIN_KC, K));
-                const int calls = (mb + mr - 1) / mr, pstep = (pf.total + calls - 1) / calls;
+                const int calls = (mb + mr - 1) / mr, pstep = (pf.left + calls - 1) / calls;
                 if (fam == LIN_FAM_F) {
                     int lenp = (len + QW - 1) / QW * QW;
                     decode_f(w, t0, nr, k0, lenp, wt);
