@@ -365,7 +365,6 @@ int dsv4_bench_forward(int argc, char **argv)
     double dr[MAX_ROUNDS][MAX_LIST] = {{0}}, rr[MAX_ROUNDS][MAX_LIST] = {{0}};
     double bwr[MAX_ROUNDS] = {0}, pkr[MAX_ROUNDS] = {0};
     struct bw_probe probe = {0};
-    struct dsv4_pool *pp = NULL;
     struct swap_res sw[MAX_LIST];
     memset(sw, 0, sizeof sw);
     int rc = dsv4_model_open(dir, 0, 1, &m);
@@ -411,22 +410,20 @@ int dsv4_bench_forward(int argc, char **argv)
     /* Rounds: both rooflines read just before each round's decodes, so that a shared
      * machine's drift moves a round's rate and its roofline together; every batch size in
      * every round, so that ratios between batch sizes come from neighbouring runs. */
-    bw_open(&probe, threads);
-    if (dsv4_pool_init(threads, &pp))
-        pp = NULL;
-    double macs1 = 0, bytes1 = 0;
+    bw_open(&probe, threads); /* its pool also measures the peak */
+    double macs1 = 0, bytes1 = 0, sb[MAX_LIST], sm[MAX_LIST];
     dsv4_model_decode_cost(m, 1, &bytes1, &macs1);
+    for (int i = 0; i < nb; i++) /* bytes and multiply-adds of one step of B tokens */
+        dsv4_model_decode_cost(m, batch[i], &sb[i], &sm[i]);
     for (int r = 0; r < rounds; r++) {
         bwr[r] = bw_read(&probe);
-        pkr[r] = pp ? dsv4_cpu_fma_peak(pp) : 0;
+        pkr[r] = probe.pool ? dsv4_cpu_fma_peak(probe.pool) : 0;
         for (int i = 0; i < nb; i++) {
             if ((rc = decode(&b, batch[i], steps, &dr[r][i])))
                 goto fail;
             /* max(bytes / bw, FLOP / peak) per step of B tokens */
-            double sb, sm;
-            dsv4_model_decode_cost(m, batch[i], &sb, &sm);
-            double tm = bwr[r] > 0 ? sb / bwr[r] : INFINITY;
-            double tc = pkr[r] > 0 ? 2 * sm / pkr[r] : 0;
+            double tm = bwr[r] > 0 ? sb[i] / bwr[r] : INFINITY;
+            double tc = pkr[r] > 0 ? 2 * sm[i] / pkr[r] : 0;
             rr[r][i] = batch[i] / (tm > tc ? tm : tc);
         }
     }
@@ -456,10 +453,9 @@ int dsv4_bench_forward(int argc, char **argv)
         for (int r = 0; r < rounds; r++)
             v[r] = dr[r][0] > 0 ? dr[r][i] / dr[r][0] : 0;
         xfirst[i] = median(v, rounds);
-        double sb, sm;
-        dsv4_model_decode_cost(m, batch[i], &sb, &sm);
-        bound[i] = (bw > 0 ? sb / bw : INFINITY) >= (peak > 0 ? 2 * sm / peak : 0) ? "memory"
-                                                                                   : "compute";
+        bound[i] = (bw > 0 ? sb[i] / bw : INFINITY) >= (peak > 0 ? 2 * sm[i] / peak : 0)
+                           ? "memory"
+                           : "compute";
     }
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
@@ -551,7 +547,6 @@ fail:
     fprintf(stderr, "dsv4 bench forward: %s\n", dsv4_errmsg());
 out:
     bw_close(&probe);
-    dsv4_pool_free(pp);
     free(b.toks);
     dsv4_step_free(b.step);
     dsv4_backend_destroy(be);
