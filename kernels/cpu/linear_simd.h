@@ -423,72 +423,39 @@ SIMD static void gemv_i(const struct lin_job *j, int64_t r0, int64_t r1)
 
 /* W4A4 for a few activation rows (m <= LIN_FEW_I: a routed expert's tokens in a decode
  * step): each weight chunk decoded once, in registers, and applied to every row, instead of
- * a tile decoded into scratch for a micro-kernel that would run over only m rows.  The same
- * terms in the same order as gemv_i and mk_i (the same bits). */
-#define LIN_FEW_I 6
-SIMD static inline ALWAYS void gemv_i_m(const struct lin_job *j, int64_t r0, int64_t r1, int m)
-{
-    const struct dsv4_qweight *w = j->w;
-    const int64_t K = w->cols, rb = (K + 1) / 2, kx = j->kx;
-    for (int64_t o = r0; o < r1; o++) {
-        const uint8_t *row = (const uint8_t *)w->w + o * rb;
-        V acc[LIN_FEW_I];
-        LIN_UNROLL
-        for (int i = 0; i < m; i++)
-            acc[i] = v_zero();
-        for (int64_t e = 0; e < K; e += 8 * VW) {
-            VI wl, wh;
-            V sw;
-            _mm_prefetch((const char *)row + e / 2 + LIN_PF, _MM_HINT_T0);
-            if (e + 8 * VW <= K)
-                chunk_i_full(w, o, e, &wl, &wh, &sw);
-            else
-                chunk_i(w, o, e, &wl, &wh, &sw);
-            LIN_UNROLL
-            for (int i = 0; i < m; i++) {
-                VI ae = vi_load(j->qe + i * (kx / 2) + e / 2);
-                VI ao = vi_load(j->qo + i * (kx / 2) + e / 2);
-                VI ac = vi_load(j->acorr + i * (kx / 8) + e / 8);
-                VI s = i4_dot(wl, wh, ae, ao, ac);
-                acc[i] =
-                        v_fma(v_cvti(s), v_mul(sw, v_load(j->sfa2 + i * (kx / 8) + e / 8)), acc[i]);
-            }
-        }
-        LIN_UNROLL
-        for (int i = 0; i < m; i++)
-            j->y[i * j->ldy + o] = v_hsum(acc[i]) * j->alpha;
-    }
-}
-
-/* The same for m <= 3 with two weight rows at a time, each activation chunk loaded once for
- * both (AMD EPYC family 25, 64 experts' 384 x 512 products on one thread: 5% faster at m = 3,
+ * a tile decoded into scratch for a micro-kernel that would run over only m rows.  nw (1 or
+ * 2) weight rows at a time, each activation chunk loaded once for all of them: two for m <= 3
+ * (AMD EPYC family 25, 64 experts' 384 x 512 products on one thread: 5% faster at m = 3,
  * 5-10% at m = 2; at m = 4 the extra accumulators leave too few registers to gain much).
- * The same terms in the same order per output. */
-SIMD static inline ALWAYS void gemv_i_m2(const struct lin_job *j, int64_t r0, int64_t r1, int m)
+ * The same terms in the same order as gemv_i and mk_i (the same bits). */
+#define LIN_FEW_I 6
+SIMD static inline ALWAYS void gemv_i_m(const struct lin_job *j, int64_t r0, int64_t r1, int m,
+                                        int nw)
 {
     const struct dsv4_qweight *w = j->w;
     const int64_t K = w->cols, rb = (K + 1) / 2, kx = j->kx;
     const int8_t *qe = j->qe, *qo = j->qo;
     const int32_t *acr = j->acorr;
     const float *sfa = j->sfa2;
-    int64_t o = r0;
-    for (; o + 1 < r1; o += 2) {
+    for (int64_t o = r0; o + nw <= r1; o += nw) {
         const uint8_t *row = (const uint8_t *)w->w + o * rb;
-        V acc[3], acd[3];
+        V acc[2][LIN_FEW_I];
         LIN_UNROLL
-        for (int i = 0; i < m; i++)
-            acc[i] = acd[i] = v_zero();
+        for (int q = 0; q < nw; q++) {
+            LIN_UNROLL
+            for (int i = 0; i < m; i++)
+                acc[q][i] = v_zero();
+        }
         for (int64_t e = 0; e < K; e += 8 * VW) {
-            VI wl, wh, wl2, wh2;
-            V sw, sw2;
-            _mm_prefetch((const char *)row + e / 2 + LIN_PF, _MM_HINT_T0);
-            _mm_prefetch((const char *)row + rb + e / 2 + LIN_PF, _MM_HINT_T0);
-            if (e + 8 * VW <= K) {
-                chunk_i_full(w, o, e, &wl, &wh, &sw);
-                chunk_i_full(w, o + 1, e, &wl2, &wh2, &sw2);
-            } else {
-                chunk_i(w, o, e, &wl, &wh, &sw);
-                chunk_i(w, o + 1, e, &wl2, &wh2, &sw2);
+            VI wl[2], wh[2];
+            V sw[2];
+            LIN_UNROLL
+            for (int q = 0; q < nw; q++) {
+                _mm_prefetch((const char *)row + q * rb + e / 2 + LIN_PF, _MM_HINT_T0);
+                if (e + 8 * VW <= K)
+                    chunk_i_full(w, o + q, e, &wl[q], &wh[q], &sw[q]);
+                else
+                    chunk_i(w, o + q, e, &wl[q], &wh[q], &sw[q]);
             }
             LIN_UNROLL
             for (int i = 0; i < m; i++) {
@@ -496,18 +463,27 @@ SIMD static inline ALWAYS void gemv_i_m2(const struct lin_job *j, int64_t r0, in
                 VI ao = vi_load(qo + i * (kx / 2) + e / 2);
                 VI ac = vi_load(acr + i * (kx / 8) + e / 8);
                 V sa = v_load(sfa + i * (kx / 8) + e / 8);
-                acc[i] = v_fma(v_cvti(i4_dot(wl, wh, ae, ao, ac)), v_mul(sw, sa), acc[i]);
-                acd[i] = v_fma(v_cvti(i4_dot(wl2, wh2, ae, ao, ac)), v_mul(sw2, sa), acd[i]);
+                LIN_UNROLL
+                for (int q = 0; q < nw; q++)
+                    acc[q][i] = v_fma(v_cvti(i4_dot(wl[q], wh[q], ae, ao, ac)), v_mul(sw[q], sa),
+                                      acc[q][i]);
             }
         }
         LIN_UNROLL
-        for (int i = 0; i < m; i++) {
-            j->y[i * j->ldy + o] = v_hsum(acc[i]) * j->alpha;
-            j->y[i * j->ldy + o + 1] = v_hsum(acd[i]) * j->alpha;
+        for (int q = 0; q < nw; q++) {
+            LIN_UNROLL
+            for (int i = 0; i < m; i++)
+                j->y[i * j->ldy + o + q] = v_hsum(acc[q][i]) * j->alpha;
         }
     }
-    if (o < r1)
-        gemv_i_m(j, o, r1, m);
+}
+
+/* m <= 3: pairs of weight rows, then the odd one left */
+SIMD static inline ALWAYS void gemv_i_m2(const struct lin_job *j, int64_t r0, int64_t r1, int m)
+{
+    int64_t r = r0 + (r1 - r0) / 2 * 2;
+    gemv_i_m(j, r0, r, m, 2);
+    gemv_i_m(j, r, r1, m, 1);
 }
 
 SIMD static void gemv_i_few(const struct lin_job *j, int64_t r0, int64_t r1)
@@ -520,13 +496,13 @@ SIMD static void gemv_i_few(const struct lin_job *j, int64_t r0, int64_t r1)
         gemv_i_m2(j, r0, r1, 3);
         break;
     case 4:
-        gemv_i_m(j, r0, r1, 4);
+        gemv_i_m(j, r0, r1, 4, 1);
         break;
     case 5:
-        gemv_i_m(j, r0, r1, 5);
+        gemv_i_m(j, r0, r1, 5, 1);
         break;
     default:
-        gemv_i_m(j, r0, r1, 6);
+        gemv_i_m(j, r0, r1, 6, 1);
         break;
     }
 }
